@@ -1,0 +1,238 @@
+"""Load and validate a study file.
+
+A study file is plain Python (as nanoGPT's config files are): module-level assignments are the
+study's settings, and an optional ``space(trial)`` function samples the search space and returns a
+dict of flat config keys. Settings are either study settings (StudySettings: name, metric, sampler,
+pruner, ...) or fixed values of any RunConfig key (dataset, family, epochs, ...). Anything else is
+rejected with the file and key named. ``--set key=value`` overrides apply on top, with the same
+checks.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib.util
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from cnnopt.config import FIELD_TYPES, KEY_SECTION, RunConfig, coerce
+from cnnopt.errors import CnnoptError, StudyFileError
+
+SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp")
+PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "none")
+METRICS = (
+    "val_accuracy",
+    "val_loss",
+    "val_subset_accuracy",
+    "val_micro_f1",
+    "val_macro_f1",
+    "val_custom_accuracy",
+)
+
+
+@dataclass
+class StudySettings:
+    """Settings of the study itself (as opposed to the run configuration of its trials)."""
+
+    name: str = ""
+    metric: str = "val_accuracy"  # what trial.report() and the objective return
+    direction: str = "maximize"
+    sampler: str = "tpe"
+    pruner: str = "median"
+    n_startup_trials: int = 5  # sampler: random trials before TPE; pruner: trials before pruning
+    n_warmup_steps: int = 1  # median/percentile pruner: never prune before this epoch
+    min_resource: int = 1  # hyperband / successive halving: epochs before the first rung
+    reduction_factor: int = 3  # hyperband / successive halving
+    n_trials: int = 20  # default for `cnnopt run` without --n-trials
+    timeout: float | None = None
+    seed: int = 0
+    retry_failed: int = 1  # re-runs (same params) of a trial whose worker died
+    checkpoint: bool = False  # per-epoch checkpoints so a retried trial resumes, not restarts
+
+
+STUDY_TYPES: dict[str, Any] = typing.get_type_hints(StudySettings)
+STUDY_CHOICES = {
+    "sampler": SAMPLERS,
+    "pruner": PRUNERS,
+    "direction": ("maximize", "minimize"),
+    "metric": METRICS,
+}
+
+SpaceFn = Callable[[optuna.Trial], dict[str, Any]]
+
+
+def _check_study_value(key: str, value: Any, where: str) -> Any:
+    value = coerce(key, value, STUDY_TYPES[key], where)
+    allowed = STUDY_CHOICES.get(key)
+    if allowed and value not in allowed:
+        raise StudyFileError(f"{where}: {key}={value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``--set key=value``: Python literals (2, 1e-3, [32, 64], True, None) or a string."""
+    if "=" not in text:
+        raise StudyFileError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        lowered = raw.strip().lower()
+        value = {"true": True, "false": False, "none": None, "null": None}.get(lowered, raw.strip())
+    return key, value
+
+
+@dataclass
+class Study:
+    """A loaded study file: settings, fixed config values and the search space."""
+
+    path: Path
+    settings: StudySettings
+    fixed: dict[str, Any]  # flat RunConfig keys fixed by the file or --set
+    space: SpaceFn | None
+    sha256: str
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+        path = Path(path)
+        if not path.is_file():
+            raise StudyFileError(f"study file not found: {path}")
+        source = path.read_bytes()
+        module = _exec_file(path)
+        settings: dict[str, Any] = {}
+        fixed: dict[str, Any] = {}
+        space = None
+        for key, value in vars(module).items():
+            if key.startswith("_") or isinstance(value, types.ModuleType | type):
+                continue
+            if key == "space":
+                if not callable(value):
+                    raise StudyFileError(f"{path}: space must be a function space(trial) -> dict")
+                space = value
+                continue
+            if callable(value):  # imported helpers
+                continue
+            _assign(key, value, settings, fixed, str(path))
+        for key, value in (overrides or {}).items():
+            _assign(key, value, settings, fixed, "--set")
+        settings.setdefault("name", path.stem)
+        study = cls(path, StudySettings(**settings), fixed, space, hashlib.sha256(source).hexdigest())
+        # Resolve the defaults once now, so that a bad fixed value fails at load, not in a worker.
+        study.base_config()
+        if space is not None and len(inspect.signature(space).parameters) != 1:
+            raise StudyFileError(f"{path}: space must take exactly one argument (the trial)")
+        return study
+
+    # -- resolving trials ------------------------------------------------------------------------
+    def base_config(self) -> RunConfig:
+        flat = {"seed": self.settings.seed, "split_seed": self.settings.seed, **self.fixed}
+        return RunConfig.from_flat(flat, where=str(self.path))
+
+    def sample(self, trial: optuna.Trial | optuna.trial.FixedTrial) -> dict[str, Any]:
+        """Run the search space on a trial; returns flat config keys."""
+        if self.space is None:
+            return {}
+        try:
+            values = self.space(trial)
+        except CnnoptError:
+            raise
+        except (optuna.TrialPruned, KeyError) as e:
+            raise e
+        if not isinstance(values, dict):
+            raise StudyFileError(f"{self.path}: space() returned {type(values).__name__}, not a dict")
+        return values
+
+    def resolve(self, trial: optuna.Trial | optuna.trial.FixedTrial) -> RunConfig:
+        """Fixed settings, then the sampled values on top: the trial's full RunConfig."""
+        flat = {"seed": self.settings.seed, "split_seed": self.settings.seed, **self.fixed}
+        flat.update(self.sample(trial))
+        return RunConfig.from_flat(flat, where=f"{self.path}: space()")
+
+    def config_from_params(self, params: dict[str, Any]) -> RunConfig:
+        """Rebuild a stored trial's RunConfig from its params alone (replays space() on them)."""
+        return self.resolve(optuna.trial.FixedTrial(params))
+
+    # -- Optuna objects --------------------------------------------------------------------------
+    def make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
+        s = self.settings
+        seed = s.seed if seed is None else seed
+        if s.sampler == "tpe":
+            # Optuna 5's TPE defaults to multivariate + constant_liar, which suits parallel workers.
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials)
+        if s.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if s.sampler == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+        if s.sampler == "qmc":
+            return optuna.samplers.QMCSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        s = self.settings
+        epochs = self.base_config().train.epochs
+        if s.pruner == "median":
+            return optuna.pruners.MedianPruner(
+                n_startup_trials=s.n_startup_trials, n_warmup_steps=s.n_warmup_steps
+            )
+        if s.pruner == "percentile":
+            return optuna.pruners.PercentilePruner(
+                25.0, n_startup_trials=s.n_startup_trials, n_warmup_steps=s.n_warmup_steps
+            )
+        if s.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                min_resource=s.min_resource, max_resource=epochs, reduction_factor=s.reduction_factor
+            )
+        if s.pruner == "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=s.min_resource, reduction_factor=s.reduction_factor
+            )
+        return optuna.pruners.NopPruner()
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "settings": dataclasses.asdict(self.settings),
+            "fixed": dict(self.fixed),
+        }
+
+
+def _assign(key: str, value: Any, settings: dict, fixed: dict, where: str) -> None:
+    if key in STUDY_TYPES:
+        settings[key] = _check_study_value(key, value, where)
+    elif key in KEY_SECTION:
+        fixed[key] = coerce(key, value, FIELD_TYPES[key], where)
+    else:
+        known = sorted([*STUDY_TYPES, *KEY_SECTION])
+        close = [k for k in known if k.startswith(key[:3])][:4]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise StudyFileError(f"{where}: unknown setting {key!r}{hint}")
+
+
+def _exec_file(path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(f"cnnopt_study_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise StudyFileError(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise StudyFileError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:  # the file's own code failed: say where, in one line
+        raise StudyFileError(f"{path}: failed to load: {type(e).__name__}: {e}") from None
+    return module
