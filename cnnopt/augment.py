@@ -93,9 +93,9 @@ def _geometry(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.
         tx = _uniform(b, -2 * shift, 2 * shift, g, dev)
         ty = _uniform(b, -2 * shift, 2 * shift, g, dev)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack(
-        [torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1
-    ).to(x.dtype)
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(
+        x.dtype
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     mode = "nearest" if cfg.rotation == 0 and cfg.scale == 0 else "bilinear"
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)

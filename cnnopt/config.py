@@ -153,7 +153,9 @@ for _section, _cls in SECTIONS.items():
         assert _f.name not in KEY_SECTION, f"duplicate config key {_f.name}"
         KEY_SECTION[_f.name] = _section
 FIELD_TYPES: dict[str, Any] = {
-    f.name: typing.get_type_hints(cls)[f.name] for cls in SECTIONS.values() for f in dataclasses.fields(cls)
+    f.name: typing.get_type_hints(cls)[f.name]
+    for cls in SECTIONS.values()
+    for f in dataclasses.fields(cls)
 }
 
 
@@ -183,7 +185,11 @@ def coerce(key: str, value: Any, tp: Any, where: str = "") -> Any:
         raise StudyFileError(f"{loc}{key}={value!r} must be {_type_name(tp)}")
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
-        if isinstance(value, int | float) and not isinstance(value, bool) and item_tp in (int, float):
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and item_tp in (int, float)
+        ):
             raise StudyFileError(f"{loc}{key}={value!r} must be a list of {item_tp.__name__}")
         if not isinstance(value, list | tuple):
             raise StudyFileError(f"{loc}{key}={value!r} must be a list of {item_tp.__name__}")

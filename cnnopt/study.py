@@ -127,7 +127,9 @@ class Study:
         for key, value in (overrides or {}).items():
             _assign(key, value, settings, fixed, "--set")
         settings.setdefault("name", path.stem)
-        study = cls(path, StudySettings(**settings), fixed, space, hashlib.sha256(source).hexdigest())
+        study = cls(
+            path, StudySettings(**settings), fixed, space, hashlib.sha256(source).hexdigest()
+        )
         # Resolve the defaults once now, so that a bad fixed value fails at load, not in a worker.
         study.base_config()
         if space is not None and len(inspect.signature(space).parameters) != 1:
@@ -150,7 +152,9 @@ class Study:
         except (optuna.TrialPruned, KeyError) as e:
             raise e
         if not isinstance(values, dict):
-            raise StudyFileError(f"{self.path}: space() returned {type(values).__name__}, not a dict")
+            raise StudyFileError(
+                f"{self.path}: space() returned {type(values).__name__}, not a dict"
+            )
         return values
 
     def resolve(self, trial: optuna.Trial | optuna.trial.FixedTrial) -> RunConfig:
@@ -191,7 +195,9 @@ class Study:
             )
         if s.pruner == "hyperband":
             return optuna.pruners.HyperbandPruner(
-                min_resource=s.min_resource, max_resource=epochs, reduction_factor=s.reduction_factor
+                min_resource=s.min_resource,
+                max_resource=epochs,
+                reduction_factor=s.reduction_factor,
             )
         if s.pruner == "successive_halving":
             return optuna.pruners.SuccessiveHalvingPruner(

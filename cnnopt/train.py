@@ -165,7 +165,9 @@ def count_flops(model: nn.Module, in_channels: int, size: int, device: torch.dev
 # -- the loop ------------------------------------------------------------------------------------
 
 
-def _loss_fn(multilabel: bool, label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _loss_fn(
+    multilabel: bool, label_smoothing: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if multilabel:
         return lambda logits, y: F.binary_cross_entropy_with_logits(logits.float(), y.float())
     return lambda logits, y: F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
@@ -187,7 +189,9 @@ def train_one_epoch(
     device = next(model.parameters()).device
     total = torch.zeros((), device=device)
     seen = 0
-    l1_params = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1] if cfg.l1 else []
+    l1_params = (
+        [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1] if cfg.l1 else []
+    )
     for i, (x, y) in enumerate(loader):
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = loss_fn(model(x), y)
@@ -208,7 +212,9 @@ def train_one_epoch(
         # A .item() forces a device sync: do it every 50 batches, not every batch.
         if i % 50 == 49:
             if not math.isfinite(total.item()):
-                raise TrialFailed(f"training loss became {total.item()} (diverged) in batch {i + 1}")
+                raise TrialFailed(
+                    f"training loss became {total.item()} (diverged) in batch {i + 1}"
+                )
             if should_stop is not None and should_stop():
                 raise Interrupted()
     mean = total.item() / max(seen, 1)
@@ -280,6 +286,7 @@ def fit(
     *,
     multilabel: bool = False,
     device: torch.device | str = "cpu",
+    on_start: Callable[[TrainResult], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: dict | None = None,
@@ -288,7 +295,7 @@ def fit(
 ) -> TrainResult:
     """Build the model from ``cfg.model`` and train it on ``split`` (already on ``device``).
 
-    ``on_epoch`` sees every epoch's statistics and may raise to stop (the objective raises
+    ``on_start`` sees the built model's size (params, FLOPs) before the first epoch; ``on_epoch`` sees every epoch's statistics and may raise to stop (the objective raises
     optuna.TrialPruned). ``resume`` is a checkpoint dict (model, optimizer, scheduler, epoch) from
     ``on_checkpoint``; training goes on from the epoch after it.
     """
@@ -309,6 +316,8 @@ def fit(
         channels_last=cl,
         model=model,
     )
+    if on_start is not None:
+        on_start(result)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_loader, val_loader = make_loaders(cfg, split, multilabel, cl, size)

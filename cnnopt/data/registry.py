@@ -84,7 +84,9 @@ def read_idx(path: Path) -> torch.Tensor:
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims))
     if len(raw) - offset != expected:
-        raise DataError(f"{path}: expected {expected} bytes of data for shape {dims}, found {len(raw) - offset}")
+        raise DataError(
+            f"{path}: expected {expected} bytes of data for shape {dims}, found {len(raw) - offset}"
+        )
     return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy())
 
 
@@ -107,15 +109,24 @@ def _load_idx_dataset(cfg: DataConfig, tv_class: str, classes: list[str]) -> Dat
         import torchvision
 
         try:
-            train = getattr(torchvision.datasets, tv_class)(root=str(root), train=True, download=True)
-            test = getattr(torchvision.datasets, tv_class)(root=str(root), train=False, download=True)
+            train = getattr(torchvision.datasets, tv_class)(
+                root=str(root), train=True, download=True
+            )
+            test = getattr(torchvision.datasets, tv_class)(
+                root=str(root), train=False, download=True
+            )
         except Exception as e:  # noqa: BLE001 - any download failure is the same to the user
             missing = ", ".join(v for k, v in _IDX_FILES.items() if not found[k])
             raise DataError(
                 f"{cfg.dataset}: {missing} not found in {root} and the download failed "
                 f"({type(e).__name__}); pass --data-dir with the IDX files (.gz is fine)"
             ) from None
-        tensors = {"train_x": train.data, "train_y": train.targets, "test_x": test.data, "test_y": test.targets}
+        tensors = {
+            "train_x": train.data,
+            "train_y": train.targets,
+            "test_x": test.data,
+            "test_y": test.targets,
+        }
         source = "torchvision"
     return Dataset(
         name=cfg.dataset,

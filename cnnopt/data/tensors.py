@@ -78,9 +78,7 @@ def channel_stats(x: torch.Tensor, max_images: int = 10_000) -> tuple[torch.Tens
     return mean, std
 
 
-def split(
-    ds: Dataset, val_fraction: float, seed: int, subset: int | None = None
-) -> Split:
+def split(ds: Dataset, val_fraction: float, seed: int, subset: int | None = None) -> Split:
     """Fixed seeded train/validation split of the training set (the test set is never touched).
 
     ``subset`` first takes that many images (a seeded random choice), for quick runs.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnopt.config import ModelConfig
-from cnnopt.models.layers import activation, init_weights, norm_act
+from cnnopt.models.layers import init_weights, norm_act
 
 
 def build_cnn(cfg: ModelConfig) -> nn.Module:

@@ -1,0 +1,43 @@
+"""FashionMNIST CNN-BN, report R2 (PyTorch + Ray Tune), with the full cnnopt search space.
+
+R2: a 2-conv CNN with BatchNorm after each conv, Adam, lr 0.01, batch 128, 10 epochs -> 87.5% test;
+Ray Tune random search over batch {32,64,128} x lr {1e-4,1e-3,1e-2} x dense width {64,128,256}
+topped out at 87.4% validation. Here TPE searches that space and everything R2 held fixed: the
+optimizer (all nine families), conv depth and width, kernel size, BN placement, activation, init,
+dropout schedule, weight decay, global pooling; the median pruner stops hopeless trials after their
+second epoch. Same data protocol as R2: 20% of the training set held out (seeded) for validation.
+
+    cnnopt run studies/fashion_cnn_bn.py --workers 4
+    cnnopt run studies/fashion_cnn_bn.py --workers 2 --n-trials 6 --set epochs=2 --set train_subset=6000
+"""
+
+from cnnopt import space as S
+
+name = "fashion_cnn_bn"
+dataset = "fashion_mnist"
+family = "cnn"
+epochs = 10
+val_fraction = 0.2
+
+metric = "val_accuracy"
+direction = "maximize"
+sampler = "tpe"
+pruner = "median"
+n_startup_trials = 5  # random trials before TPE models the space, and before any pruning
+n_warmup_steps = 2  # never prune in the first two epochs: early curves of good nets cross
+n_trials = 40
+seed = 0
+
+
+def space(trial):
+    p = S.optimizer(trial, lr=(1e-4, 3e-2), weight_decay=(1e-6, 1e-3))
+    p["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
+    p.update(S.conv_blocks(trial, blocks=(2, 3), base_filters=(16, 32, 64), kernel_sizes=(3, 5)))
+    p.update(S.layers(trial))
+    p.update(S.dropout(trial, p["conv_blocks"], high=0.4))
+    # Global average pooling instead of flatten: far fewer parameters, and the head that takes
+    # small all-conv nets to 94% on FashionMNIST.
+    p["global_pool"] = trial.suggest_categorical("global_pool", [False, True])
+    width = trial.suggest_categorical("l1", [0, 64, 128, 256])  # R2's extra dense layer
+    p["hidden"] = [width] if width else []
+    return p
