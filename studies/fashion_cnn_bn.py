@@ -32,7 +32,7 @@ seed = 0
 def space(trial):
     p = S.optimizer(trial, lr=(1e-4, 3e-2), weight_decay=(1e-6, 1e-3))
     p["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
-    p.update(S.conv_blocks(trial, blocks=(2, 3), base_filters=(16, 32, 64), kernel_sizes=(3, 5)))
+    p.update(S.conv_blocks(trial, blocks=(2, 3), base_filters=(16, 32), kernel_sizes=(3, 5)))
     p.update(S.layers(trial))
     p.update(S.dropout(trial, p["conv_blocks"], high=0.4))
     # Global average pooling instead of flatten: far fewer parameters, and the head that takes

@@ -1,0 +1,38 @@
+# cnnopt: `make run` and `make test` do all the set-up on a fresh machine (Python 3.11+, pip).
+#   make run  [DATA_DIR=../shared/data/fashion-mnist] [WORKERS=4] [STUDY=studies/x.py] [ARGS='--n-trials 6']
+#   make test [PYTEST_ARGS='-k storage']
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STUDY ?= studies/fashion_cnn_bn.py
+WORKERS ?= 4
+DATA_DIR ?=
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint format clean
+
+# The stamp is rebuilt when pyproject.toml changes, so new dependencies get installed.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/cnnopt run $(STUDY) --workers $(WORKERS) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check cnnopt tests studies
+	$(BIN)/ruff format --check cnnopt tests studies
+
+format: install
+	$(BIN)/ruff format cnnopt tests studies
+	$(BIN)/ruff check --fix cnnopt tests studies
+
+clean:
+	rm -rf $(VENV) .pytest_cache

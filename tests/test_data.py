@@ -1,0 +1,96 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from cnnopt.config import DataConfig
+from cnnopt.data import load_split
+from cnnopt.data.registry import load_dataset, read_idx
+from cnnopt.data.tensors import DeviceLoader, split
+from cnnopt.errors import DataError
+
+
+def write_idx(path, array, gz=True):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+def make_fashion_dir(root, n=40, gz=True):
+    rng = np.random.default_rng(0)
+    sfx = ".gz" if gz else ""
+    write_idx(root / f"train-images-idx3-ubyte{sfx}", rng.integers(0, 255, (n, 28, 28)), gz)
+    write_idx(root / f"train-labels-idx1-ubyte{sfx}", np.arange(n) % 10, gz)
+    write_idx(root / f"t10k-images-idx3-ubyte{sfx}", rng.integers(0, 255, (10, 28, 28)), gz)
+    write_idx(root / f"t10k-labels-idx1-ubyte{sfx}", np.arange(10), gz)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_in_data_dir_load_offline(tmp_path, gz):
+    make_fashion_dir(tmp_path, gz=gz)
+    ds = load_dataset(DataConfig(dataset="fashion_mnist", data_dir=str(tmp_path)))
+    assert ds.x_train.shape == (40, 1, 28, 28) and ds.x_train.dtype == torch.uint8
+    assert ds.y_train.tolist()[:3] == [0, 1, 2] and ds.num_classes == 10
+    assert ds.classes[9] == "Ankle boot"
+
+
+def test_corrupt_idx_names_the_file(tmp_path):
+    make_fashion_dir(tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    )
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: expected 9 bytes"):
+        read_idx(tmp_path / "train-labels-idx1-ubyte.gz")
+
+
+def test_missing_files_offline_give_a_clear_error(tmp_path, monkeypatch):
+    import torchvision
+
+    def no_network(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", no_network)
+    with pytest.raises(DataError, match="not found in .* and the download failed .*--data-dir"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path / "empty")))
+
+
+def test_unknown_dataset_lists_known_ones():
+    with pytest.raises(DataError, match="unknown dataset 'fashion'.*fashion_mnist"):
+        load_dataset(DataConfig(dataset="fashion"))
+
+
+def test_split_is_fixed_seeded_and_disjoint():
+    ds = load_dataset(DataConfig(dataset="synthetic"))
+    a, b = split(ds, 0.2, seed=5), split(ds, 0.2, seed=5)
+    assert torch.equal(a.x_val, b.x_val)
+    assert a.x_val.shape[0] == round(512 * 0.2) and a.x_train.shape[0] + a.x_val.shape[0] == 512
+    sub = split(ds, 0.25, seed=5, subset=100)
+    assert sub.x_train.shape[0] == 75 and sub.x_val.shape[0] == 25
+
+
+def test_split_is_built_once_per_process():
+    cfg = DataConfig(dataset="synthetic", split_seed=3)
+    _, s1 = load_split(cfg)
+    _, s2 = load_split(cfg)
+    assert s1 is s2
+
+
+def test_device_loader_batches_normalised_and_shuffled():
+    ds = load_dataset(DataConfig(dataset="synthetic"))
+    sp = split(ds, 0.2, 0)
+    loader = DeviceLoader(
+        sp.x_train, sp.y_train, sp.mean, sp.std, 100, shuffle=True, drop_last=True
+    )
+    batches = list(loader)
+    assert len(batches) == len(loader) == sp.x_train.shape[0] // 100
+    x, y = batches[0]
+    assert x.dtype == torch.float32 and x.shape == (100, 1, 16, 16)
+    assert abs(float(torch.cat([b[0] for b in batches]).mean())) < 0.1
+    assert not torch.equal(y, sp.y_train[:100])
+
+
+def test_real_fashion_mnist_loads(fashion):
+    ds = load_dataset(DataConfig(dataset="fashion_mnist", data_dir=str(fashion)))
+    assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
+    assert torch.bincount(ds.y_train).tolist() == [6000] * 10

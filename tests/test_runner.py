@@ -1,0 +1,99 @@
+"""`cnnopt run` as a real process: two workers sharing one journal file, exact trial counts,
+resume, and the device/thread plan."""
+
+import subprocess
+
+import optuna
+from optuna.trial import TrialState
+
+from cnnopt.runner import plan_devices, threads_per_worker
+from cnnopt.storage import get_storage
+
+from .conftest import ROOT, cnnopt_cmd
+
+
+def run(*args, timeout=180):
+    return subprocess.run(
+        cnnopt_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_two_workers_share_one_storage_and_resume(tmp_path):
+    storage = str(tmp_path / "s.journal")
+    args = (
+        "run",
+        "studies/quick_synthetic.py",
+        "--workers",
+        "2",
+        "--n-trials",
+        "5",
+        "--storage",
+        storage,
+        "--no-progress",
+    )
+    first = run(*args)
+    assert first.returncode == 0, first.stderr
+    study = optuna.load_study(study_name="quick_synthetic", storage=get_storage(storage))
+    trials = study.get_trials()
+    assert len(trials) == 5  # exactly the requested count, however the workers raced
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2, "both workers ran trials"
+    assert all(t.intermediate_values for t in trials)
+    assert "best" in first.stdout
+    # the same command again resumes: --n-trials counts trials to add
+    second = run(*args[:4], "--n-trials", "2", *args[6:])
+    assert second.returncode == 0, second.stderr
+    assert len(study.get_trials()) == 7
+    assert [t.number for t in study.get_trials()] == list(range(7))
+
+
+def test_bad_study_file_is_one_line_and_stores_nothing(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("epochs = 'many'\n")
+    r = run("run", str(bad), "--storage", str(tmp_path / "x.journal"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert "epochs='many' must be an integer" in r.stderr and "bad.py" in r.stderr
+    assert not (tmp_path / "x.journal").exists()
+
+
+def test_unknown_set_key_is_one_line():
+    r = run("run", "studies/quick_synthetic.py", "--set", "epoch=2")
+    assert (
+        r.returncode == 2
+        and "--set: unknown setting 'epoch'" in r.stderr
+        and "Traceback" not in r.stderr
+    )
+
+
+def test_plan_devices_and_threads_on_cpu():
+    assert plan_devices("cpu", 3) == ["cpu"] * 3
+    assert threads_per_worker(["cpu", "cpu"]) >= 1
+
+
+def test_real_short_study_on_fashion_mnist(tmp_path, fashion, write_study):
+    # A small fixed CNN-BN, so the test stays seconds-long on a 2-core CPU.
+    study_file = write_study(
+        """
+        name = "fashion_smoke"
+        dataset = "fashion_mnist"
+        filters = [16, 32]
+        batchnorm = "after"
+        hidden = [64]
+        epochs = 2
+        train_subset = 3000
+        def space(trial):
+            return {"lr": trial.suggest_float("lr", 1e-3, 3e-3, log=True)}
+        """
+    )
+    storage = str(tmp_path / "f.journal")
+    r = run(
+        "run", str(study_file), "--workers", "1", "--n-trials", "2", "--storage", storage,
+        "--data-dir", str(fashion), "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="fashion_smoke", storage=get_storage(storage))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials)
+    assert max(t.value for t in study.trials) > 0.7  # 2 epochs on 2,400 real images

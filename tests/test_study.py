@@ -1,0 +1,92 @@
+import optuna
+import pytest
+
+from cnnopt.errors import StudyFileError
+from cnnopt.study import Study, parse_override
+
+from .conftest import ROOT
+
+
+def test_shipped_studies_load_and_replay_from_params():
+    for path in sorted((ROOT / "studies").glob("*.py")):
+        study = Study.load(path)
+        sampler = optuna.samplers.RandomSampler(seed=3)
+        ostudy = optuna.create_study(sampler=sampler)
+        for _ in range(8):
+            trial = ostudy.ask()
+            cfg = study.resolve(trial)
+            ostudy.tell(trial, 0.5)
+            # any stored trial can be rebuilt from its params alone
+            assert study.config_from_params(trial.params) == cfg, path.name
+
+
+def test_settings_and_fixed_values(write_study):
+    path = write_study(
+        """
+        name = "s1"
+        dataset = "mnist"
+        epochs = 3
+        pruner = "hyperband"
+        def space(trial):
+            return {"lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)}
+        """
+    )
+    study = Study.load(path, {"epochs": 5, "train_subset": 1000})
+    assert study.name == "s1"
+    assert study.settings.pruner == "hyperband"
+    cfg = study.base_config()
+    assert cfg.train.epochs == 5 and cfg.data.train_subset == 1000 and cfg.data.dataset == "mnist"
+    assert isinstance(study.make_pruner(), optuna.pruners.HyperbandPruner)
+
+
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        ("epocs = 3\n", "unknown setting 'epocs'"),
+        ("epochs = 'ten'\n", "epochs='ten' must be an integer"),
+        ("sampler = 'bayes'\n", "sampler='bayes' is not one of"),
+        ("def space(trial):\n    return [1]\n", None),
+        ("epochs = = 3\n", "syntax error"),
+        ("import nonexistent_module_xyz\n", "failed to load: ModuleNotFoundError"),
+        ("space = 3\n", "space must be a function"),
+    ],
+)
+def test_bad_study_files_name_the_file_and_key(write_study, source, message):
+    path = write_study(source, name="bad.py")
+    if message is None:  # a space() returning the wrong type fails when sampled
+        study = Study.load(path)
+        with pytest.raises(StudyFileError, match="returned list, not a dict"):
+            study.resolve(optuna.trial.FixedTrial({}))
+        return
+    with pytest.raises(StudyFileError) as e:
+        Study.load(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_space_returning_unknown_key_is_named(write_study):
+    path = write_study("def space(trial):\n    return {'lrate': 0.1}\n")
+    with pytest.raises(StudyFileError, match="space\\(\\): unknown setting 'lrate'"):
+        Study.load(path).resolve(optuna.trial.FixedTrial({}))
+
+
+def test_set_overrides_parse_literals():
+    assert parse_override("epochs=2") == ("epochs", 2)
+    assert parse_override("filters=[32, 64]") == ("filters", [32, 64])
+    assert parse_override("hflip=true") == ("hflip", True)
+    assert parse_override("dataset=mnist") == ("dataset", "mnist")
+    assert parse_override("train_subset=None") == ("train_subset", None)
+    with pytest.raises(StudyFileError, match="expected key=value"):
+        parse_override("epochs")
+
+
+def test_bad_override_names_set(write_study):
+    path = write_study("epochs = 2\n")
+    with pytest.raises(StudyFileError, match="--set: unknown setting 'bogus'"):
+        Study.load(path, {"bogus": 1})
+    with pytest.raises(StudyFileError, match="--set: lr='x' must be a number"):
+        Study.load(path, {"lr": "x"})
+
+
+def test_missing_file():
+    with pytest.raises(StudyFileError, match="study file not found: nope.py"):
+        Study.load("nope.py")

@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from cnnopt.config import RunConfig
+from cnnopt.data.registry import load_dataset
+from cnnopt.data.tensors import split
+from cnnopt.errors import TrialFailed
+from cnnopt.train import Interrupted, fit, make_optimizer, make_scheduler
+
+SMALL = {"dataset": "synthetic", "filters": [8, 16], "hidden": [16], "batch_size": 64, "epochs": 3}
+
+
+def run(**overrides):
+    cfg = RunConfig.from_flat({**SMALL, **overrides})
+    ds = load_dataset(cfg.data)
+    cfg = cfg.replace(in_channels=1, input_size=ds.image_size, num_classes=ds.num_classes)
+    return fit(cfg, split(ds, 0.2, 0), device="cpu", **{k: v for k, v in {}.items()})
+
+
+def test_trains_on_tiny_data_and_records_everything():
+    r = run(lr=0.01, batchnorm="after")
+    assert [h.epoch for h in r.history] == [1, 2, 3]
+    assert r.history[-1].metrics["val_accuracy"] > 0.9
+    assert r.history[-1].train_loss < r.history[0].train_loss
+    assert r.params > 0 and r.flops > 0
+    assert all(h.images_per_second > 0 and h.seconds > 0 for h in r.history)
+
+
+def test_same_seed_same_result_on_cpu():
+    a = run(seed=7, hflip=True, crop_padding=2, dropout=0.2)
+    b = run(seed=7, hflip=True, crop_padding=2, dropout=0.2)
+    assert [h.metrics for h in a.history] == [h.metrics for h in b.history]
+    assert [h.train_loss for h in a.history] == [h.train_loss for h in b.history]
+    c = run(seed=8, hflip=True, crop_padding=2, dropout=0.2)
+    assert [h.train_loss for h in c.history] != [h.train_loss for h in a.history]
+
+
+def test_divergence_is_a_trial_failure_not_a_crash():
+    with pytest.raises(TrialFailed, match="diverged|nan|inf"):
+        run(optimizer="sgd", lr=1e6, epochs=2, amp="off")
+
+
+@pytest.mark.parametrize("schedule", ["step", "step_decay", "cosine", "onecycle"])
+def test_schedules_change_the_learning_rate(schedule):
+    model = torch.nn.Linear(2, 2)
+    cfg = RunConfig.from_flat({"schedule": schedule, "epochs": 4, "step_size": 1, "lr": 0.1}).train
+    opt = make_optimizer(model, cfg)
+    sched, per_batch = make_scheduler(opt, cfg, steps_per_epoch=5)
+    lrs = []
+    for _ in range(cfg.epochs):
+        for _ in range(5 if per_batch else 1):
+            opt.step()
+            sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert len(set(lrs)) > 1
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        "sgd",
+        "sgd_momentum",
+        "sgd_nesterov",
+        "adam",
+        "adamw",
+        "rmsprop",
+        "adamax",
+        "adagrad",
+        "adadelta",
+        "nadam",
+    ],
+)
+def test_every_optimizer_trains_one_epoch(opt):
+    r = run(optimizer=opt, epochs=1, lr=0.01 if opt != "adadelta" else 1.0)
+    assert r.history[0].train_loss > 0
+
+
+def test_early_stopping_on_validation_loss():
+    r = run(epochs=30, lr=0.05, patience=1)
+    assert r.stopped_early and len(r.history) < 30
+
+
+def test_l1_penalty_and_label_smoothing_raise_the_training_loss():
+    base = run(epochs=1).history[0].train_loss
+    assert run(epochs=1, l1=1e-3).history[0].train_loss > base
+    assert run(epochs=1, label_smoothing=0.2).history[0].train_loss > base
+
+
+def test_should_stop_interrupts_within_the_epoch():
+    cfg = RunConfig.from_flat({**SMALL, "batch_size": 4})
+    ds = load_dataset(cfg.data)
+    cfg = cfg.replace(num_classes=ds.num_classes, input_size=ds.image_size)
+    with pytest.raises(Interrupted):
+        fit(cfg, split(ds, 0.2, 0), should_stop=lambda: True)
+
+
+def test_resume_from_checkpoint_continues_at_next_epoch():
+    cfg = RunConfig.from_flat({**SMALL, "epochs": 3})
+    ds = load_dataset(cfg.data)
+    cfg = cfg.replace(num_classes=ds.num_classes, input_size=ds.image_size)
+    sp = split(ds, 0.2, 0)
+    saved = []
+    fit(cfg.replace(epochs=2), sp, on_checkpoint=saved.append)
+    r = fit(cfg, sp, resume=saved[-1])
+    assert [h.epoch for h in r.history] == [1, 2, 3]
