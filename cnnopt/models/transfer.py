@@ -108,7 +108,9 @@ def build_transfer(cfg: ModelConfig) -> nn.Module:
     )
     if keep_last is not None:
         trainable = (
-            [m for block in blocks[len(blocks) - keep_last :] for m in block] if keep_last else []
+            [m for block in blocks[max(0, len(blocks) - keep_last) :] for m in block]
+            if keep_last
+            else []
         )
         for p in net.parameters():
             p.requires_grad_(False)
