@@ -50,3 +50,13 @@ def write_study(tmp_path):
 def cnnopt_cmd(*args: str) -> list[str]:
     """The CLI as a real subprocess, with this checkout's package."""
     return [sys.executable, "-m", "cnnopt.cli", *args]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dataset_cache():
+    # load_dataset caches per process; tests write different files under the same tmp names.
+    from cnnopt.data import registry
+
+    registry._CACHE.clear()
+    yield
+    registry._CACHE.clear()

@@ -155,6 +155,59 @@ def mnist(cfg: DataConfig) -> Dataset:
     return _load_idx_dataset(cfg, "MNIST", [str(i) for i in range(10)])
 
 
+# -- CIFAR-10 / CIFAR-100 (torchvision's pickled batches) --------------------------------------
+
+
+def _load_cifar(cfg: DataConfig, tv_class: str) -> Dataset:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, tv_class)
+    root = data_dir(cfg)
+    if root.name == cls.base_folder:  # --data-dir pointing at the extracted folder itself
+        root = root.parent
+
+    def both(download: bool) -> list:
+        return [cls(root=str(root), train=t, download=download) for t in (True, False)]
+
+    try:
+        # Files already there: no network at all (download=True would still verify, then skip).
+        train, test = both(download=False)
+        source = str(root / cls.base_folder)
+    except RuntimeError:  # "Dataset not found or corrupted": fetch it where the machine can
+        try:
+            train, test = both(download=True)
+        except Exception as e:  # noqa: BLE001 - any download failure is the same to the user
+            raise DataError(
+                f"{cfg.dataset}: {cls.base_folder} not found (or corrupted) in {root} and the "
+                f"download failed ({type(e).__name__}); pass --data-dir with the extracted "
+                f"{cls.base_folder} folder or {cls.filename}"
+            ) from None
+        source = "torchvision"
+
+    def nchw(data) -> torch.Tensor:  # torchvision keeps (N, H, W, C) uint8 numpy
+        return torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()
+
+    return Dataset(
+        name=cfg.dataset,
+        x_train=nchw(train.data),
+        y_train=torch.tensor(train.targets, dtype=torch.int64),
+        x_test=nchw(test.data),
+        y_test=torch.tensor(test.targets, dtype=torch.int64),
+        classes=list(train.classes),
+        info={"source": source},
+    )
+
+
+@register("cifar10")
+def cifar10(cfg: DataConfig) -> Dataset:
+    return _load_cifar(cfg, "CIFAR10")
+
+
+@register("cifar100")
+def cifar100(cfg: DataConfig) -> Dataset:
+    return _load_cifar(cfg, "CIFAR100")
+
+
 @register("synthetic")
 def synthetic(cfg: DataConfig) -> Dataset:
     """A tiny learnable dataset made in memory (class = brightest quadrant); for tests and smoke runs."""
