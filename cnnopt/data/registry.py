@@ -208,16 +208,15 @@ def cifar100(cfg: DataConfig) -> Dataset:
     return _load_cifar(cfg, "CIFAR100")
 
 
-@register("synthetic")
-def synthetic(cfg: DataConfig) -> Dataset:
+def _synthetic(cfg: DataConfig, channels: int, default_size: int) -> Dataset:
     """A tiny learnable dataset made in memory (class = brightest quadrant); for tests and smoke runs."""
     g = torch.Generator().manual_seed(1234)
-    size = cfg.image_size or 16
+    size = cfg.image_size or default_size
     n_train, n_test, k = 512, 128, 4
 
     def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.randint(0, k, (n,), generator=g)
-        x = torch.randint(0, 80, (n, 1, size, size), generator=g, dtype=torch.uint8)
+        x = torch.randint(0, 80, (n, channels, size, size), generator=g, dtype=torch.uint8)
         h = size // 2
         for q in range(k):
             r, c = divmod(q, 2)
@@ -227,4 +226,15 @@ def synthetic(cfg: DataConfig) -> Dataset:
 
     x_tr, y_tr = make(n_train)
     x_te, y_te = make(n_test)
-    return Dataset("synthetic", x_tr, y_tr, x_te, y_te, [f"q{i}" for i in range(k)])
+    return Dataset(cfg.dataset, x_tr, y_tr, x_te, y_te, [f"q{i}" for i in range(k)])
+
+
+@register("synthetic")
+def synthetic(cfg: DataConfig) -> Dataset:
+    return _synthetic(cfg, channels=1, default_size=16)
+
+
+@register("synthetic_rgb")
+def synthetic_rgb(cfg: DataConfig) -> Dataset:
+    """CIFAR-shaped (3 x 32 x 32) stand-in for smoke runs of the CIFAR studies."""
+    return _synthetic(cfg, channels=3, default_size=32)
