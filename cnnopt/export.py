@@ -35,7 +35,7 @@ def versions() -> dict[str, str]:
 
     return {
         "cnnopt": __version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "optuna": optuna.__version__,
         "python": platform.python_version(),
     }
@@ -135,6 +135,7 @@ def dump(data: dict, out: str | Path, fmt: str | None = None) -> Path:
     out = Path(out)
     fmt = fmt or ("yaml" if out.suffix in (".yaml", ".yml") else "json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(json.dumps(data, default=str))  # plain types only, for YAML too
     if fmt == "yaml":
         import yaml
 
