@@ -59,6 +59,27 @@ def _complete(ostudy: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
+def _finished(ostudy: optuna.Study) -> list[FrozenTrial]:
+    """Complete trials, and pruned ones that reported a value before they were cut."""
+    pruned = [
+        t
+        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if any(math.isfinite(v) for v in t.intermediate_values.values())
+    ]
+    return _complete(ostudy) + pruned
+
+
+def _best_value(t: FrozenTrial, better: Callable[[float, float], bool]) -> float:
+    """A complete trial's value; a pruned trial's best intermediate value."""
+    if t.state == TrialState.COMPLETE:
+        return float(t.value)
+    best = None
+    for v in t.intermediate_values.values():
+        if math.isfinite(v) and (best is None or better(v, best)):
+            best = v
+    return float(best)
+
+
 def _better(ostudy: optuna.Study) -> Callable[[float, float], bool]:
     if ostudy.direction == optuna.study.StudyDirection.MINIMIZE:
         return lambda a, b: a < b
@@ -97,17 +118,18 @@ def heatmap(
     y_order: list | None = None,
     bin_x: bool = False,
 ) -> Section:
-    """Best value per (x, y) cell over complete trials, with the trial count in each cell."""
+    """Best value per (x, y) cell, with the trial count in each cell. Complete trials count with
+    their value, pruned ones with the best value they reached before they were cut."""
     import plotly.graph_objects as go
 
     key = f"{x_key}-x-{y_key}"
-    trials = _complete(ostudy)
+    trials = _finished(ostudy)
     pts = [(trial_value_of(t, x_key), trial_value_of(t, y_key), t) for t in trials]
     pts = [(x, y, t) for x, y, t in pts if x is not None and y is not None]
     if not pts:
         missing = [k for k in (x_key, y_key) if all(trial_value_of(t, k) is None for t in trials)]
         why = (
-            "no complete trials yet"
+            "no finished trials yet"
             if not trials
             else f"{' and '.join(missing) or x_key + '/' + y_key} not recorded in this study"
         )
@@ -138,8 +160,9 @@ def heatmap(
     for x, y, t in pts:
         cell = (x, str(y))
         v, n, num = best.get(cell, (None, 0, -1))
-        if v is None or better(t.value, v):
-            v, num = t.value, t.number
+        tv = _best_value(t, better)
+        if v is None or better(tv, v):
+            v, num = tv, t.number
         best[cell] = (v, n + 1, num)
     z = [[best.get((x, y), (None,))[0] for x in x_labels] for y in y_labels]
     text = [
