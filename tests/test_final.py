@@ -150,3 +150,22 @@ def test_train_cli_runs_and_prints_test_accuracy(best_json, tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "test accuracy" in r.output and (tmp_path / "c" / "results.json").is_file()
+
+
+def test_reproduce_mismatch_is_an_error_with_exit_code_1():
+    from cnnopt.final import ReproduceMismatch, check_reproduced
+
+    ok = {
+        "reproduce": {
+            "metric": "val_accuracy",
+            "stored": 0.80,
+            "reproduced": 0.803,
+            "difference": 0.003,
+            "tolerance": 0.005,
+        }
+    }
+    check_reproduced(ok)
+    bad = {"reproduce": {**ok["reproduce"], "reproduced": 0.79, "difference": -0.01}}
+    with pytest.raises(ReproduceMismatch, match="1.00 points") as e:
+        check_reproduced(bad)
+    assert e.value.exit_code == 1
