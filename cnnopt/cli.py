@@ -139,6 +139,193 @@ def data_check(name, data_dir, sets):
 #
 
 
+@cli.command()
+@click.argument("study", required=False)
+@_storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def status(study, storage, as_json):
+    """Trials by state, best trial, trials per hour, pruned fraction and live workers of STUDY.
+
+    Without STUDY: the studies of --storage, or of every storage/*.journal file.
+    """
+    import json
+
+    from cnnopt.status import print_status, print_study_list
+    from cnnopt.status import status as get_status
+
+    result = get_status(study, storage)
+    if as_json:
+        data = result.to_dict() if hasattr(result, "to_dict") else result
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif isinstance(result, list):
+        print_study_list(result)
+    else:
+        print_status(result)
+
+
+@cli.command()
+@click.argument("study")
+@_storage_option
+@click.option(
+    "-o", "--out", default="best.json", show_default=True, type=click.Path(dir_okay=False)
+)
+@click.option("--trial", "trial", type=int, default=None, help="Trial number [default: the best].")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "yaml"]),
+    default=None,
+    help="[default: from --out's suffix, else json]",
+)
+def export(study, storage, out, trial, fmt):
+    """Write trial (default: best) of STUDY as a file that rebuilds its run without the storage."""
+    from cnnopt.export import export as do_export
+
+    path, data = do_export(study, out, trial, fmt, storage)
+    t = data["trial"]
+    click.echo(f"exported {study} trial #{t['number']} ({t['metric']} {t['value']}) to {path}")
+
+
+@cli.command()
+@click.argument("export_file", type=click.Path(dir_okay=False))
+@click.option("--epochs", type=click.IntRange(1), default=None, help="[default: the trial's]")
+@click.option(
+    "--schedule",
+    type=click.Choice(["none", "step", "step_decay", "cosine", "onecycle"]),
+    default=None,
+    help="Learning-rate schedule [default: the trial's].",
+)
+@click.option("-o", "--out", default=None, help="Output folder [default: runs/<study>-trial<N>].")
+@_data_dir_option
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change a config key (repeatable): crop_padding=2, hflip=true, label_smoothing=0.1, "
+    "tta_flip=true, optimizer=sgd_nesterov, lr=0.05, amp=bf16, train_subset=5000 ...",
+)
+@click.option(
+    "--holdout",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Hold out this fraction of the training set for early stopping.",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(1),
+    default=None,
+    help="Early-stopping patience in epochs on the holdout loss [default with --holdout: 3].",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@click.option(
+    "--reproduce",
+    is_flag=True,
+    help="Retrain the trial's run exactly (its split, epochs, seed) and compare its value.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(
+    export_file,
+    epochs,
+    schedule,
+    out,
+    data_dir,
+    sets,
+    holdout,
+    patience,
+    device,
+    reproduce,
+    no_progress,
+):
+    """Final training of an exported trial (cnnopt export) on the full training set, then test.
+
+    Writes checkpoint.pt (load it with cnnopt.final.load_checkpoint), results.json and
+    confusion_matrix.html to --out.
+    """
+    from cnnopt.final import check_reproduced, print_results, train_final
+    from cnnopt.study import parse_override
+
+    results = train_final(
+        export_file,
+        epochs=epochs,
+        schedule=schedule,
+        out=out,
+        data_dir=data_dir,
+        sets=dict(parse_override(s) for s in sets),
+        holdout=holdout,
+        patience=patience,
+        device=device,
+        reproduce=reproduce,
+        progress=not no_progress,
+    )
+    print_results(results)
+    if reproduce:
+        check_reproduced(results)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-k", "--top", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--invert",
+    is_flag=True,
+    help="Invert the images first (dark objects on light ground -> FashionMNIST style).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def predict(checkpoint, images, top, invert, as_json):
+    """Top classes with probabilities for IMAGES (PNG, JPEG, ...) from a cnnopt train CHECKPOINT."""
+    import json
+
+    from cnnopt.final import predict_images
+
+    rows = predict_images(checkpoint, list(images), top, invert)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        tops = ", ".join(f"{c['class']} {100 * c['probability']:.1f}%" for c in r["top"])
+        click.echo(f"{r['image']}: {tops}")
+
+
+@cli.command()
+@click.argument("study")
+@_storage_option
+@click.option(
+    "-o", "--out", default="report.html", show_default=True, type=click.Path(dir_okay=False)
+)
+def report(study, storage, out):
+    """Write one self-contained HTML file of plotly figures about STUDY."""
+    from cnnopt.report import write_report
+
+    path, sections = write_report(study, out, storage)
+    for s in sections:
+        if s.figure is None:
+            click.echo(f"{s.title}: {s.note}", err=True)
+    n = sum(s.figure is not None for s in sections)
+    click.echo(f"wrote {path} ({n} figures)")
+
+
+@cli.command()
+@click.argument("study", required=False)
+@_storage_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+def dashboard(study, storage, host, port):
+    """Serve optuna-dashboard for a storage (blocks; Ctrl-C stops it).
+
+    Storage: --storage, else storage/STUDY.journal, else the only storage/*.journal file.
+    """
+    from cnnopt.dashboard import host_warning, pick_storage, serve
+
+    url = pick_storage(storage, study)
+    warning = host_warning(host)
+    if warning:
+        click.echo(warning, err=True)
+    serve(url, host, port)
+
+
 # ---- issue 5: status, export, train, predict, report, dashboard ----
 # (commands of this group go above this marker)
 #

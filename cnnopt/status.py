@@ -1,0 +1,315 @@
+"""`cnnopt status`: what a study's storage says right now, read-only.
+
+Also the helpers every inspecting command shares: open an *existing* study (never create an empty
+journal by looking at it) and list the studies of a storage.
+
+Worker liveness:
+- RDB storages: Optuna's ``trial_heartbeats`` table; a RUNNING trial's worker is alive while its
+  last heartbeat is younger than the storage's grace period.
+- journal files (no heartbeats): each RUNNING trial carries the ``worker`` user attribute
+  ``host:pid`` (objective.worker_tag); on this host the pid is checked, elsewhere it is unknown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from cnnopt.errors import StorageError
+from cnnopt.storage import (
+    GRACE_PERIOD,
+    STORAGE_DIR,
+    get_storage,
+    is_file_storage,
+    mask_url,
+    resolve_url,
+)
+
+# -- opening -------------------------------------------------------------------------------------
+
+
+def _check_file(url: str) -> None:
+    if is_file_storage(url):
+        path = Path(url.removeprefix("journal://"))
+        if not path.is_file():
+            raise StorageError(
+                f"no study storage at {path} (pass --storage, or run the study first)"
+            )
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An existing storage, without heartbeat threads or retry callbacks (we only read)."""
+    _check_file(url)
+    return get_storage(url, heartbeat=False)
+
+
+def load_study(study_name: str, storage: str | None = None) -> tuple[optuna.Study, str]:
+    """The stored study ``study_name`` (default storage: storage/<name>.journal) and its URL."""
+    url = resolve_url(storage, study_name)
+    st = open_storage(url)
+    try:
+        return optuna.load_study(study_name=study_name, storage=st), url
+    except KeyError:
+        names = optuna.get_all_study_names(st)
+        known = f"; it holds {', '.join(names)}" if names else "; it holds no study"
+        raise StorageError(f"no study {study_name!r} in {mask_url(url)}{known}") from None
+
+
+def journal_files(folder: Path = STORAGE_DIR) -> list[Path]:
+    return sorted(folder.glob("*.journal")) if folder.is_dir() else []
+
+
+def list_studies(url: str) -> list[dict[str, Any]]:
+    """Name, direction, trial count and best value of every study in one storage."""
+    st = open_storage(url)
+    out = []
+    for s in optuna.get_all_study_summaries(st, include_best_trial=True):
+        best = s.best_trial.value if s.best_trial is not None and len(s.directions) == 1 else None
+        out.append(
+            {
+                "storage": mask_url(url),
+                "study": s.study_name,
+                "direction": ",".join(d.name.lower() for d in s.directions),
+                "trials": s.n_trials,
+                "best": best if len(s.directions) == 1 else None,
+                "started": s.datetime_start.isoformat(timespec="seconds")
+                if s.datetime_start
+                else None,
+            }
+        )
+    return out
+
+
+# -- status of one study -------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerStatus:
+    worker: str  # host:pid
+    trials: list[int]  # its RUNNING trial numbers
+    alive: bool | None  # None: cannot tell from here
+    how: str  # why we think so
+
+
+@dataclass
+class StudyStatus:
+    study: str
+    storage: str  # masked
+    direction: str
+    metric: str
+    states: dict[str, int]
+    n_trials: int
+    best_number: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    trials_per_hour: float | None = None
+    pruned_fraction: float | None = None
+    median_trial_seconds: float | None = None
+    workers: list[WorkerStatus] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _rdb_heartbeat_ages(storage: Any, trial_ids: list[int]) -> dict[int, float]:
+    """Seconds since each RUNNING trial's last heartbeat (RDB storages only)."""
+    if not trial_ids or not hasattr(storage, "scoped_session"):
+        return {}
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(storage.scoped_session) as session:
+        now = session.execute(sqlalchemy.func.now()).scalar()
+        rows = (
+            session.query(models.TrialHeartbeatModel)
+            .filter(models.TrialHeartbeatModel.trial_id.in_(trial_ids))
+            .all()
+        )
+        now = now.replace(tzinfo=None)
+        return {r.trial_id: (now - r.heartbeat.replace(tzinfo=None)).total_seconds() for r in rows}
+
+
+def worker_status(ostudy: optuna.Study, url: str) -> list[WorkerStatus]:
+    running = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    by_worker: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in running:
+        by_worker.setdefault(str(t.user_attrs.get("worker", "?")), []).append(t)
+    ages: dict[int, float] = {}
+    grace = GRACE_PERIOD
+    if not is_file_storage(url):
+        storage = ostudy._storage
+        inner = getattr(storage, "_backend", storage)  # _CachedStorage wraps the RDBStorage
+        grace = getattr(inner, "grace_period", None) or grace
+        try:
+            ages = _rdb_heartbeat_ages(inner, [t._trial_id for t in running])
+        except Exception:  # noqa: BLE001 - liveness is best effort; the table may be absent
+            ages = {}
+    here = socket.gethostname()
+    out = []
+    for worker, trials in sorted(by_worker.items()):
+        numbers = [t.number for t in trials]
+        beat = [ages[t._trial_id] for t in trials if t._trial_id in ages]
+        host, _, pid = worker.rpartition(":")
+        if beat:
+            age = min(beat)
+            alive, how = age <= grace, f"heartbeat {age:.0f}s ago (grace {grace}s)"
+        elif host == here and pid.isdigit():
+            alive = pid_alive(int(pid))
+            how = f"pid {pid} {'running' if alive else 'gone'} on this host"
+        elif worker == "?":
+            alive, how = None, "trial has no worker attribute"
+        elif not is_file_storage(url):
+            alive, how = None, "no heartbeat recorded"
+        else:
+            alive, how = None, f"on host {host}: cannot check from {here}"
+        out.append(WorkerStatus(worker, numbers, alive, how))
+    return out
+
+
+def study_status(ostudy: optuna.Study, url: str) -> StudyStatus:
+    trials = ostudy.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    multi = len(ostudy.directions) > 1
+    st = StudyStatus(
+        study=ostudy.study_name,
+        storage=mask_url(url),
+        direction=",".join(d.name.lower() for d in ostudy.directions),
+        metric=str(ostudy.user_attrs.get("metric", "value")),
+        states=states,
+        n_trials=len(trials),
+    )
+    if not multi:
+        try:
+            best = ostudy.best_trial
+            st.best_number, st.best_value, st.best_params = best.number, best.value, best.params
+        except ValueError:
+            pass
+    finished = [
+        t
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_complete
+    ]
+    if finished:
+        starts = [t.datetime_start for t in trials if t.datetime_start]
+        end = max(t.datetime_complete for t in finished)
+        hours = (end - min(starts)).total_seconds() / 3600 if starts else 0
+        if any(t.state == TrialState.RUNNING for t in trials):
+            now = dt.datetime.now()
+            hours = max(hours, (now - min(starts)).total_seconds() / 3600)
+        st.trials_per_hour = len(finished) / hours if hours > 0 else None
+        st.pruned_fraction = states.get("PRUNED", 0) / len(finished)
+        durations = [
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in finished
+            if t.datetime_start
+        ]
+        st.median_trial_seconds = statistics.median(durations) if durations else None
+    st.workers = worker_status(ostudy, url)
+    return st
+
+
+# -- printing ------------------------------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def print_status(st: StudyStatus, console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"study {st.study}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("storage", st.storage)
+    table.add_row("direction", f"{st.direction} {st.metric}")
+    table.add_row(
+        "trials",
+        f"{st.n_trials}: " + ", ".join(f"{n} {k.lower()}" for k, n in sorted(st.states.items()))
+        if st.n_trials
+        else "none",
+    )
+    if st.best_value is not None:
+        table.add_row("best", f"#{st.best_number}: {st.best_value:.4f}")
+        for k, v in st.best_params.items():
+            table.add_row(f"  {k}", _fmt(v))
+    if st.trials_per_hour is not None:
+        table.add_row("trials per hour", f"{st.trials_per_hour:.1f}")
+    if st.median_trial_seconds is not None:
+        table.add_row("median trial", f"{st.median_trial_seconds:.1f}s")
+    if st.pruned_fraction is not None:
+        table.add_row("pruned", f"{100 * st.pruned_fraction:.0f}% of finished trials")
+    console.print(table)
+    if st.workers:
+        wt = Table(title="workers with running trials", title_justify="left")
+        for col in ("worker", "trials", "alive", "how we know"):
+            wt.add_column(col)
+        for w in st.workers:
+            alive = {True: "[green]alive[/]", False: "[red]dead[/]", None: "unknown"}[w.alive]
+            wt.add_row(w.worker, ", ".join(f"#{n}" for n in w.trials), alive, w.how)
+        console.print(wt)
+    else:
+        console.print("no running trials (no worker is busy)")
+
+
+def print_study_list(rows: list[dict[str, Any]], console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    if not rows:
+        console.print("no studies found")
+        return
+    table = Table(title="studies", title_justify="left")
+    for col in ("study", "storage", "direction", "trials", "best", "started"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["study"],
+            r["storage"],
+            r["direction"],
+            str(r["trials"]),
+            "" if r["best"] is None else f"{r['best']:.4f}",
+            r["started"] or "",
+        )
+    console.print(table)
+
+
+def status(study_name: str | None, storage: str | None) -> StudyStatus | list[dict[str, Any]]:
+    """One study's status, or (no name) the list of studies of the storage / storage/*.journal."""
+    if study_name:
+        ostudy, url = load_study(study_name, storage)
+        return study_status(ostudy, url)
+    url = storage or os.environ.get("CNNOPT_STORAGE")
+    if url:
+        return list_studies(url)
+    files = journal_files()
+    if not files:
+        raise StorageError(f"no *.journal files under {STORAGE_DIR}/; pass --storage")
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        rows.extend(list_studies(str(f)))
+    return rows

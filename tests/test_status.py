@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from cnnopt.cli import cli
+from cnnopt.errors import StorageError
+from cnnopt.status import load_study, print_status, status, study_status
+from cnnopt.storage import get_storage
+
+
+def test_status_of_a_study_counts_states_best_rate_and_pruned(tiny_study):
+    study, url = tiny_study
+    st = status("tiny", url)
+    assert st.n_trials == 6
+    assert sum(st.states.values()) == 6
+    assert st.states.get("COMPLETE", 0) >= 1
+    ostudy, _ = load_study("tiny", url)
+    assert st.best_value == ostudy.best_value
+    assert st.best_params == ostudy.best_params
+    assert st.metric == "val_accuracy"
+    assert st.trials_per_hour and st.trials_per_hour > 0
+    assert st.pruned_fraction == pytest.approx(st.states.get("PRUNED", 0) / 6)
+    assert st.workers == []  # nothing running
+    console = Console(record=True, width=120)
+    print_status(st, console)
+    text = console.export_text()
+    assert "trials per hour" in text and "pruned" in text and "no running trials" in text
+
+
+def test_status_cli_json_and_study_list(tiny_study, tmp_path, monkeypatch):
+    _, url = tiny_study
+    r = CliRunner().invoke(cli, ["status", "tiny", "--storage", url, "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["study"] == "tiny" and data["n_trials"] == 6
+    r = CliRunner().invoke(cli, ["status", "--storage", url])
+    assert r.exit_code == 0 and "tiny" in r.output
+    # no STUDY, no URL: every storage/*.journal file of the working directory
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CNNOPT_STORAGE", raising=False)
+    (tmp_path / "storage").mkdir()
+    other = optuna.create_study(
+        study_name="other", storage=get_storage(str(tmp_path / "storage" / "other.journal"))
+    )
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    rows = status(None, None)
+    assert [r["study"] for r in rows] == ["other"]
+    assert rows[0]["trials"] == 2
+
+
+def test_status_of_missing_storage_is_an_error_and_creates_nothing(tmp_path):
+    url = str(tmp_path / "nope.journal")
+    with pytest.raises(StorageError, match="no study storage"):
+        status("tiny", url)
+    assert not (tmp_path / "nope.journal").exists()
+
+
+def test_status_names_the_studies_when_the_study_is_not_there(tiny_study):
+    _, url = tiny_study
+    with pytest.raises(StorageError, match="holds tiny"):
+        status("missing", url)
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_journal_workers_alive_and_dead_by_pid(tmp_path):
+    url = str(tmp_path / "w.journal")
+    ostudy = optuna.create_study(study_name="w", storage=get_storage(url))
+    here = socket.gethostname()
+    for tag in (f"{here}:{os.getpid()}", f"{here}:{_dead_pid()}", "elsewhere:12"):
+        t = ostudy.ask()
+        t.set_user_attr("worker", tag)
+    workers = {w.worker: w for w in study_status(ostudy, url).workers}
+    assert workers[f"{here}:{os.getpid()}"].alive is True
+    dead = [w for k, w in workers.items() if k.startswith(here) and k != f"{here}:{os.getpid()}"]
+    assert dead[0].alive is False and "gone" in dead[0].how
+    assert workers["elsewhere:12"].alive is None
+
+
+def test_rdb_workers_alive_by_heartbeat(tmp_path):
+    url = f"sqlite:///{tmp_path / 'hb.db'}"
+    storage = get_storage(url)
+    ostudy = optuna.create_study(study_name="hb", storage=storage)
+    t = ostudy.ask()
+    t.set_user_attr("worker", "otherhost:99")
+    inner = getattr(storage, "_backend", storage)
+    inner.record_heartbeat(t._trial_id)
+    t2 = ostudy.ask()
+    t2.set_user_attr("worker", "otherhost:100")  # never beat
+    workers = {w.worker: w for w in study_status(ostudy, url).workers}
+    assert workers["otherhost:99"].alive is True
+    assert "heartbeat" in workers["otherhost:99"].how
+    assert workers["otherhost:100"].alive is None
