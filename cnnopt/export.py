@@ -60,27 +60,36 @@ def pick_trial(ostudy: optuna.Study, number: int | None) -> optuna.trial.FrozenT
     raise StorageError(f"study {ostudy.study_name!r} has no trial #{number}")
 
 
+def study_file_path(study_file: dict[str, Any]) -> str | None:
+    """The study file as recorded (relative to where `cnnopt run` ran), else its absolute path."""
+    path = study_file.get("path")
+    if path and not Path(path).is_file() and study_file.get("abs_path"):
+        return study_file["abs_path"]
+    return path
+
+
 def trial_config(
     trial: optuna.trial.FrozenTrial, study_file: dict[str, Any] | None
 ) -> tuple[RunConfig, str]:
     """The trial's RunConfig and where it came from ('config attr' or 'study file replay')."""
     if "config" in trial.user_attrs:
         return RunConfig.from_dict(trial.user_attrs["config"]), "config user attribute"
-    if not study_file or not Path(study_file.get("path", "")).is_file():
+    path = study_file_path(study_file or {})
+    if not path or not Path(path).is_file():
         raise CnnoptError(
             f"trial #{trial.number} has no stored config and the study file "
             f"{(study_file or {}).get('path')!r} is not available to replay its params"
         )
     from cnnopt.study import Study
 
-    study = Study.load(study_file["path"], study_file.get("fixed") or {})
+    study = Study.load(path, study_file.get("fixed") or {})
     return study.config_from_params(trial.params), "study file replayed on the params"
 
 
 def build_export(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, url: str) -> dict:
     study_file = ostudy.user_attrs.get("study_file") or {}
     cfg, source = trial_config(trial, study_file)
-    path = study_file.get("path")
+    path = study_file_path(study_file)
     stored_hash = study_file.get("sha256")
     current = file_sha256(path) if path else None
     warnings: list[str] = []

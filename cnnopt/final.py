@@ -366,6 +366,7 @@ def train_final(
         "epoch": len(result.history),
         "config": cfg.to_dict(),
         "classes": list(ds.classes),
+        "multilabel": bool(ds.multilabel),
         "mean": [float(v) for v in split.mean.cpu()],
         "std": [float(v) for v in split.std.cpu()],
         "args": json.loads(json.dumps(args, default=str)),
@@ -491,7 +492,8 @@ def predict_images(
     logits = model(x).float()
     if cfg.train.tta_flip:
         logits = (logits + model(x.flip(-1)).float()) / 2
-    probs = logits.softmax(1)
+    # multi-label models score each label independently (sigmoid), single-label ones share softmax
+    probs = logits.sigmoid() if meta.get("multilabel") else logits.softmax(1)
     k = min(top, probs.shape[1])
     values, idx = probs.topk(k, dim=1)
     classes = meta["classes"]

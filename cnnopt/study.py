@@ -212,6 +212,7 @@ class Study:
     def describe(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
+            "abs_path": str(self.path.resolve()),
             "sha256": self.sha256,
             "settings": dataclasses.asdict(self.settings),
             "fixed": dict(self.fixed),
