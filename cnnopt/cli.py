@@ -178,6 +178,26 @@ def storage_url():
     click.echo(PgServer().url())
 
 
+@storage_group.command("overhead")
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--storage",
+    "storages",
+    multiple=True,
+    required=True,
+    help="A storage to measure (repeatable: side by side in one run).",
+)
+@click.option("-n", "--n-trials", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a study setting.")
+def storage_overhead(study_file, storages, n_trials, sets):
+    """Time spent in storage calls vs training per trial, for each --storage."""
+    from cnnopt.overhead import format_rows, measure
+    from cnnopt.study import parse_override
+
+    overrides = dict(parse_override(s) for s in sets)
+    click.echo(format_rows(measure(study_file, list(storages), n_trials, overrides)))
+
+
 # ---- issue 3: storage up/down/url ----
 # (commands of this group go above this marker)
 #
