@@ -181,3 +181,46 @@ def test_ctrl_c_then_rerun(postgres_url, tmp_path):
         reruns = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
         assert len(reruns) == 1 and reruns[0].state in FINISHED
         assert reruns[0].params == t.params
+
+
+def test_checkpoint_store_resume_and_keep_best(tmp_path):
+    """A retried trial finds its original's checkpoint; a completed trial's checkpoint is kept
+    only while it is the best (best.pt), pruned/failed ones are discarded."""
+    from cnnopt.checkpoint import CheckpointStore
+
+    store = CheckpointStore("s", "val_accuracy", "maximize", root=tmp_path)
+    study = optuna.create_study(direction="maximize")
+
+    def ckpt(epoch, acc):
+        return {"model": {}, "optimizer": {}, "scheduler": None, "epoch": epoch, "config": {},
+                "history": [{"epoch": epoch, "metrics": {"val_accuracy": acc}}]}  # fmt: skip
+
+    first = study.ask()
+    assert store.load_for(first) is None
+    store.saver(first)(ckpt(2, 0.5))
+    assert store.path(first.number).exists()
+    study.tell(first, state=TrialState.FAIL)  # its worker "died"
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING, system_attrs={"failed_trial": first.number}
+        )
+    )
+    retry = study.ask()
+    resumed = store.load_for(retry)
+    assert resumed is not None and resumed["epoch"] == 2
+    store.saver(retry)(ckpt(3, 0.6))  # goes on writing the original's file
+    store.finished(retry)
+    assert not store.path(first.number).exists() and store.best_path.exists()
+    assert store.best_info() == {"trial": retry.number, "value": 0.6}
+
+    worse = study.ask()
+    store.saver(worse)(ckpt(3, 0.4))
+    store.finished(worse)
+    assert not store.path(worse.number).exists()
+    assert store.best_info()["trial"] == retry.number
+
+    pruned = study.ask()
+    store.saver(pruned)(ckpt(1, 0.1))
+    study.tell(pruned, state=TrialState.PRUNED)
+    store.discard(study.trials[pruned.number])
+    assert not store.path(pruned.number).exists()
