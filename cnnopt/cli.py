@@ -134,6 +134,70 @@ def data_check(name, data_dir, sets):
     click.echo(format_check(check_dataset(cfg)))
 
 
+@cli.group("storage")
+def storage_group() -> None:
+    """A local PostgreSQL server for studies (data under storage/postgres/)."""
+
+
+@storage_group.command("up")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port [default: 5433 or the next free one].",
+)
+def storage_up(port):
+    """Start a local PostgreSQL (initdb the first time) and print its URL."""
+    from cnnopt.pgserver import PgServer
+
+    server = PgServer()
+    url = server.up(port)
+    click.echo(
+        f"cnnopt: PostgreSQL is running on 127.0.0.1:{server.port} (data in {server.data})",
+        err=True,
+    )
+    click.echo(url)
+
+
+@storage_group.command("down")
+def storage_down():
+    """Stop the local PostgreSQL started by `cnnopt storage up`."""
+    from cnnopt.pgserver import PgServer
+
+    stopped = PgServer().down()
+    click.echo(
+        "cnnopt: PostgreSQL stopped" if stopped else "cnnopt: PostgreSQL was not running", err=True
+    )
+
+
+@storage_group.command("url")
+def storage_url():
+    """Print the URL of the local PostgreSQL (for --storage "$(cnnopt storage url)")."""
+    from cnnopt.pgserver import PgServer
+
+    click.echo(PgServer().url())
+
+
+@storage_group.command("overhead")
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--storage",
+    "storages",
+    multiple=True,
+    required=True,
+    help="A storage to measure (repeatable: side by side in one run).",
+)
+@click.option("-n", "--n-trials", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a study setting.")
+def storage_overhead(study_file, storages, n_trials, sets):
+    """Time spent in storage calls vs training per trial, for each --storage."""
+    from cnnopt.overhead import format_rows, measure
+    from cnnopt.study import parse_override
+
+    overrides = dict(parse_override(s) for s in sets)
+    click.echo(format_rows(measure(study_file, list(storages), n_trials, overrides)))
+
+
 # ---- issue 3: storage up/down/url ----
 # (commands of this group go above this marker)
 #

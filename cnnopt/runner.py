@@ -20,17 +20,24 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from cnnopt.errors import StorageError, TrialFailed
-from cnnopt.storage import get_storage, is_file_storage, mask_url, resolve_url
+from cnnopt.storage import (
+    RETRY_SECONDS,
+    RetryStaleTrialCallback,
+    get_storage,
+    is_file_storage,
+    mask_url,
+    resolve_url,
+)
 from cnnopt.study import Study
 
 log = logging.getLogger("cnnopt")
@@ -106,26 +113,41 @@ def threads_per_worker(devices: list[str]) -> int:
 
 
 def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
+    """Create-or-load the study. Several `cnnopt run` processes (one per docker container, or
+    per machine) may create it at the same moment (optuna#1092): the loser of that race loads the
+    winner's study instead of failing."""
     storage = get_storage(url, retry_failed=study.settings.retry_failed)
     try:
         if create:
-            ostudy = optuna.create_study(
-                storage=storage,
+            try:
+                ostudy = optuna.create_study(
+                    storage=storage,
+                    study_name=study.name,
+                    direction=study.settings.direction,
+                    sampler=study.make_sampler(),
+                    pruner=study.make_pruner(),
+                    load_if_exists=True,
+                )
+            except optuna.exceptions.DuplicatedStudyError:
+                create = False  # created by another process between our check and our insert
+        if not create:
+            ostudy = optuna.load_study(
                 study_name=study.name,
-                direction=study.settings.direction,
+                storage=storage,
                 sampler=study.make_sampler(),
                 pruner=study.make_pruner(),
-                load_if_exists=True,
             )
-        else:
-            ostudy = optuna.load_study(study_name=study.name, storage=storage)
     except (StorageError, TrialFailed):
         raise
+    except KeyError:
+        raise StorageError(f"no study {study.name!r} in {mask_url(url)}") from None
     except Exception as e:  # noqa: BLE001
-        raise StorageError(f"{mask_url(url)}: {type(e).__name__}: {mask_url(str(e))}") from None
-    if create:
-        ostudy.set_user_attr("study_file", study.describe())
-        ostudy.set_user_attr("metric", study.settings.metric)
+        msg = (str(e).strip().splitlines() or [""])[0]
+        raise StorageError(f"{mask_url(url)}: {type(e).__name__}: {mask_url(msg)}") from None
+    attrs = ostudy.user_attrs
+    for key, value in (("study_file", study.describe()), ("metric", study.settings.metric)):
+        if attrs.get(key) != value:
+            ostudy.set_user_attr(key, value)
     return ostudy
 
 
@@ -139,7 +161,13 @@ def fail_trial(ostudy: optuna.Study, trial_id: int, reason: str, max_retry: int)
     except optuna.exceptions.UpdateFinishedTrialError:
         return  # it finished (or another process failed it) in the meantime
     if max_retry > 0:
-        RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(ostudy, storage.get_trial(trial_id))
+        RetryStaleTrialCallback(max_retry=max_retry)(ostudy, storage.get_trial(trial_id))
+
+
+def requeue(ostudy: optuna.Study, trial_id: int) -> None:
+    """Re-queue an interrupted trial's params, however often (an interrupt is not the trial's
+    fault); ``system_attrs['failed_trial']`` lets the re-run find the trial's checkpoint."""
+    RetryStaleTrialCallback(max_retry=None)(ostudy, ostudy._storage.get_trial(trial_id))
 
 
 def fail_trials_of(ostudy: optuna.Study, worker: str, reason: str, max_retry: int) -> list[int]:
@@ -167,6 +195,35 @@ def _release(tickets) -> None:
         tickets.value -= 1
 
 
+# Each worker slot has an "in flight" flag in a shared array: set when its worker takes a ticket,
+# cleared when that trial has ended (complete, pruned, failed, or interrupted and re-queued). A
+# worker that dies with the flag set held a ticket that bought no finished trial: the runner gives
+# it back (once), whether or not the trial got as far as the storage.
+
+
+def _claim_slot(tickets, inflight, slot: int, target: int) -> bool:
+    with tickets.get_lock():
+        if tickets.value >= target:
+            return False
+        tickets.value += 1
+        inflight[slot] = 1
+        return True
+
+
+def _end_slot(inflight, slot: int) -> None:
+    inflight[slot] = 0
+
+
+def _reclaim_slot(tickets, inflight, slot: int) -> bool:
+    """The worker in ``slot`` died: give its in-flight ticket back. True if there was one."""
+    with tickets.get_lock():
+        if inflight[slot]:
+            inflight[slot] = 0
+            tickets.value -= 1
+            return True
+        return False
+
+
 def worker_main(
     spec: WorkerSpec,
     study_path: str,
@@ -177,6 +234,7 @@ def worker_main(
     deadline: float | None,
     stop,
     events,
+    inflight=None,
 ) -> None:
     # Ctrl-C reaches the whole process group; the runner decides, and tells us through `stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -190,7 +248,10 @@ def worker_main(
 
     torch.set_num_threads(spec.threads)
     study = Study.load(study_path, overrides)
-    storage = get_storage(url, retry_failed=study.settings.retry_failed)
+    # a worker started while the database restarts waits for it (a CLI command would not)
+    storage = get_storage(
+        url, retry_failed=study.settings.retry_failed, connect_retry=RETRY_SECONDS
+    )
     ostudy = optuna.load_study(
         study_name=study.name,
         storage=storage,
@@ -204,7 +265,15 @@ def worker_main(
             current["trial"] = event["trial"]
         events.put({**event, "worker": spec.index, "pid": os.getpid()})
 
+    checkpoints = None
+    if study.settings.checkpoint:
+        from cnnopt.checkpoint import CheckpointStore
+
+        checkpoints = CheckpointStore(study.name, study.settings.metric, study.settings.direction)
+
     def on_trial_end(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        if checkpoints is not None and t.state in (TrialState.PRUNED, TrialState.FAIL):
+            checkpoints.discard(t)  # final: it will not be resumed
         events.put(
             {
                 "event": "end",
@@ -216,12 +285,17 @@ def worker_main(
             }
         )
 
-    objective = Objective(study, spec.device, should_stop=stop.is_set, emit=emit)
+    objective = Objective(
+        study, spec.device, should_stop=stop.is_set, emit=emit, checkpoints=checkpoints
+    )
+    slot = spec.index
+    if inflight is None:  # called without a runner (tests): a private flag
+        inflight = [0] * (slot + 1)
     events.put({"event": "ready", "worker": spec.index, "pid": os.getpid(), "tag": worker_tag()})
     while (
         not stop.is_set()
         and (deadline is None or time.time() < deadline)
-        and _claim(tickets, target)
+        and _claim_slot(tickets, inflight, slot, target)
     ):
         current.clear()
         try:
@@ -232,13 +306,18 @@ def worker_main(
                 callbacks=[on_trial_end],
                 gc_after_trial=False,
             )
+            _end_slot(inflight, slot)
         except Interrupted:
             # Optuna has marked the trial FAIL; give its params back to the queue and the ticket
             # back to the budget, so re-running the same command resumes exactly here.
-            _release(tickets)
             if "trial" in current:
-                t = ostudy.trials[current["trial"]]
-                ostudy.enqueue_trial(t.params, skip_if_exists=False)
+                trial_id = ostudy._storage.get_trial_id_from_study_id_trial_number(
+                    ostudy._study_id, current["trial"]
+                )
+                requeue(ostudy, trial_id)
+            _reclaim_slot(tickets, inflight, slot)
+            if "trial" in current:
+                t = ostudy._storage.get_trial(trial_id)
                 events.put(
                     {
                         "event": "end",
@@ -279,6 +358,7 @@ class Runner:
         ctx = mp.get_context("spawn")  # fork after torch/CUDA init is unsafe
         stop = ctx.Event()
         tickets = ctx.Value("i", 0)
+        inflight = ctx.Array("b", max(n_workers, 1))  # see _claim_slot; shares tickets' lock
         events = ctx.Queue()
         procs: dict[int, mp.process.BaseProcess] = {}
         tags: dict[int, str] = {}
@@ -303,6 +383,7 @@ class Runner:
                     deadline,
                     stop,
                     events,
+                    inflight,
                 ),
                 name=f"cnnopt-worker-{i}",
             )
@@ -326,13 +407,16 @@ class Runner:
                 spawn(i)
             with display:
                 while procs:
+                    # all waiting events first, then always the health checks (a steady stream
+                    # of events must not starve them)
                     try:
                         ev = events.get(timeout=0.5)
-                        if ev["event"] == "ready":
-                            tags[ev["worker"]] = ev["tag"]
-                        log_events.append(ev)
-                        display.update(ev)
-                        continue
+                        while True:
+                            if ev["event"] == "ready":
+                                tags[ev["pid"]] = ev["tag"]
+                            log_events.append(ev)
+                            display.update(ev)
+                            ev = events.get_nowait()
                     except queue_mod.Empty:
                         pass
                     for i, p in list(procs.items()):
@@ -340,44 +424,50 @@ class Runner:
                             continue
                         p.join()
                         del procs[i]
-                        if p.exitcode != 0:
-                            deaths += 1
-                            tag = tags.get(i, f"{os.uname().nodename}:{p.pid}")
-                            reason = f"worker {i} (pid {p.pid}) died with exit code {p.exitcode}"
-                            failed = fail_trials_of(
-                                ostudy, tag, reason, self.study.settings.retry_failed
-                            )
-                            for _ in failed:
-                                _release(tickets)
-                            display.update(
-                                {"event": "death", "worker": i, "reason": reason, "trials": failed}
-                            )
-                            log.warning(
-                                "%s; failed trials %s and re-queued their params", reason, failed
-                            )
-                            if (
-                                not stop.is_set()
-                                and tickets.value < n_new
-                                and deaths <= 3 * n_workers
-                            ):
-                                spawn(i)
+                        if p.exitcode == 0:
+                            continue
+                        deaths += 1
+                        tag = tags.get(p.pid, f"{socket.gethostname()}:{p.pid}")
+                        reason = f"worker {i} (pid {p.pid}) died with exit code {p.exitcode}"
+                        failed = fail_trials_of(
+                            ostudy, tag, reason, self.study.settings.retry_failed
+                        )
+                        _reclaim_slot(tickets, inflight, i)
+                        display.update(
+                            {"event": "death", "worker": i, "reason": reason, "trials": failed}
+                        )
+                        log.warning(
+                            "%s; failed trials %s and re-queued their params", reason, failed
+                        )
+                        if not stop.is_set() and tickets.value < n_new and deaths <= 3 * n_workers:
+                            spawn(i)
                     if not is_file_storage(self.url) and time.time() - last_stale_check > 30:
-                        optuna.storages.fail_stale_trials(ostudy)
+                        self._fail_stale(ostudy)
                         last_stale_check = time.time()
         finally:
             stop.set()
+            end = time.time() + 15
             for p in procs.values():
-                p.join(timeout=15)
+                p.join(timeout=max(0.1, end - time.time()))
+            for p in procs.values():
                 if p.is_alive():
-                    p.terminate()
+                    p.kill()  # SIGTERM only sets `stop` in a worker, which it ignored
+                    p.join(timeout=5)
             for s, h in old.items():
                 signal.signal(s, h)
         if not is_file_storage(self.url):
             # the last workers are done: fail whatever went stale, so nothing stays RUNNING
-            optuna.storages.fail_stale_trials(ostudy)
+            self._fail_stale(ostudy)
         return self._summary(
             ostudy, n_before, time.time() - t0, deaths, interrupted["flag"], log_events
         )
+
+    @staticmethod
+    def _fail_stale(ostudy: optuna.Study) -> None:
+        try:
+            optuna.storages.fail_stale_trials(ostudy)
+        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run
+            log.warning("checking for stale trials failed: %s", mask_url(str(e).splitlines()[0]))
 
     def _summary(self, ostudy, n_before, seconds, deaths, interrupted, events) -> RunSummary:
         trials = ostudy.get_trials(deepcopy=False)

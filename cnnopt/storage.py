@@ -5,29 +5,66 @@
 - ``*.journal`` path or ``journal:///path``: a JournalStorage file there;
 - anything else with ``://``: an SQLAlchemy URL for RDBStorage (PostgreSQL, MySQL, SQLite), with
   engine settings for many workers and heartbeats so a dead worker's trial does not stay RUNNING.
+  Server databases (PostgreSQL, MySQL) get a ``RetryingRDBStorage``: every storage call rides out a
+  lost connection (a database restart, a failover, a dropped idle connection) by retrying with
+  exponential backoff for up to ``RETRY_SECONDS``.
+
+Connections. Each process holds at most ``POOL_SIZE`` = 2 connections (``max_overflow=0``): one for
+its main thread and one for the heartbeat thread that Optuna runs beside a trial. ``cnnopt run
+--workers N`` is N worker processes plus the runner process, so it opens at most
+
+    2 * (N + 1) connections in total
+
+(N=16: 34; PostgreSQL's default ``max_connections`` is 100, so one run may have up to 48 workers).
+Every further ``cnnopt run`` (e.g. one per docker container: 1 runner + 1 worker = 4), ``status``
+or ``dashboard`` process adds its own 2 * (its processes). Connections are checked with
+``pool_pre_ping`` before use (PostgreSQL and proxies drop idle ones, optuna#5600) and recycled after
+``POOL_RECYCLE`` seconds.
+
 Passwords never leave this module unmasked: use ``mask_url`` for anything printed.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import random
 import re
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from cnnopt.errors import StorageError
+
+log = logging.getLogger("cnnopt.storage")
 
 STORAGE_DIR = Path("storage")
 # Heartbeats run in a thread beside training, so a long CPU epoch never delays them; the grace
 # period only has to cover a stalled database connection (optuna#4234, #5470: too short fails live
-# trials).
+# trials) -- and a database restart, which the retries below ride out.
 HEARTBEAT_INTERVAL = 30
 GRACE_PERIOD = 180
 # Per process: the main thread and the heartbeat thread each hold at most one connection.
 POOL_SIZE = 2
+POOL_RECYCLE = 300
+# How long one storage call keeps retrying a lost connection before giving up (> 30 s: a
+# PostgreSQL restart, a managed database's failover).
+RETRY_SECONDS = 60.0
+RETRY_FIRST_DELAY = 0.5
+RETRY_MAX_DELAY = 8.0
+
+
+def max_connections(n_workers: int) -> int:
+    """The most connections one ``cnnopt run --workers n_workers`` opens (workers + runner)."""
+    return POOL_SIZE * (n_workers + 1)
 
 
 def default_url(study_name: str) -> str:
@@ -43,8 +80,10 @@ def is_file_storage(url: str) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
-    return re.sub(r"(://[^:/@]+:)[^@]*(@)", r"\1***\2", url)
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db (also inside messages,
+    and ``password=...`` query or DSN parameters)."""
+    url = re.sub(r"(://[^:/@\s]+:)[^@\s]*(@)", r"\1***\2", url)
+    return re.sub(r"(password=)[^&\s]+", r"\1***", url, flags=re.IGNORECASE)
 
 
 def engine_kwargs(url: str) -> dict:
@@ -55,13 +94,268 @@ def engine_kwargs(url: str) -> dict:
         "max_overflow": 0,
         # PostgreSQL and proxies drop idle connections (optuna#5600); Optuna sets this only for MySQL.
         "pool_pre_ping": True,
-        "pool_recycle": 300,
+        "pool_recycle": POOL_RECYCLE,
         "pool_timeout": 60,
     }
 
 
+# -- retrying lost connections -------------------------------------------------------------------
+
+
+def is_connection_error(e: BaseException) -> bool:
+    """A lost/refused connection (worth retrying), as opposed to a bad query or a logic error.
+
+    RDBStorage turns every SQLAlchemyError raised inside its sessions into a StorageInternalError
+    ``from`` the original, so look down the cause chain."""
+    from sqlalchemy import exc
+
+    seen = 0
+    err: BaseException | None = e
+    while err is not None and seen < 4:
+        if isinstance(err, exc.DBAPIError) and err.connection_invalidated:
+            return True
+        if isinstance(err, exc.OperationalError | exc.InterfaceError | exc.TimeoutError):
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return mask_url(text[0] if text else type(e).__name__)
+
+
+class RetryingRDBStorage(RDBStorage):
+    """RDBStorage whose storage calls retry lost connections with exponential backoff.
+
+    Writes that are not idempotent are made safe to repeat (the first attempt may have committed
+    before the connection broke):
+    - ``set_trial_state_values``: a repeat that finds the trial already finished with exactly the
+      state and values we wrote is a success (not UpdateFinishedTrialError; optuna#5582);
+    - ``create_new_study``: a repeat that finds the study is a success.
+    Attribute, parameter, intermediate-value and heartbeat writes are upserts (repeatable as is).
+    Calls nested inside a retried call are not retried again (the outer call repeats them).
+    """
+
+    retry_seconds = RETRY_SECONDS
+
+    def __init__(self, url: str, *args: Any, retry_seconds: float | None = None, **kwargs: Any):
+        self._local = threading.local()
+        if retry_seconds is not None:
+            self.retry_seconds = retry_seconds
+        super().__init__(url, *args, **kwargs)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        self._local = threading.local()
+        super().__setstate__(state)
+
+    def _retry(self, name: str, fn: Callable[[int], Any]) -> Any:
+        if getattr(self._local, "depth", 0):
+            return fn(0)
+        self._local.depth = 1
+        try:
+            return retry_call(fn, what=name, url=self.url, seconds=self.retry_seconds)
+        finally:
+            self._local.depth = 0
+
+    # the non-idempotent writes
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        def attempt(n: int) -> bool:
+            try:
+                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if n > 0 and _already_written(self.get_trial(trial_id), state, values):
+                    log.info(
+                        "trial %d: the write before the lost connection was committed", trial_id
+                    )
+                    return True
+                raise
+
+        return self._retry("set_trial_state_values", attempt)
+
+    def create_new_study(self, directions: Sequence[Any], study_name: str | None = None) -> int:
+        def attempt(n: int) -> int:
+            try:
+                return RDBStorage.create_new_study(self, directions, study_name)
+            except optuna.exceptions.DuplicatedStudyError:
+                if n > 0 and study_name is not None:
+                    return self.get_study_id_from_name(study_name)
+                raise
+
+        return self._retry("create_new_study", attempt)
+
+
+def _already_written(t: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> bool:
+    if t.state != state:
+        return False
+    if values is None:
+        return True
+    return t.values is not None and list(t.values) == [float(v) for v in values]
+
+
+def retry_call(
+    fn: Callable[[int], Any], *, what: str, url: str, seconds: float = RETRY_SECONDS
+) -> Any:
+    """Call ``fn(attempt)`` until it does not fail with a connection error, with exponential
+    backoff (0.5 s, 1, 2, 4, 8, 8, ... with jitter) for up to ``seconds`` in all."""
+    start = time.monotonic()
+    delay = RETRY_FIRST_DELAY
+    n = 0
+    while True:
+        try:
+            return fn(n)
+        except Exception as e:
+            if not is_connection_error(e):
+                raise
+            elapsed = time.monotonic() - start
+            if elapsed >= seconds:
+                log.error(
+                    "storage %s: %s failed for %.0f s, giving up: %s",
+                    mask_url(url), what, elapsed, _one_line(e),
+                )  # fmt: skip
+                raise
+            pause = min(delay * (0.75 + random.random() / 2), seconds - elapsed)
+            n += 1
+            log.warning(
+                "storage %s: %s: connection lost (%s); retry %d in %.1f s",
+                mask_url(url), what, _one_line(e), n, pause,
+            )  # fmt: skip
+            time.sleep(max(pause, 0.05))
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+
+
+_RETRIED = (
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "_create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "get_trial_param",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "_get_best_trial_id",
+    "get_trial_params",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
+
+
+def _retrying(name: str) -> Callable:
+    base = getattr(RDBStorage, name)
+
+    @functools.wraps(base)
+    def method(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(name, lambda _n: base(self, *args, **kwargs))
+
+    return method
+
+
+for _name in _RETRIED:
+    setattr(RetryingRDBStorage, _name, _retrying(_name))
+
+
+# -- opening a storage ---------------------------------------------------------------------------
+
+
+class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
+    """Optuna's RetryHeartbeatStaleTrialCallback (re-enqueue a dead worker's trial with the same
+    params, ``system_attrs['failed_trial']`` = the original's number), minus the failed run's
+    user attributes (its fail_reason, curves, timings): the retry records its own."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        import copy
+
+        trial = copy.copy(trial)
+        trial.user_attrs = {}
+        super().__call__(study, trial)
+
+
+def _schema_error(url: str, message: str) -> StorageError:
+    found = re.search(r"set up by optuna ([^)\s]+)", message)
+    made_by = f"Optuna {found.group(1)}" if found else "another Optuna version"
+    if "storage upgrade" in message:
+        fix = (
+            f"back it up, then run `optuna storage upgrade --storage URL` "
+            f"(or use {made_by} with it)"
+        )
+    else:
+        fix = f"it is newer than this Optuna: `pip install -U optuna` (or use {made_by})"
+    return StorageError(
+        f"storage {mask_url(url)} has a table schema made by {made_by}, incompatible with "
+        f"Optuna {optuna.__version__}: {fix}"
+    )
+
+
+def _is_creation_race(e: BaseException) -> bool:
+    """Two processes creating Optuna's tables at once (optuna#1092): one loses with an
+    IntegrityError/ProgrammingError ('already exists', 'duplicate key')."""
+    from sqlalchemy import exc
+
+    err: BaseException | None = e
+    while err is not None:
+        if isinstance(err, exc.IntegrityError | exc.ProgrammingError):
+            return True
+        err = err.__cause__
+    return False
+
+
+def open_rdb(url: str, connect_retry: float = 0.0, **kwargs: Any) -> RDBStorage:
+    """RDBStorage (RetryingRDBStorage for server databases), with one-line errors.
+
+    ``connect_retry``: seconds to keep retrying a refused connection while opening (workers use
+    RETRY_SECONDS so that one started during a database restart waits; the CLI uses 0 so that a
+    wrong URL is reported at once)."""
+    cls = RDBStorage if url.startswith("sqlite") else RetryingRDBStorage
+    start = time.monotonic()
+    for race in range(6):
+        try:
+            return retry_call(
+                lambda _n: cls(url, engine_kwargs=engine_kwargs(url), **kwargs),
+                what="open",
+                url=url,
+                seconds=max(0.0, connect_retry - (time.monotonic() - start)),
+            )
+        except RuntimeError as e:
+            if "compatible with the table schema" in str(e):
+                raise _schema_error(url, str(e)) from None
+            raise StorageError(f"cannot open storage {mask_url(url)}: {_one_line(e)}") from None
+        except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors: one line, masked URL
+            if _is_creation_race(e) and race < 5:
+                time.sleep(0.2 + random.random())
+                continue
+            raise StorageError(f"cannot open storage {mask_url(url)}: {_one_line(e)}") from None
+    raise AssertionError("unreachable")
+
+
 def get_storage(
-    url: str, *, heartbeat: bool = True, retry_failed: int = 1
+    url: str, *, heartbeat: bool = True, retry_failed: int = 1, connect_retry: float = 0.0
 ) -> optuna.storages.BaseStorage:
     if is_file_storage(url):
         path = Path(url.removeprefix("journal://"))
@@ -70,20 +364,16 @@ def get_storage(
         return JournalStorage(
             JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
         )
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if heartbeat:
         kwargs = dict(
             heartbeat_interval=HEARTBEAT_INTERVAL,
             grace_period=GRACE_PERIOD,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retry_failed)
+            heartbeat_stale_trial_callback=RetryStaleTrialCallback(max_retry=retry_failed)
             if retry_failed
             else None,
         )
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs(url), **kwargs)
-    except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors: one line with the masked URL
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise StorageError(f"cannot open storage {mask_url(url)}: {mask_url(msg)}") from None
+    return open_rdb(url, connect_retry=connect_retry, **kwargs)
 
 
 def describe(url: str) -> str:

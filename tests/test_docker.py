@@ -1,0 +1,61 @@
+"""docker/compose.yaml: valid for `docker compose config` (where the client has compose), and
+the worker runs exactly the command the README shows."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker" / "compose.yaml"
+# The README shows these commands; keep them identical to the images' commands.
+WORKER_COMMAND = (
+    "cnnopt run studies/fashion_cnn_bn.py --workers 1 "
+    "--storage postgresql+psycopg2://cnnopt:cnnopt@postgres:5432/cnnopt"
+)
+DASHBOARD_COMMAND = (
+    "cnnopt dashboard --host 0.0.0.0 "
+    "--storage postgresql+psycopg2://cnnopt:cnnopt@postgres:5432/cnnopt"
+)
+
+
+def test_compose_services_and_commands():
+    spec = yaml.safe_load(COMPOSE.read_text())
+    services = spec["services"]
+    assert set(services) >= {"postgres", "worker", "dashboard"}
+    assert services["worker"]["command"] == WORKER_COMMAND
+    assert services["dashboard"]["command"] == DASHBOARD_COMMAND
+    assert "pgdata" in spec["volumes"]
+    assert "healthcheck" in services["postgres"]
+    assert "ports" not in services["worker"]  # scalable: --scale worker=4
+    assert services["worker"]["environment"]["CNNOPT_DATA_DIR"] == "/data"
+
+
+def _compose() -> list[str] | None:
+    if shutil.which("docker"):
+        ok = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if ok.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_compose_config_is_valid():
+    compose = _compose()
+    if compose is None:
+        pytest.skip("no docker compose client on this machine")
+    out = subprocess.run(
+        [*compose, "-f", str(COMPOSE), "config"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    for name, expected in (("worker", WORKER_COMMAND), ("dashboard", DASHBOARD_COMMAND)):
+        command = services[name]["command"]  # compose v2 gives a list, v1 the string
+        assert (command if isinstance(command, str) else " ".join(command)) == expected
+    assert services["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"

@@ -1,0 +1,226 @@
+"""Fault tolerance of `cnnopt run`, as real processes: a worker SIGKILLed mid-trial, PostgreSQL
+restarted mid-study, Ctrl-C (SIGINT) and a re-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from cnnopt.storage import get_storage, is_file_storage
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = str(ROOT / "studies" / "quick_synthetic.py")
+NAME = "quick_synthetic"
+SECRET = "pw-S3CRET-x9"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def with_password(url: str) -> str:
+    """Give the URL a password (ignored by trust auth) so the output can be checked for it."""
+    u = make_url(url)
+    if u.password:
+        return url
+    return u.set(password=SECRET).render_as_string(hide_password=False)
+
+
+def secret_of(url: str) -> str | None:
+    return None if is_file_storage(url) else make_url(url).password
+
+
+def start_run(url: str, cwd: Path, n_trials: int, epochs: int = 8, workers: int = 2):
+    cmd = [
+        sys.executable, "-m", "cnnopt.cli", "run", STUDY, "--workers", str(workers),
+        "--n-trials", str(n_trials), "--set", f"epochs={epochs}",
+        "--storage", url, "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def load(url: str) -> optuna.Study:
+    return optuna.load_study(study_name=NAME, storage=get_storage(url, heartbeat=False))
+
+
+def wait_mid_trial(url: str, proc, timeout: float = 150) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial that has finished at least one epoch."""
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            for t in load(url).get_trials(states=(TrialState.RUNNING,)):
+                if t.intermediate_values and "worker" in t.user_attrs:
+                    return t
+        except (KeyError, ValueError, Exception):  # noqa: BLE001 - study not created yet
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail("no trial got to its first epoch in time:\n" + proc.communicate()[0])
+
+
+def finish(proc, timeout: float = 240) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("cnnopt run did not finish:\n" + proc.communicate()[0])
+    return out
+
+
+@pytest.fixture(params=["postgres", "journal"])
+def any_url(request, tmp_path):
+    if request.param == "postgres":
+        return with_password(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "study.journal")
+
+
+@pytest.mark.slow
+def test_sigkill_worker_mid_trial(any_url, tmp_path):
+    proc = start_run(any_url, tmp_path, n_trials=6)
+    victim = wait_mid_trial(any_url, proc)
+    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    import psutil
+
+    assert psutil.Process(pid).ppid() == proc.pid  # a worker of this run
+    os.kill(pid, signal.SIGKILL)
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    trials = load(any_url).get_trials()
+    states = [t.state for t in trials]
+    assert sum(s in FINISHED for s in states) == 6, out
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert f"pid {pid}) died" in killed.user_attrs["fail_reason"]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state in FINISHED
+    assert retries[0].params == victim.params
+    assert "fail_reason" not in retries[0].user_attrs
+    if secret_of(any_url):
+        assert secret_of(any_url) not in out
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_postgres_restart_mid_study():
+    from cnnopt.pgserver import PgServer, find_bin_dir
+
+    if find_bin_dir() is None:
+        reason = "no initdb/pg_ctl to start a PostgreSQL server this test may restart"
+        if os.environ.get("CNNOPT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL required (CNNOPT_REQUIRE_POSTGRES=1): {reason}")
+        pytest.skip(reason)
+    root = Path(tempfile.mkdtemp(prefix="cnnopt-pgrestart-"))
+    cwd = Path(tempfile.mkdtemp(prefix="cnnopt-run-"))
+    server = PgServer(root)
+    try:
+        url = server.up()
+        proc = start_run(url, cwd, n_trials=4)
+        wait_mid_trial(url, proc)
+        before = {t.number: t.value for t in load(url).get_trials(states=FINISHED)}
+        port = server.port
+        server.down()  # fast shutdown: every session is cut
+        time.sleep(5)
+        server._start(port)
+        out = finish(proc)
+        assert proc.returncode == 0, out
+        trials = load(url).get_trials()
+        assert [t.state for t in trials].count(TrialState.RUNNING) == 0
+        assert sum(t.state in FINISHED for t in trials) == 4, out
+        assert all(trials[n].value == v for n, v in before.items())
+        assert "connection lost" in out  # the workers did ride it out (and said so)
+    finally:
+        server.down()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(cwd, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_ctrl_c_then_rerun(postgres_url, tmp_path):
+    url = with_password(postgres_url)
+    proc = start_run(url, tmp_path, n_trials=3, epochs=10)
+    wait_mid_trial(url, proc)
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+    out = finish(proc, timeout=30)
+    took = time.time() - t0
+    assert proc.returncode == 130, out
+    assert took < 12, f"exit took {took:.1f} s"
+    trials = load(url).get_trials()
+    assert TrialState.RUNNING not in [t.state for t in trials]
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert interrupted and all("interrupted" in t.user_attrs["fail_reason"] for t in interrupted)
+    assert SECRET not in out
+
+    proc = start_run(url, tmp_path, n_trials=3, epochs=10)
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    trials = load(url).get_trials()
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    for t in interrupted:  # each interrupted trial's params were run again, to the end
+        reruns = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
+        assert len(reruns) == 1 and reruns[0].state in FINISHED
+        assert reruns[0].params == t.params
+
+
+def test_checkpoint_store_resume_and_keep_best(tmp_path):
+    """A retried trial finds its original's checkpoint; a completed trial's checkpoint is kept
+    only while it is the best (best.pt), pruned/failed ones are discarded."""
+    from cnnopt.checkpoint import CheckpointStore
+
+    store = CheckpointStore("s", "val_accuracy", "maximize", root=tmp_path)
+    study = optuna.create_study(direction="maximize")
+
+    def ckpt(epoch, acc):
+        return {"model": {}, "optimizer": {}, "scheduler": None, "epoch": epoch, "config": {},
+                "history": [{"epoch": epoch, "metrics": {"val_accuracy": acc}}]}  # fmt: skip
+
+    first = study.ask()
+    assert store.load_for(first) is None
+    store.saver(first)(ckpt(2, 0.5))
+    assert store.path(first.number).exists()
+    study.tell(first, state=TrialState.FAIL)  # its worker "died"
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING, system_attrs={"failed_trial": first.number}
+        )
+    )
+    retry = study.ask()
+    resumed = store.load_for(retry)
+    assert resumed is not None and resumed["epoch"] == 2
+    store.saver(retry)(ckpt(3, 0.6))  # goes on writing the original's file
+    store.finished(retry)
+    assert not store.path(first.number).exists() and store.best_path.exists()
+    assert store.best_info() == {"trial": retry.number, "value": 0.6}
+
+    worse = study.ask()
+    store.saver(worse)(ckpt(3, 0.4))
+    store.finished(worse)
+    assert not store.path(worse.number).exists()
+    assert store.best_info()["trial"] == retry.number
+
+    pruned = study.ask()
+    store.saver(pruned)(ckpt(1, 0.1))
+    study.tell(pruned, state=TrialState.PRUNED)
+    store.discard(study.trials[pruned.number])
+    assert not store.path(pruned.number).exists()

@@ -1,0 +1,200 @@
+"""Storage layer against a real PostgreSQL: engine settings under 16 concurrent workers, retries
+on lost connections, repeat-safe writes, the old-schema message, password masking."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+import warnings
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from cnnopt.errors import StorageError
+from cnnopt.storage import (
+    RetryingRDBStorage,
+    get_storage,
+    mask_url,
+    max_connections,
+)
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_mask_url():
+    assert (
+        mask_url("postgresql+psycopg2://u:s3cr:et@h:5432/db")
+        == "postgresql+psycopg2://u:***@h:5432/db"
+    )
+    assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert (
+        mask_url("error for postgresql://u:pw@h/db here")
+        == "error for postgresql://u:***@h/db here"
+    )
+    assert "pw" not in mask_url("host=h password=pw dbname=x")
+    assert mask_url("storage/x.journal") == "storage/x.journal"
+
+
+def _worker(url: str, n: int, errors) -> None:
+    try:
+        warnings.filterwarnings("ignore")
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        study = optuna.load_study(
+            study_name="conc", storage=get_storage(url), sampler=optuna.samplers.RandomSampler()
+        )
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=n)
+    except BaseException as e:  # noqa: BLE001
+        errors.put(f"{type(e).__name__}: {e}")
+        raise
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_16_workers_400_trials(postgres_url):
+    n_workers, per_worker = 16, 25
+    storage = get_storage(postgres_url)
+    optuna.create_study(storage=storage, study_name="conc")
+    storage.engine.dispose()  # no inherited connections in the forked workers
+    db = sqlalchemy.engine.make_url(postgres_url).database
+
+    peak = [0]
+    done = threading.Event()
+    monitor = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+
+    def watch() -> None:
+        with monitor.connect() as conn:
+            q = sqlalchemy.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
+            )
+            while not done.is_set():
+                peak[0] = max(peak[0], conn.execute(q, {"db": db}).scalar())
+                conn.commit()
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    t0 = time.time()
+    procs = [
+        ctx.Process(target=_worker, args=(postgres_url, per_worker, errors))
+        for _ in range(n_workers)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    done.set()
+    watcher.join()
+    monitor.dispose()
+    errs = []
+    while not errors.empty():
+        errs.append(errors.get())
+    assert not errs, errs
+    assert [p.exitcode for p in procs] == [0] * n_workers
+
+    study = optuna.load_study(study_name="conc", storage=get_storage(postgres_url))
+    trials = study.get_trials()
+    assert len(trials) == 400
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(t.number for t in trials) == list(range(400))
+    # 16 worker processes of 2 connections at most; a `cnnopt run` adds its runner: 2 * (N + 1)
+    assert 0 < peak[0] <= 2 * n_workers <= max_connections(n_workers), peak[0]
+    print(f"16 workers, 400 trials: {time.time() - t0:.1f} s, peak {peak[0]} connections")
+
+
+@pytest.mark.postgres
+def test_calls_ride_out_killed_connections(postgres_url, caplog):
+    """Every connection of the study's database is killed (as a server restart does) between
+    and during calls: the storage reconnects and retries; nothing is lost."""
+    storage = get_storage(postgres_url)
+    assert isinstance(storage, RetryingRDBStorage)
+    study = optuna.create_study(storage=storage, study_name="kill")
+    db = sqlalchemy.engine.make_url(postgres_url).database
+    killer = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+
+    def kill_all() -> int:
+        with killer.connect() as conn:
+            n = conn.execute(
+                sqlalchemy.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": db},
+            ).scalar()
+            conn.commit()
+        return n
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        kill_all()  # mid-trial: the next writes find dead connections
+        trial.report(x, 1)
+        trial.set_user_attr("after_kill", True)
+        return x
+
+    study.optimize(objective, n_trials=3)
+    assert kill_all() >= 0
+    trials = optuna.load_study(study_name="kill", storage=get_storage(postgres_url)).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert all(t.user_attrs["after_kill"] and t.intermediate_values[1] == t.value for t in trials)
+    killer.dispose()
+
+
+@pytest.mark.postgres
+def test_repeated_state_write_after_commit_is_success(postgres_url, monkeypatch):
+    """The connection breaks after the COMPLETE was committed: the retried write finds the trial
+    finished with our state and value, and reports success instead of UpdateFinishedTrialError."""
+    storage = get_storage(postgres_url)
+    study = optuna.create_study(storage=storage, study_name="repeat")
+    trial = study.ask()
+    real = optuna.storages.RDBStorage.set_trial_state_values
+    calls = []
+
+    def flaky(self, trial_id, state, values=None):
+        result = real(self, trial_id, state, values)
+        calls.append(state)
+        if len(calls) == 1:  # committed, then the connection "breaks"
+            raise sqlalchemy.exc.OperationalError(
+                "COMMIT", {}, Exception("server closed the connection")
+            )
+        return result
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", flaky)
+    assert storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5]) is True
+    assert len(calls) == 1  # the retry found it committed (UpdateFinishedTrialError path)
+    monkeypatch.undo()
+    t = storage.get_trial(trial._trial_id)
+    assert t.state == TrialState.COMPLETE and t.value == 0.5
+    # a different outcome is still an error
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+@pytest.mark.postgres
+def test_old_schema_gives_one_line_error(postgres_url):
+    storage = get_storage(postgres_url)
+    versions = storage.get_all_versions()
+    older = versions[1]  # walk_revisions: head first
+    storage.engine.dispose()
+    engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = :v"), {"v": older})
+        conn.execute(sqlalchemy.text("UPDATE version_info SET library_version = '2.10.0'"))
+    engine.dispose()
+    with pytest.raises(StorageError) as e:
+        get_storage(postgres_url)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "optuna storage upgrade --storage URL" in msg
+    assert "Optuna 2.10.0" in msg
+
+
+def test_unreachable_server_is_one_masked_line():
+    with pytest.raises(StorageError) as e:
+        get_storage("postgresql+psycopg2://u:topsecret@127.0.0.1:1/db")
+    assert "\n" not in str(e.value) and "topsecret" not in str(e.value)
+    assert "u:***@127.0.0.1:1/db" in str(e.value)
