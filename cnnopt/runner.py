@@ -144,6 +144,11 @@ def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
     except Exception as e:  # noqa: BLE001
         msg = (str(e).strip().splitlines() or [""])[0]
         raise StorageError(f"{mask_url(url)}: {type(e).__name__}: {mask_url(msg)}") from None
+    if create and study.settings.enqueue and not ostudy.get_trials(deepcopy=False):
+        # Warm start, once, when the study is new: the report's own configuration goes first,
+        # so the search starts from what the user already had and can only improve on it.
+        for params in study.settings.enqueue:
+            ostudy.enqueue_trial(params, skip_if_exists=True)
     attrs = ostudy.user_attrs
     for key, value in (("study_file", study.describe()), ("metric", study.settings.metric)):
         if attrs.get(key) != value:

@@ -57,6 +57,7 @@ class StudySettings:
     seed: int = 0
     retry_failed: int = 1  # re-runs (same params) of a trial whose worker died
     checkpoint: bool = False  # per-epoch checkpoints so a retried trial resumes, not restarts
+    enqueue: tuple[dict, ...] = ()  # params of trials to run first (warm start), when the study is new
 
 
 STUDY_TYPES: dict[str, Any] = typing.get_type_hints(StudySettings)
@@ -134,6 +135,13 @@ class Study:
         study.base_config()
         if space is not None and len(inspect.signature(space).parameters) != 1:
             raise StudyFileError(f"{path}: space must take exactly one argument (the trial)")
+        for i, params in enumerate(study.settings.enqueue):
+            if not isinstance(params, dict):
+                raise StudyFileError(f"{path}: enqueue[{i}] must be a dict of params")
+            try:
+                study.config_from_params(params)
+            except ValueError as e:  # FixedTrial: a param the space asks for is missing
+                raise StudyFileError(f"{path}: enqueue[{i}]: {e}") from None
         return study
 
     # -- resolving trials ------------------------------------------------------------------------

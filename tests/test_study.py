@@ -90,3 +90,13 @@ def test_bad_override_names_set(write_study):
 def test_missing_file():
     with pytest.raises(StudyFileError, match="study file not found: nope.py"):
         Study.load("nope.py")
+
+
+def test_enqueue_is_validated_against_the_space(write_study):
+    src = "def space(trial):\n    return {'lr': trial.suggest_float('lr', 1e-3, 1e-1)}\n"
+    ok = Study.load(write_study(src + "enqueue = [{'lr': 0.01}]\n", name="ok.py"))
+    assert ok.settings.enqueue == ({"lr": 0.01},)
+    with pytest.raises(StudyFileError, match="enqueue\\[0\\]: .*'lr'"):
+        Study.load(write_study(src + "enqueue = [{'learning_rate': 0.01}]\n", name="bad.py"))
+    with pytest.raises(StudyFileError, match="enqueue\\[0\\] must be a dict"):
+        Study.load(write_study(src + "enqueue = [0.01]\n", name="bad2.py"))
