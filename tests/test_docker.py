@@ -59,3 +59,9 @@ def test_compose_config_is_valid():
         command = services[name]["command"]  # compose v2 gives a list, v1 the string
         assert (command if isinstance(command, str) else " ".join(command)) == expected
     assert services["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"
+
+
+def test_readme_shows_the_images_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert f"`{WORKER_COMMAND}`" in readme
+    assert f"`{DASHBOARD_COMMAND}`" in readme
