@@ -30,6 +30,19 @@ def _data_dir_option(f):
     )(f)
 
 
+def _set_option(help: str):
+    """--set key=value (repeatable), parsed into a dict of Python literals by study.parse_override."""
+
+    def parse(_ctx, _param, values):
+        from cnnopt.study import parse_override
+
+        return dict(parse_override(v) for v in values)
+
+    return click.option(
+        "--set", "sets", multiple=True, metavar="KEY=VALUE", help=help, callback=parse
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Log more (and show tracebacks of errors).")
 @click.version_option(package_name="cnnopt")
@@ -67,13 +80,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:0,1")
 @click.option("--seed", type=int, default=None, help="Study seed (sampler and data split).")
 @_data_dir_option
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a study setting (repeatable).",
-)
+@_set_option("Override a study setting (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
 def run(
     study_file,
@@ -90,10 +97,10 @@ def run(
 ):
     """Run (or resume) the study declared in STUDY_FILE."""
     from cnnopt.runner import Runner, RunOptions
-    from cnnopt.study import Study, parse_override
+    from cnnopt.study import Study
     from cnnopt.summary import print_run_summary
 
-    overrides = dict(parse_override(s) for s in sets)
+    overrides = dict(sets)
     if study_name:
         overrides["name"] = study_name
     if seed is not None:
@@ -116,20 +123,13 @@ def data() -> None:
 @data.command("check")
 @click.argument("name")
 @_data_dir_option
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Data settings (image_size=64, label_csv=...).",
-)
+@_set_option("Data settings (image_size=64, label_csv=...).")
 def data_check(name, data_dir, sets):
     """Report what dataset NAME looks like (classes, sizes, statistics) and what is wrong with it."""
     from cnnopt.config import RunConfig
     from cnnopt.data.check import check_dataset, format_check
-    from cnnopt.study import parse_override
 
-    flat = {"dataset": name, "data_dir": data_dir, **dict(parse_override(s) for s in sets)}
+    flat = {"dataset": name, "data_dir": data_dir, **sets}
     cfg = RunConfig.from_flat(flat, where="cnnopt data check").data
     click.echo(format_check(check_dataset(cfg)))
 
@@ -188,13 +188,12 @@ def storage_url():
     help="A storage to measure (repeatable: side by side in one run).",
 )
 @click.option("-n", "--n-trials", type=click.IntRange(1), default=5, show_default=True)
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a study setting.")
+@_set_option("Override a study setting (repeatable).")
 def storage_overhead(study_file, storages, n_trials, sets):
     """Time spent in storage calls vs training per trial, for each --storage."""
     from cnnopt.overhead import format_rows, measure
-    from cnnopt.study import parse_override
 
-    overrides = dict(parse_override(s) for s in sets)
+    overrides = dict(sets)
     click.echo(format_rows(measure(study_file, list(storages), n_trials, overrides)))
 
 
@@ -261,13 +260,9 @@ def export(study, storage, out, trial, fmt):
 )
 @click.option("-o", "--out", default=None, help="Output folder [default: runs/<study>-trial<N>].")
 @_data_dir_option
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Change a config key (repeatable): crop_padding=2, hflip=true, label_smoothing=0.1, "
-    "tta_flip=true, optimizer=sgd_nesterov, lr=0.05, amp=bf16, train_subset=5000 ...",
+@_set_option(
+    "Change a config key (repeatable): crop_padding=2, hflip=true, label_smoothing=0.1, "
+    "tta_flip=true, optimizer=sgd_nesterov, lr=0.05, amp=bf16, train_subset=5000 ..."
 )
 @click.option(
     "--holdout",
@@ -308,7 +303,6 @@ def train(
     confusion_matrix.html to --out.
     """
     from cnnopt.final import check_reproduced, print_results, train_final
-    from cnnopt.study import parse_override
 
     results = train_final(
         export_file,
@@ -316,7 +310,7 @@ def train(
         schedule=schedule,
         out=out,
         data_dir=data_dir,
-        sets=dict(parse_override(s) for s in sets),
+        sets=sets,
         holdout=holdout,
         patience=patience,
         device=device,
