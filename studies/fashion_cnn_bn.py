@@ -29,14 +29,22 @@ n_trials = 40
 seed = 0
 
 # Warm start: the first trial is R2's best Ray Tune configuration (Adam, lr 1e-3, batch 128,
-# l1 64, 2 conv blocks with BN after each), so the search starts from the report and improves on it.
+# l1 64, 2 conv blocks with BN after each), so the search starts from the report and improves on it;
+# the second is a small all-conv net (3 blocks of 2 conv-BN-ReLU, 32/64/128 filters, global average
+# pooling, 288k params) of the kind that reaches 94% on FashionMNIST with a longer final training.
 enqueue = [
     {
         "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-6, "batch_size": 128,
         "conv_blocks": 2, "base_filters": 32, "kernel_size": 3, "convs_per_block": 1,
         "batchnorm": "after", "activation": "relu", "init": "default",
         "dropout_schedule": "constant", "dropout": 0.0, "global_pool": False, "l1": 64,
-    }
+    },
+    {
+        "optimizer": "sgd_nesterov", "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128,
+        "conv_blocks": 3, "base_filters": 32, "kernel_size": 3, "convs_per_block": 2,
+        "batchnorm": "before", "activation": "relu", "init": "he",
+        "dropout_schedule": "constant", "dropout": 0.0, "global_pool": True, "l1": 0,
+    },
 ]  # fmt: skip
 
 
