@@ -57,9 +57,7 @@ class StudySettings:
     seed: int = 0
     retry_failed: int = 1  # re-runs (same params) of a trial whose worker died
     checkpoint: bool = False  # per-epoch checkpoints so a retried trial resumes, not restarts
-    enqueue: tuple[
-        dict, ...
-    ] = ()  # params of trials to run first (warm start), when the study is new
+    enqueue: tuple[dict, ...] = ()  # params of trials to run first (warm start), when the study is new
 
 
 STUDY_TYPES: dict[str, Any] = typing.get_type_hints(StudySettings)
