@@ -12,6 +12,7 @@ from cnnopt.data.check import check_dataset, format_check
 from cnnopt.data.registry import load_dataset
 from cnnopt.data.tensors import DeviceLoader, StreamLoader, split
 from cnnopt.errors import DataError
+from cnnopt.final import evaluate_test
 from cnnopt.train import fit
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -102,7 +103,11 @@ def fit_on(root, **data):
     )  # fmt: skip
     ds = load_dataset(cfg.data)
     cfg = cfg.replace(in_channels=3, input_size=8, num_classes=2)
-    return fit(cfg, split(ds, 0.25, 0), device="cpu")
+    s = split(ds, 0.25, 0)
+    result = fit(cfg, s, device="cpu")
+    # the final test evaluation (cnnopt train) streams the test images too
+    result.test = evaluate_test(result.model, cfg, ds, s, torch.device("cpu"))
+    return result
 
 
 def test_fit_streams_with_a_worker_and_matches_cached(tree):
@@ -114,6 +119,10 @@ def test_fit_streams_with_a_worker_and_matches_cached(tree):
     assert streamed.history[0].train_loss == pytest.approx(cached.history[0].train_loss, rel=1e-5)
     assert m["val_loss"] == pytest.approx(cached.history[0].metrics["val_loss"], rel=1e-5)
     assert m["val_accuracy"] == cached.history[0].metrics["val_accuracy"]
+    assert streamed.test["n_images"] == 4
+    assert streamed.test["metrics"]["test_loss"] == pytest.approx(
+        cached.test["metrics"]["test_loss"], rel=1e-5
+    )
 
 
 def test_data_check_says_cached_or_streamed(tree):
