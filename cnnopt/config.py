@@ -100,6 +100,7 @@ class DataConfig:
     bad_rows: str = "drop"  # CSV datasets: drop (and report) malformed rows, or stop
     label_csv: str | None = None  # multilabel_csv: the CSV of image,labels (relative to data_dir)
     max_cache_gb: float = 4.0  # image folders larger than this once decoded are streamed
+    stream_workers: int | None = None  # DataLoader workers when streamed; None: half the cores
 
 
 @dataclass

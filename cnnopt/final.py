@@ -177,17 +177,18 @@ def _confusion_html(report: dict, classes: list[str], path: Path, title: str) ->
 
 def evaluate_test(model, cfg: RunConfig, ds, split, device: torch.device) -> dict[str, Any]:
     """Test-set loss/accuracy (with the config's TTA), per-class report and predictions."""
-    from cnnopt.data.tensors import DeviceLoader
+    from cnnopt.data.tensors import is_lazy, make_loader
     from cnnopt.metrics import per_class_report
     from cnnopt.train import _loss_fn, amp_dtype, evaluate, predict, use_channels_last
 
     t = cfg.train
-    loader = DeviceLoader(
-        ds.x_test.to(device),
+    loader = make_loader(  # streamed test images stay on disk
+        ds.x_test if is_lazy(ds.x_test) else ds.x_test.to(device),
         ds.y_test.to(device),
         split.mean,
         split.std,
         max(t.batch_size, 512),
+        cfg.data.stream_workers,
         channels_last=use_channels_last(cfg),
         image_size=cfg.data.image_size,
     )

@@ -20,7 +20,7 @@ from torch import nn
 
 from cnnopt.augment import make_augment
 from cnnopt.config import RunConfig, TrainConfig
-from cnnopt.data.tensors import DeviceLoader, Split
+from cnnopt.data.tensors import DeviceLoader, Split, StreamLoader, is_lazy, make_loader
 from cnnopt.errors import TrialFailed
 from cnnopt.metrics import classification_metrics
 from cnnopt.models import build_model, count_params
@@ -259,16 +259,21 @@ def evaluate(
 
 def make_loaders(
     cfg: RunConfig, split: Split, multilabel: bool, channels_last: bool, size: int | None = None
-) -> tuple[DeviceLoader, DeviceLoader]:
+) -> tuple[DeviceLoader | StreamLoader, DeviceLoader | StreamLoader]:
+    """Train and validation loaders: DeviceLoaders for a cached split, StreamLoaders (DataLoader
+    workers: ``cfg.data.stream_workers``, None = automatic) for a streamed one."""
     t = cfg.train
-    train = DeviceLoader(
-        split.x_train, split.y_train, split.mean, split.std, t.batch_size,
+    workers = cfg.data.stream_workers
+    if is_lazy(split.x_train) and size is None:
+        raise TrialFailed("a streamed dataset needs image_size (batches need one image size)")
+    train = make_loader(
+        split.x_train, split.y_train, split.mean, split.std, t.batch_size, workers,
         shuffle=True, drop_last=split.x_train.shape[0] > t.batch_size,
         augment=make_augment(cfg.augment, n_classes=cfg.model.num_classes, multilabel=multilabel, seed=t.seed),
         seed=t.seed, channels_last=channels_last, image_size=size,
     )  # fmt: skip
-    val = DeviceLoader(
-        split.x_val, split.y_val, split.mean, split.std, max(t.batch_size, 512),
+    val = make_loader(
+        split.x_val, split.y_val, split.mean, split.std, max(t.batch_size, 512), workers,
         channels_last=channels_last, image_size=size,
     )  # fmt: skip
     return train, val
@@ -293,7 +298,8 @@ def fit(
     on_checkpoint: Callable[[dict], None] | None = None,
     evaluate_each_epoch: bool = True,
 ) -> TrainResult:
-    """Build the model from ``cfg.model`` and train it on ``split`` (already on ``device``).
+    """Build the model from ``cfg.model`` and train it on ``split`` (already on ``device``; a
+    streamed split's images stay on disk and are read per batch, see ``make_loaders``).
 
     ``on_start`` sees the built model's size (params, FLOPs) before the first epoch; ``on_epoch`` sees every epoch's statistics and may raise to stop (the objective raises
     optuna.TrialPruned). ``resume`` is a checkpoint dict (model, optimizer, scheduler, epoch) from

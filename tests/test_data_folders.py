@@ -93,9 +93,13 @@ def test_mismatched_sizes(tmp_path):
 def test_cache_limit(tmp_path):
     png(tmp_path / "a" / "1.png", size=(64, 64))
     with pytest.raises(
-        DataError, match=r"over max_cache_gb=1e-06; raise it \(--set max_cache_gb=1\)"
+        DataError,
+        match=r"over max_cache_gb=1e-06; set image_size to stream them from disk, "
+        r"or raise the limit \(--set max_cache_gb=1\)",
     ):
         load(tmp_path, max_cache_gb=1e-6)
+    # with image_size the same folder is streamed instead (tests/test_data_stream.py)
+    assert load(tmp_path, max_cache_gb=1e-6, image_size=64).info["storage"] == "streamed"
 
 
 def write_labels(path, rows, header="image,labels"):

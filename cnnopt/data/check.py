@@ -1,5 +1,9 @@
 """``cnnopt data check``: what a dataset looks like once loaded, and what is wrong with it.
 
+It also says whether the images would be cached in memory or streamed from disk: image folders
+whose decoded size exceeds ``max_cache_gb`` (default 4 GiB) are streamed (see ``folders.py``).
+A streamed dataset is read in full here, a chunk at a time, for its statistics and duplicates.
+
 Run before a study, so that a bad label, a lopsided class, a test set that leaks into training or
 an unexpected channel count is seen once, up front, not discovered from odd trial results. The
 report is a plain dict (JSON-friendly, for ``--json`` and for tests); ``format_check`` renders it.
@@ -17,6 +21,7 @@ from cnnopt.config import DataConfig
 from cnnopt.data.registry import load_dataset
 from cnnopt.data.tensors import Dataset
 
+GIB = 1024**3
 IMBALANCE_RATIO = 10.0  # largest / smallest class above this is reported
 MAX_LISTED = 10
 
@@ -27,6 +32,7 @@ def check_dataset(cfg: DataConfig) -> dict:
     and describe it: counts per class, image shape, per-channel statistics and problems."""
     ds = load_dataset(dataclasses.replace(cfg, bad_rows="drop"))
     x = ds.x_train
+    decoded = x.shape.numel() + (ds.x_test.shape.numel() if ds.x_test is not None else 0)
     mean, std = _channel_stats(x)
     train_counts = _per_class(ds.y_train, ds)
     test_counts = _per_class(ds.y_test, ds) if ds.y_test is not None else None
@@ -43,8 +49,16 @@ def check_dataset(cfg: DataConfig) -> dict:
         else {"images": int(ds.x_test.shape[0]), "per_class": test_counts},
         "mean": mean,
         "std": std,
+        # image folders over max_cache_gb are streamed from disk; everything else is cached
+        "storage": "streamed" if ds.streamed else "cached",
+        "decoded_gb": round(decoded / GIB, 3),
+        "max_cache_gb": cfg.max_cache_gb,
         "dropped_rows": list(ds.info.get("dropped_rows", [])),
-        "notes": {k: v for k, v in ds.info.items() if k not in ("dropped_rows", "source")},
+        "notes": {
+            k: v
+            for k, v in ds.info.items()
+            if k not in ("dropped_rows", "source", "storage", "decoded_gb")
+        },
     }
     report["problems"] = _problems(report, ds)
     return report
@@ -73,9 +87,12 @@ def _channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[list[float], lis
     return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
 
 
-def _image_hashes(x: torch.Tensor) -> list[bytes]:
-    arr = x.contiguous().numpy()
-    return [hashlib.blake2b(a.tobytes(), digest_size=8).digest() for a in arr]
+def _image_hashes(x: torch.Tensor, chunk: int = 4096) -> list[bytes]:
+    out = []
+    for i in range(0, x.shape[0], chunk):  # chunks: a streamed dataset is decoded bit by bit
+        arr = x[i : i + chunk].contiguous().numpy()
+        out += [hashlib.blake2b(a.tobytes(), digest_size=8).digest() for a in arr]
+    return out
 
 
 def _problems(report: dict, ds: Dataset) -> list[str]:
@@ -142,6 +159,7 @@ def format_check(report: dict) -> str:
         f"  {report['train']['images']} train / {test['images'] if test else 'no'} test images, "
         f"{h}x{w} {colour}, {len(report['classes'])} classes, {kind}",
         f"  mean {_floats(report['mean'])}  std {_floats(report['std'])}  (train, per channel, 0..1)",
+        f"  {report['decoded_gb']:g} GiB decoded: {_storage(report)}",
         "",
     ]
     width = max([5, *(len(c) for c in report["classes"])])
@@ -157,6 +175,13 @@ def format_check(report: dict) -> str:
     else:
         lines.append("no problems found")
     return "\n".join(lines)
+
+
+def _storage(report: dict) -> str:
+    limit = report["max_cache_gb"]
+    if report["storage"] == "streamed":
+        return f"streamed from disk per batch (over max_cache_gb={limit:g})"
+    return f"cached in memory (image folders over max_cache_gb={limit:g} are streamed)"
 
 
 def _floats(values: list[float]) -> str:

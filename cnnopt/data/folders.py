@@ -1,12 +1,17 @@
 """Image-file datasets: class-per-folder trees (report R4) and a multi-label CSV (report R5).
 
-Both decode every image once, with torchvision's decoders, into one uint8 tensor [N, C, H, W] that
-the DeviceLoader then serves from memory (see ``tensors.py``): this is what makes a trial fast, and
-it is why the decoded dataset must fit in ``max_cache_gb``. Larger datasets are refused with a
-DataError that says how to raise the limit or shrink the images; streaming from disk with a
-DataLoader is deliberately not implemented yet.
+Memory limit: ``max_cache_gb`` (DataConfig, default 4 GiB) of decoded uint8 pixels, train and
+test together (N x C x S x S bytes).
 
-Shared rules (``decode_images``):
+* Datasets that fit are decoded once, with torchvision's decoders, into one uint8 tensor
+  [N, C, H, W] that the DeviceLoader serves from memory (see ``tensors.py``): this is what makes
+  a trial fast, and it is the default for anything under the limit.
+* Larger datasets are streamed: ``x_train``/``x_test`` are lazy ``ImageFiles`` (the file list,
+  decoded per batch by a StreamLoader's DataLoader workers; nothing is decoded up front except a
+  small sample that fixes the channel count). Streaming needs ``image_size`` (batches need one
+  size); without it a larger dataset is refused with a DataError saying so.
+
+Shared rules (``decode_images``, and ``ImageFiles`` image by image):
 
 * formats: .jpg/.jpeg/.png/.webp (case-insensitive); other files are skipped and counted in
   ``info["skipped_files"]``.
@@ -15,8 +20,11 @@ Shared rules (``decode_images``):
   one square size, else DataError "mismatched image sizes ... set image_size".
 * channels: alpha is dropped (RGBA -> RGB, grey+alpha -> grey), then every image is converted to
   the channel count of the majority (grey -> 1, RGB -> 3; a tie keeps colour). The number of
-  converted images is in ``info["converted_channels"]``.
+  converted images is in ``info["converted_channels"]`` (streamed: the majority of a sample of
+  ``CHANNEL_SAMPLE`` images, and no count).
 * 16-bit PNGs are scaled to 8 bits.
+
+``info["storage"]`` says "cached" or "streamed", ``info["decoded_gb"]`` the (projected) size.
 """
 
 from __future__ import annotations
@@ -32,12 +40,13 @@ import torch
 
 from cnnopt.config import DataConfig
 from cnnopt.data.registry import data_dir, register
-from cnnopt.data.tensors import Dataset
+from cnnopt.data.tensors import Dataset, is_lazy
 from cnnopt.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 SPLITS = ("train", "val", "test")
 CHUNK = 256  # images decoded between two checks of the memory limit
+CHANNEL_SAMPLE = 64  # images decoded to pick the channel count of a streamed dataset
 GIB = 1024**3
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec, which is not a dependency of
@@ -78,15 +87,27 @@ def _decode_one(path: Path, size: int | None) -> torch.Tensor:
 
 def decode_images(
     paths: list[Path], image_size: int | None, max_cache_gb: float
-) -> tuple[torch.Tensor, dict]:
-    """Decode ``paths`` into one uint8 tensor [N, C, S, S] (rules in the module docstring).
+) -> tuple[torch.Tensor | ImageFiles, dict]:
+    """Decode ``paths`` into one uint8 tensor [N, C, S, S] (rules in the module docstring), or,
+    when that would exceed ``max_cache_gb`` and ``image_size`` is set, lazy ``ImageFiles``.
 
-    Returns the tensor and notes for ``Dataset.info``. Raises DataError naming the file for an
-    unreadable image, and naming the limit when the decoded images would exceed ``max_cache_gb``.
+    Returns the images and notes for ``Dataset.info``. Raises DataError naming the file for an
+    unreadable image, and naming the limit when images over it cannot be streamed (no
+    ``image_size``).
     """
     if not paths:
         raise DataError("no images to decode")
     limit = max_cache_gb * GIB
+    if image_size is not None and len(paths) * 3 * image_size**2 > limit:
+        # The size is known but for the channel count: take it from an even sample of images.
+        step = max(1, len(paths) // CHANNEL_SAMPLE)
+        sample = [_decode_one(p, image_size) for p in paths[::step][:CHANNEL_SAMPLE]]
+        counts = Counter(int(t.shape[0]) for t in sample)
+        channels = 3 if counts[3] >= counts[1] else 1
+        nbytes = len(paths) * channels * image_size**2
+        if nbytes > limit:
+            notes = {"storage": "streamed", "decoded_gb": round(nbytes / GIB, 3)}
+            return ImageFiles(paths, channels, image_size), notes
     images: list[torch.Tensor] = []
     done_bytes = 0
     # Decoders run in C++; threads overlap file reads and decoding of a few images at a time.
@@ -101,9 +122,8 @@ def decode_images(
                 raise DataError(
                     f"{len(paths)} images would take about {projected / GIB:.1f} GiB once decoded "
                     f"(after {len(images)} images: {done_bytes / GIB:.2f} GiB), over "
-                    f"max_cache_gb={max_cache_gb:g}; raise it (--set max_cache_gb="
-                    f"{max(1, int(projected / GIB) + 1)}) or set a smaller image_size "
-                    "(streaming from disk is not supported yet)"
+                    f"max_cache_gb={max_cache_gb:g}; set image_size to stream them from disk, "
+                    f"or raise the limit (--set max_cache_gb={max(1, int(projected / GIB) + 1)})"
                 )
 
     sizes = {tuple(t.shape[1:]) for t in images}
@@ -128,7 +148,66 @@ def decode_images(
             converted += 1
         out[i] = img
         images[i] = None  # type: ignore[call-overload]  # free as we go: peak stays ~1x, not 2x
-    return out, {"converted_channels": converted, "channels_found": dict(counts)}
+    return out, {
+        "converted_channels": converted,
+        "channels_found": dict(counts),
+        "storage": "cached",
+        "decoded_gb": round(out.numel() / GIB, 3),
+    }
+
+
+class ImageFiles:
+    """Images left on disk: a list of paths decoded on access to uint8 [C, S, S] (the rules of
+    ``decode_images``, with a fixed channel count and ``image_size``).
+
+    Tensor-like where loaders need it: ``len``, ``shape`` ([N, C, S, S]), ``x[i]`` (one image),
+    ``x[slice or index tensor]`` (a decoded uint8 batch [n, C, S, S]) and ``subset(indices)``
+    (lazy ImageFiles of those images, decoding nothing). Picklable, for DataLoader workers.
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+
+    def __init__(self, paths: list[Path], channels: int, size: int):
+        self.paths, self.channels, self.size = list(paths), channels, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.paths), self.channels, self.size, self.size))
+
+    def __repr__(self) -> str:
+        return f"ImageFiles({len(self)} images, {self.channels}x{self.size}x{self.size})"
+
+    def decode(self, i: int) -> torch.Tensor:
+        img = _decode_one(self.paths[i], self.size)
+        return img if img.shape[0] == self.channels else _to_channels(img, self.channels)
+
+    def _indices(self, idx) -> list[int]:
+        if isinstance(idx, slice):
+            return list(range(len(self)))[idx]
+        if isinstance(idx, torch.Tensor):
+            return idx.reshape(-1).tolist()
+        return [int(i) for i in idx]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, int):
+            return self.decode(idx)
+        ids = self._indices(idx)
+        out = torch.empty((len(ids), self.channels, self.size, self.size), dtype=torch.uint8)
+        for j, i in enumerate(ids):
+            out[j] = self.decode(i)
+        return out
+
+    def subset(self, idx) -> ImageFiles:
+        return ImageFiles([self.paths[i] for i in self._indices(idx)], self.channels, self.size)
+
+
+def _part(x, start: int, stop: int | None = None):
+    """Rows ``start:stop`` of decoded images or of lazy ImageFiles (as ImageFiles)."""
+    return x.subset(slice(start, stop)) if is_lazy(x) else x[start:stop]
 
 
 def _to_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
@@ -214,9 +293,9 @@ def image_folder(cfg: DataConfig) -> Dataset:
     has_test = len(paths) > n_train
     return Dataset(
         name=cfg.dataset,
-        x_train=x[:n_train],
+        x_train=_part(x, 0, n_train),
         y_train=y[:n_train],
-        x_test=x[n_train:] if has_test else None,
+        x_test=_part(x, n_train) if has_test else None,
         y_test=y[n_train:] if has_test else None,
         classes=classes,
         info={"source": str(root), "skipped_files": skipped, "val_merged": n_val, **notes},
@@ -304,9 +383,9 @@ def multilabel_csv(cfg: DataConfig) -> Dataset:
     n_train = len(parts["train"][1])
     return Dataset(
         name=cfg.dataset,
-        x_train=x[:n_train],
+        x_train=_part(x, 0, n_train),
         y_train=targets[0],
-        x_test=x[n_train:] if "test" in parts else None,
+        x_test=_part(x, n_train) if "test" in parts else None,
         y_test=targets[1] if "test" in parts else None,
         classes=classes,
         multilabel=True,

@@ -41,7 +41,14 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     _import_loaders()
     if cfg.dataset not in LOADERS:
         raise DataError(f"unknown dataset {cfg.dataset!r}; known: {', '.join(sorted(LOADERS))}")
-    key = (cfg.dataset, str(data_dir(cfg)), cfg.image_size, cfg.bad_rows, cfg.label_csv)
+    key = (
+        cfg.dataset,
+        str(data_dir(cfg)),
+        cfg.image_size,
+        cfg.bad_rows,
+        cfg.label_csv,
+        cfg.max_cache_gb,
+    )
     if key not in _CACHE:
         _CACHE[key] = LOADERS[cfg.dataset](cfg)
     return _CACHE[key]
