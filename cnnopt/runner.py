@@ -187,19 +187,6 @@ def fail_trials_of(ostudy: optuna.Study, worker: str, reason: str, max_retry: in
 # -- the worker process --------------------------------------------------------------------------
 
 
-def _claim(tickets, target: int) -> bool:
-    with tickets.get_lock():
-        if tickets.value >= target:
-            return False
-        tickets.value += 1
-        return True
-
-
-def _release(tickets) -> None:
-    with tickets.get_lock():
-        tickets.value -= 1
-
-
 # Each worker slot has an "in flight" flag in a shared array: set when its worker takes a ticket,
 # cleared when that trial has ended (complete, pruned, failed, or interrupted and re-queued). A
 # worker that dies with the flag set held a ticket that bought no finished trial: the runner gives
@@ -454,10 +441,14 @@ class Runner:
             end = time.time() + 15
             for p in procs.values():
                 p.join(timeout=max(0.1, end - time.time()))
-            for p in procs.values():
+            for i, p in procs.items():
                 if p.is_alive():
                     p.kill()  # SIGTERM only sets `stop` in a worker, which it ignored
                     p.join(timeout=5)
+                    # its trial must not stay RUNNING (the journal file has no heartbeats)
+                    tag = tags.get(p.pid, f"{socket.gethostname()}:{p.pid}")
+                    reason = f"worker {i} (pid {p.pid}) did not stop within 15 s and was killed"
+                    fail_trials_of(ostudy, tag, reason, self.study.settings.retry_failed)
             for s, h in old.items():
                 signal.signal(s, h)
         if not is_file_storage(self.url):
