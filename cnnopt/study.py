@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,8 +142,11 @@ class Study:
             if not isinstance(params, dict):
                 raise StudyFileError(f"{path}: enqueue[{i}] must be a dict of params")
             try:
-                study.config_from_params(params)
-            except ValueError as e:  # FixedTrial: a param the space asks for is missing
+                with warnings.catch_warnings():
+                    # FixedTrial only warns about a value outside its distribution: make it an error
+                    warnings.simplefilter("error", UserWarning)
+                    study.config_from_params(params)
+            except (ValueError, UserWarning) as e:  # a missing param, or one out of range
                 raise StudyFileError(f"{path}: enqueue[{i}]: {e}") from None
         return study
 

@@ -49,7 +49,7 @@ enqueue = [
 
 
 def space(trial):
-    p = S.optimizer(trial, lr=(1e-4, 3e-2), weight_decay=(1e-6, 1e-3))
+    p = S.optimizer(trial, lr=(1e-4, 1e-1), weight_decay=(1e-6, 1e-3))
     p["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
     p.update(S.conv_blocks(trial, blocks=(2, 3), base_filters=(16, 32), kernel_sizes=(3, 5)))
     p.update(S.layers(trial))

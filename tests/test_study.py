@@ -100,3 +100,9 @@ def test_enqueue_is_validated_against_the_space(write_study):
         Study.load(write_study(src + "enqueue = [{'learning_rate': 0.01}]\n", name="bad.py"))
     with pytest.raises(StudyFileError, match="enqueue\\[0\\] must be a dict"):
         Study.load(write_study(src + "enqueue = [0.01]\n", name="bad2.py"))
+
+
+def test_enqueued_value_outside_the_space_is_rejected(write_study):
+    src = "def space(trial):\n    return {'lr': trial.suggest_float('lr', 1e-3, 1e-1)}\n"
+    with pytest.raises(StudyFileError, match="enqueue\\[0\\]: .*0.5"):
+        Study.load(write_study(src + "enqueue = [{'lr': 0.5}]\n", name="out.py"))
