@@ -626,7 +626,18 @@ def run_study_to_target(
 
 
 def bench_study(opts: BenchOptions, device: torch.device) -> tuple[list[Row], dict[str, Any]]:
+    from cnnopt.data import load_split
+    from cnnopt.study import Study
+
     plan = opts.plan
+    # Load the data once before any clock starts: every variant then finds it in the cache, as a
+    # worker's second trial does.
+    overrides = {
+        "dataset": opts.dataset,
+        "data_dir": opts.data_dir,
+        "train_subset": plan.study_subset,
+    }
+    load_split(Study.load(BENCH_STUDY, overrides).base_config().data, device)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in STUDY_VARIANTS}
     for seed in range(opts.seeds):
         for name, variant in STUDY_VARIANTS.items():
@@ -847,6 +858,7 @@ def bench_scaling(opts: BenchOptions, workdir: Path, device: torch.device) -> li
     counts = [1, 2] + ([4] if cores >= 4 or device.type == "cuda" else [])
     rows: list[Row] = []
     tph: dict[int, float] = {}
+    steady: dict[int, float] = {}
     for w in counts:
         name = f"bench_scaling_w{w}"
         overrides = _scaling_overrides(opts, name)
@@ -862,6 +874,13 @@ def bench_scaling(opts: BenchOptions, workdir: Path, device: torch.device) -> li
         summary = Runner(study, overrides, options).run()
         done = summary.states.get("COMPLETE", 0)
         tph[w] = done / summary.seconds * 3600
+        # Steady state: from the first trial's start to the last trial's end (no worker start).
+        trials = [t for t in open_study(study, url, create=False).get_trials(deepcopy=False)
+                  if t.datetime_start and t.datetime_complete]  # fmt: skip
+        span = (
+            max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
+        ).total_seconds()
+        steady[w] = len(trials) / span * 3600 if span > 0 else float("nan")
         opts.log(f"scaling: {w} worker(s): {done} trials in {summary.seconds:.1f} s")
         threads = max(1, cores // w) if device.type == "cpu" else None
         rows.append(
@@ -872,6 +891,13 @@ def bench_scaling(opts: BenchOptions, workdir: Path, device: torch.device) -> li
                 f"{plan.scaling_subset} images, journal file, wall time incl. worker start"
                 + (f"; {threads} thread(s) per worker on {cores} cores" if threads else ""),
                 extra={"seconds": summary.seconds, "states": summary.states},
+            )
+        )  # fmt: skip
+        rows.append(
+            Row(
+                "scaling", f"trials/hour steady state, {w} worker(s)", steady[w], "trials/h",
+                "steady state, 1 worker" if w > 1 else "itself (baseline)", steady.get(1),
+                note="first trial start to last trial end: worker start and data load excluded",
             )
         )  # fmt: skip
     if cores < 4 and device.type == "cpu":
@@ -1110,11 +1136,35 @@ def _fmt(v: float | None, unit: str) -> str:
         return "-"
     if unit == "accuracy":
         return f"{v:.4f}"
-    if unit in ("s",) and v < 1:
-        return f"{v * 1000:.0f} ms"
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    return f"{v:.2f}" if unit != "epochs" else f"{v:g}"
+    if unit == "s":
+        return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.1f} s"
+    if unit == "epochs":
+        return f"{v:g} epochs"
+    if unit == "GiB":
+        return f"{v:.1f} GiB"
+    return f"{v:,.0f} {unit}" if abs(v) >= 100 else f"{v:.2f} {unit}"
+
+
+def _headline(report: Report) -> str:
+    def show(v: float | None) -> str:
+        return f"{v:.2f}" if v is not None else "n/a"
+
+    m = report.machine
+    return (
+        f"throughput_ratio {show(report.throughput_ratio)} | epochs_to_target_ratio "
+        f"{show(report.epochs_to_target_ratio)} (vs random search) | vs ASHA "
+        f"{show(report.epochs_to_target_ratio_vs_asha)} | {report.seconds:.0f} s, load average "
+        f"{m.get('load_average_start')} -> {m.get('load_average_end')}"
+    )
+
+
+def _machine_line(report: Report) -> str:
+    m = report.machine
+    gpu = ", ".join(g["name"] for g in m["gpu"]) if m.get("gpu") else "no GPU"
+    return (
+        f"{m['cpu']}, {m['cores']} cores ({m.get('threads')} threads), {gpu}, torch {m['torch']}, "
+        f"bf16 {'yes' if m['bf16'] else 'no'}, device {m.get('device')}"
+    )
 
 
 def print_report(report: Report, console: Any = None) -> None:
@@ -1122,41 +1172,45 @@ def print_report(report: Report, console: Any = None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    m = report.machine
-    gpu = ", ".join(g["name"] for g in m["gpu"]) if m.get("gpu") else "no GPU"
-    title = (
-        f"cnnopt bench ({report.plan['name']}) - {m['cpu']}, {m['cores']} cores, {gpu}, "
-        f"torch {m['torch']}, bf16 {'yes' if m['bf16'] else 'no'}"
-    )
-    table = Table(title=title, show_lines=False)
-    for col, kw in (
-        ("section", {}),
-        ("measurement", {}),
-        ("value", {"justify": "right"}),
-        ("unit", {}),
-        ("baseline", {}),
-        ("baseline value", {"justify": "right"}),
-        ("ratio", {"justify": "right"}),
-        ("note", {"overflow": "fold"}),
-    ):
-        table.add_column(col, **kw)
+    console.print(f"[bold]cnnopt bench ({report.plan['name']})[/] on {_machine_line(report)}")
+    for section in dict.fromkeys(r.section for r in report.rows):
+        table = Table(title=section, title_justify="left", expand=False)
+        table.add_column("measurement [dim](vs baseline)[/]", ratio=3)
+        table.add_column("value", justify="right", no_wrap=True)
+        table.add_column("baseline", justify="right", no_wrap=True)
+        table.add_column("ratio", justify="right", no_wrap=True)
+        table.add_column("note", ratio=4, overflow="fold")
+        for r in report.rows:
+            if r.section != section:
+                continue
+            table.add_row(
+                f"{r.name}\n[dim]vs {r.baseline}[/]",
+                _fmt(r.value, r.unit),
+                _fmt(r.baseline_value, r.unit),
+                f"{r.ratio:.2f}x" if r.ratio is not None else "-",
+                r.note,
+            )
+        console.print(table)
+    console.print(_headline(report))
+
+
+def to_markdown(report: Report) -> str:
+    """The report as a Markdown table (for the README's Performance section)."""
+    lines = [
+        f"Machine: {_machine_line(report)}.",
+        "",
+        "| section | measurement | value | baseline | baseline value | ratio | note |",
+        "|---|---|---:|---|---:|---:|---|",
+    ]
     for r in report.rows:
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
-        table.add_row(
-            r.section, r.name, _fmt(r.value, r.unit), r.unit, r.baseline,
-            _fmt(r.baseline_value, r.unit), ratio, r.note,
-        )  # fmt: skip
-    console.print(table)
-
-    def show(v: float | None) -> str:
-        return f"{v:.2f}" if v is not None else "n/a"
-
-    console.print(
-        f"throughput_ratio {show(report.throughput_ratio)}  |  epochs_to_target_ratio "
-        f"{show(report.epochs_to_target_ratio)} (vs random)  |  vs ASHA "
-        f"{show(report.epochs_to_target_ratio_vs_asha)}  |  {report.seconds:.0f} s; load average "
-        f"{m.get('load_average_start')} -> {m.get('load_average_end')}"
-    )
+        note = r.note.replace("|", "/")
+        lines.append(
+            f"| {r.section} | {r.name} | {_fmt(r.value, r.unit)} | {r.baseline} | "
+            f"{_fmt(r.baseline_value, r.unit)} | {ratio} | {note} |"
+        )
+    lines += ["", _headline(report), ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -153,6 +153,13 @@ def data_check(name, data_dir, sets):
     default=None,
     help="Also write the full report (every row, its baseline, the machine) here.",
 )
+@click.option(
+    "--markdown",
+    "md_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the table as Markdown (for the README).",
+)
 @_data_dir_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
 @click.option(
@@ -192,13 +199,23 @@ def data_check(name, data_dir, sets):
     "--threads", type=click.IntRange(1), default=None, help="torch threads [default: all cores]."
 )
 def bench(
-    quick, json_path, data_dir, device, seeds, postgres, sections, plan_name, dataset, threads
+    quick,
+    json_path,
+    md_path,
+    data_dir,
+    device,
+    seeds,
+    postgres,
+    sections,
+    plan_name,
+    dataset,
+    threads,
 ):
     """Measure cnnopt against R2's training loop and random search, side by side (issue 6)."""
-    from cnnopt.bench import PLANS, SECTIONS, BenchOptions, print_report, run_bench, write_json
+    from cnnopt import bench as B
 
-    plan = PLANS[plan_name or ("quick" if quick else "full")]
-    opts = BenchOptions(
+    plan = B.PLANS[plan_name or ("quick" if quick else "full")]
+    opts = B.BenchOptions(
         plan=plan,
         dataset=dataset,
         data_dir=data_dir,
@@ -206,14 +223,17 @@ def bench(
         seeds=seeds,
         threads=threads,
         postgres=postgres,
-        sections=tuple(sections) or SECTIONS,
+        sections=tuple(sections) or B.SECTIONS,
         log=lambda msg: click.echo(f"cnnopt bench: {msg}", err=True),
     )
-    report = run_bench(opts)
-    print_report(report)
+    report = B.run_bench(opts)
+    B.print_report(report)
     if json_path:
-        write_json(report, json_path)
+        B.write_json(report, json_path)
         click.echo(f"wrote {json_path}", err=True)
+    if md_path:
+        Path(md_path).write_text(B.to_markdown(report))
+        click.echo(f"wrote {md_path}", err=True)
 
 
 # ---- issue 6: bench ----
