@@ -440,10 +440,15 @@ def bench_throughput(opts: BenchOptions, workdir: Path, device: torch.device) ->
     for v in variants:
         v.warmup()
     times: dict[str, list[float]] = {v.name: [] for v in variants}
+    # CPU time of this process too: on a shared machine it is far less disturbed by neighbours
+    # than wall time (it still counts OpenMP threads spinning at barriers).
+    cpu: dict[str, float] = {v.name: 0.0 for v in variants}
     for r, chunk in enumerate(chunks):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]  # rotate
         for v in order:
+            c0 = time.process_time()
             times[v.name].append(v.train(chunk))
+            cpu[v.name] += time.process_time() - c0
 
     def ips(v: Variant) -> float:
         return n_images / sum(times[v.name])
@@ -454,8 +459,9 @@ def bench_throughput(opts: BenchOptions, workdir: Path, device: torch.device) ->
     rows.append(
         Row(
             "throughput", ref.name, ref_ips, "images/s", "itself (reference)", ref_ips,
-            note=f"{R2_EPOCH_IMAGES / ref_ips:.1f} s per 48k-image epoch",
-            extra=_chunk_extra(times[ref.name], chunks),
+            note=f"{R2_EPOCH_IMAGES / ref_ips:.1f} s per 48k-image epoch; "
+            f"{n_images / cpu[ref.name]:,.0f} images per CPU-second",
+            extra=_chunk_extra(times[ref.name], chunks, cpu[ref.name]),
         )
     )  # fmt: skip
     default_row: Row | None = None
@@ -464,12 +470,16 @@ def bench_throughput(opts: BenchOptions, workdir: Path, device: torch.device) ->
     want = (amp_dtype(default_cfg.train, device), use_channels_last(default_cfg))
     for v in variants[1:]:
         assert isinstance(v, CnnoptStep)
-        note = f"{R2_EPOCH_IMAGES / ips(v):.1f} s per 48k-image epoch"
+        cpu_ratio = cpu[ref.name] / cpu[v.name]
+        note = (
+            f"{R2_EPOCH_IMAGES / ips(v):.1f} s per 48k-image epoch; {n_images / cpu[v.name]:,.0f} "
+            f"images per CPU-second ({cpu_ratio:.2f}x the reference's by CPU time)"
+        )
         if v.compiled:
             note += f"; compile + 2 warm-up batches {v.compile_seconds:.0f} s"
         row = Row(
             "throughput", v.name, ips(v), "images/s", ref.name, ref_ips, note=note,
-            extra={**_chunk_extra(times[v.name], chunks), "amp": str(v.amp), "channels_last": v.cl},
+            extra={**_chunk_extra(times[v.name], chunks, cpu[v.name]), "amp": str(v.amp), "channels_last": v.cl},
         )  # fmt: skip
         rows.append(row)
         if (v.amp, v.cl) == want and not v.compiled and default_row is None:
@@ -495,10 +505,15 @@ def bench_throughput(opts: BenchOptions, workdir: Path, device: torch.device) ->
     return rows
 
 
-def _chunk_extra(times: list[float], chunks: list[torch.Tensor]) -> dict[str, Any]:
+def _chunk_extra(
+    times: list[float], chunks: list[torch.Tensor], cpu_seconds: float
+) -> dict[str, Any]:
     per_chunk = [len(c) / t for c, t in zip(chunks, times)]
+    images = sum(len(c) for c in chunks)
     return {
         "seconds": sum(times),
+        "cpu_seconds": cpu_seconds,
+        "images_per_cpu_second": images / cpu_seconds if cpu_seconds else None,
         "images": sum(len(c) for c in chunks),
         "chunk_images_per_s": _median_spread(per_chunk),
     }
@@ -1124,6 +1139,13 @@ def run_bench(opts: BenchOptions) -> Report:
             tmp.cleanup()
     report.seconds = time.perf_counter() - t0
     report.machine["load_average_end"] = _loadavg()
+    loads = [x[0] for x in (report.machine["load_average_start"], _loadavg()) if x]
+    if loads and max(loads) > 0.75 * report.machine["cores"] + threads:
+        report.notes.append(
+            f"the machine was busy (1-minute load average up to {max(loads):.1f} on "
+            f"{report.machine['cores']} cores): wall-clock figures are noisy; compare the "
+            "CPU-time figures in the notes, or re-run on a quiet machine"
+        )
     return report
 
 
@@ -1192,6 +1214,8 @@ def print_report(report: Report, console: Any = None) -> None:
             )
         console.print(table)
     console.print(_headline(report))
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
 
 
 def to_markdown(report: Report) -> str:
@@ -1209,7 +1233,7 @@ def to_markdown(report: Report) -> str:
             f"| {r.section} | {r.name} | {_fmt(r.value, r.unit)} | {r.baseline} | "
             f"{_fmt(r.baseline_value, r.unit)} | {ratio} | {note} |"
         )
-    lines += ["", _headline(report), ""]
+    lines += ["", _headline(report), "", *(f"Note: {n}" for n in report.notes)]
     return "\n".join(lines)
 
 
