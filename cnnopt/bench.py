@@ -80,7 +80,7 @@ QUICK = Plan(
     "quick",
     throughput_images=20_480, chunk_images=2_560, accuracy_subset=10_000, accuracy_epochs=1,
     compile_variant=False,
-    study_subset=4_000, study_epochs=4, study_target=0.84, study_cap=48,
+    study_subset=5_000, study_epochs=4, study_target=0.84, study_cap=48,
     scaling_trials=4, scaling_epochs=2, scaling_subset=4_000, overhead_trials=3,
     gpu_max_workers=4, gpu_images=20_480,
 )  # fmt: skip
@@ -353,6 +353,8 @@ class CnnoptStep(Variant):
         self.device = device
         self.cl = use_channels_last(cfg)
         self.amp = amp_dtype(cfg.train, device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as train.fit sets it
         torch.manual_seed(0)
         model = build_model(cfg.model).to(device)
         if self.cl:
