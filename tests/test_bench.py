@@ -43,3 +43,19 @@ def test_bench_runs_on_tiny_data_and_writes_every_row_with_a_baseline(tmp_path, 
     assert isinstance(report["epochs_to_target_ratio"], float)
     assert isinstance(report["epochs_to_target_ratio_vs_asha"], float)
     assert "| section |" in md.read_text()
+
+
+def test_study_epochs_are_counted_until_the_cap_when_the_target_is_out_of_reach():
+    import dataclasses
+
+    import torch
+
+    from cnnopt.bench import STUDY_VARIANTS, TINY, BenchOptions, run_study_to_target
+
+    plan = dataclasses.replace(TINY, study_target=1.01, study_cap=3)
+    opts = BenchOptions(plan=plan, dataset="synthetic")
+    variant = STUDY_VARIANTS["random search, no pruning"]
+    r = run_study_to_target(opts, variant, seed=0, device=torch.device("cpu"))
+    assert not r["reached"]
+    assert r["epochs"] == r["counted_by_callback"] == 3  # 2 epochs of trial 0, 1 of trial 1
+    assert r["trials"] == 2
