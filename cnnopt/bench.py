@@ -413,10 +413,12 @@ def bench_throughput(opts: BenchOptions, workdir: Path, device: torch.device) ->
     )
     n_train = ds.x_train.shape[0]
     n_images = min(plan.throughput_images, n_train)
-    # Whole training set on the device, as one worker holds it (the split's val part is unused).
-    from cnnopt.data.tensors import split as make_split
+    # The whole training set on the device, as a worker holds it, in its file order: chunk i is
+    # then the very same images for R2's loop (a Subset of torchvision's dataset) and for cnnopt.
+    from cnnopt.data.tensors import Split, channel_stats
 
-    full = make_split(ds, 0.0, 0).to(device)
+    mean, std = channel_stats(ds.x_train)
+    full = Split(ds.x_train, ds.y_train, ds.x_train[:0], ds.y_train[:0], mean, std).to(device)
     # The same images, in the same chunks, for every variant (the raw order of the training set).
     chunks = list(torch.arange(n_images).split(plan.chunk_images))
 
