@@ -389,6 +389,98 @@ def dashboard(study, storage, host, port):
 #
 
 
+@cli.command()
+@click.option("--quick", is_flag=True, help="The < 10 minute suite (what the README table shows).")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the full report (every row, its baseline, the machine) here.",
+)
+@click.option(
+    "--markdown",
+    "md_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the table as Markdown (for the README).",
+)
+@_data_dir_option
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@click.option(
+    "--seeds",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Seeds per study variant (median and spread over them).",
+)
+@click.option(
+    "--postgres",
+    default=None,
+    metavar="URL",
+    help="Also time storage calls on PostgreSQL (a scratch database is created and dropped).",
+)
+@click.option(
+    "--section",
+    "sections",
+    multiple=True,
+    type=click.Choice(["throughput", "study", "scaling", "gpu"]),
+    help="Run only these sections (repeatable) [default: all].",
+)
+@click.option(
+    "--plan",
+    "plan_name",
+    type=click.Choice(["quick", "full", "tiny"]),
+    default=None,
+    help="Sizes to use [default: quick with --quick, else full]; tiny is a smoke run.",
+)
+@click.option(
+    "--dataset",
+    default="fashion_mnist",
+    show_default=True,
+    help="Dataset (the reference loop reads it in torchvision's FashionMNIST layout).",
+)
+@click.option(
+    "--threads", type=click.IntRange(1), default=None, help="torch threads [default: all cores]."
+)
+def bench(
+    quick,
+    json_path,
+    md_path,
+    data_dir,
+    device,
+    seeds,
+    postgres,
+    sections,
+    plan_name,
+    dataset,
+    threads,
+):
+    """Measure cnnopt against R2's training loop and random search, side by side (issue 6)."""
+    from cnnopt import bench as B
+
+    plan = B.PLANS[plan_name or ("quick" if quick else "full")]
+    opts = B.BenchOptions(
+        plan=plan,
+        dataset=dataset,
+        data_dir=data_dir,
+        device=device,
+        seeds=seeds,
+        threads=threads,
+        postgres=postgres,
+        sections=tuple(sections) or B.SECTIONS,
+        log=lambda msg: click.echo(f"cnnopt bench: {msg}", err=True),
+    )
+    report = B.run_bench(opts)
+    B.print_report(report)
+    if json_path:
+        B.write_json(report, json_path)
+        click.echo(f"wrote {json_path}", err=True)
+    if md_path:
+        Path(md_path).write_text(B.to_markdown(report))
+        click.echo(f"wrote {md_path}", err=True)
+
+
 # ---- issue 6: bench ----
 # (commands of this group go above this marker)
 #
