@@ -22,9 +22,10 @@ split_seed = 0  # one fixed subset and split for every variant and seed
 metric = "val_accuracy"
 direction = "maximize"
 sampler = "tpe"  # cnnopt's defaults, as in studies/fashion_cnn_bn.py
-pruner = "median"
+pruner = "successive_halving"
 n_startup_trials = 5
-n_warmup_steps = 2
+min_resource = 1
+reduction_factor = 2
 seed = 0
 
 
