@@ -89,7 +89,9 @@ class Objective:
             )
             if self.should_stop():
                 raise Interrupted()
-            if trial.should_prune():
+            # the last epoch is never pruned: the work is done, and a complete value teaches the
+            # sampler more than a pruned one
+            if stats.epoch < cfg.train.epochs and trial.should_prune():
                 raise optuna.TrialPruned(
                     f"pruned at epoch {stats.epoch} ({self.metric}={value:.4f})"
                 )

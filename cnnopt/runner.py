@@ -451,6 +451,14 @@ class Runner:
                     fail_trials_of(ostudy, tag, reason, self.study.settings.retry_failed)
             for s, h in old.items():
                 signal.signal(s, h)
+        # events the last workers sent just before exiting
+        while True:
+            try:
+                ev = events.get(timeout=0.2)
+            except queue_mod.Empty:
+                break
+            log_events.append(ev)
+            display.update(ev)
         if not is_file_storage(self.url):
             # the last workers are done: fail whatever went stale, so nothing stays RUNNING
             self._fail_stale(ostudy)
@@ -478,7 +486,10 @@ class Runner:
         return RunSummary(
             study_name=self.study.name,
             storage=self.url,
-            new_trials=len(trials) - n_before,
+            # trials that ended in this run (a resumed study's re-queued trials count here too)
+            new_trials=sum(
+                1 for e in events if e["event"] == "end" and e["state"] != "INTERRUPTED"
+            ),
             states=states,
             best_value=best.value if best else None,
             best_params=best.params if best else None,

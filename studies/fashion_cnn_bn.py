@@ -4,8 +4,8 @@ R2: a 2-conv CNN with BatchNorm after each conv, Adam, lr 0.01, batch 128, 10 ep
 Ray Tune random search over batch {32,64,128} x lr {1e-4,1e-3,1e-2} x dense width {64,128,256}
 topped out at 87.4% validation. Here TPE searches that space and everything R2 held fixed: the
 optimizer (all nine families), conv depth and width, kernel size, BN placement, activation, init,
-dropout schedule, weight decay, global pooling; successive halving stops hopeless trials after their
-second epoch. Same data protocol as R2: 20% of the training set held out (seeded) for validation.
+dropout schedule, weight decay, global pooling; successive halving stops hopeless trials from their
+first epoch on. Same data protocol as R2: 20% of the training set held out (seeded) for validation.
 
     cnnopt run studies/fashion_cnn_bn.py --workers 4
     cnnopt run studies/fashion_cnn_bn.py --workers 2 --n-trials 6 --set epochs=2 --set train_subset=6000
@@ -22,8 +22,8 @@ val_fraction = 0.2
 metric = "val_accuracy"
 direction = "maximize"
 sampler = "tpe"
-pruner = "successive_halving"  # cnnopt's default; rungs at epochs 2, 4, 8: the top half goes on
-min_resource = 2  # never prune in the first two epochs: early curves of good nets cross
+pruner = "successive_halving"  # cnnopt's default: rungs at epochs 1, 2, 4, 8; the top half goes on
+min_resource = 1  # as Ray Tune's ASHA (grace_period=1), which R2 followed
 reduction_factor = 2
 n_startup_trials = 5  # random trials before TPE models the space
 n_trials = 40
