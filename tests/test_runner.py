@@ -83,6 +83,7 @@ def test_real_short_study_on_fashion_mnist(tmp_path, fashion, write_study):
         hidden = [64]
         epochs = 2
         train_subset = 3000
+        pruner = "none"  # both trials run both epochs
         def space(trial):
             return {"lr": trial.suggest_float("lr", 1e-3, 3e-3, log=True)}
         """

@@ -42,9 +42,11 @@ def secret_of(url: str) -> str | None:
 
 
 def start_run(url: str, cwd: Path, n_trials: int, epochs: int = 8, workers: int = 2):
+    # batch_size=16: ~26 batches an epoch, so a trial lasts seconds even on a fast, idle machine
+    # and the test can catch one mid-trial (with the study's 64 the run can end before it looks)
     cmd = [
         sys.executable, "-m", "cnnopt.cli", "run", STUDY, "--workers", str(workers),
-        "--n-trials", str(n_trials), "--set", f"epochs={epochs}",
+        "--n-trials", str(n_trials), "--set", f"epochs={epochs}", "--set", "batch_size=16",
         "--storage", url, "--device", "cpu",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
