@@ -197,11 +197,6 @@ def storage_overhead(study_file, storages, n_trials, sets):
     click.echo(format_rows(measure(study_file, list(storages), n_trials, overrides)))
 
 
-# ---- issue 3: storage up/down/url ----
-# (commands of this group go above this marker)
-#
-
-
 @cli.command()
 @click.argument("study", required=False)
 @_storage_option
@@ -384,11 +379,6 @@ def dashboard(study, storage, host, port):
     serve(url, host, port)
 
 
-# ---- issue 5: status, export, train, predict, report, dashboard ----
-# (commands of this group go above this marker)
-#
-
-
 @cli.command()
 @click.option("--quick", is_flag=True, help="The < 10 minute suite (what the README table shows).")
 @click.option(
@@ -479,11 +469,6 @@ def bench(
     if md_path:
         Path(md_path).write_text(B.to_markdown(report))
         click.echo(f"wrote {md_path}", err=True)
-
-
-# ---- issue 6: bench ----
-# (commands of this group go above this marker)
-#
 
 
 def main() -> None:
