@@ -82,7 +82,8 @@ def trial_config(
         )
     from cnnopt.study import Study
 
-    study = Study.load(path, study_file.get("fixed") or {})
+    overrides = study_file.get("overrides", study_file.get("fixed")) or {}
+    study = Study.load(path, overrides)
     return study.config_from_params(trial.params), "study file replayed on the params"
 
 

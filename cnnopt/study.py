@@ -108,6 +108,10 @@ class Study:
     fixed: dict[str, Any]  # flat RunConfig keys fixed by the file or --set
     space: SpaceFn | None
     sha256: str
+    # --set values of run-config keys: they win over space(), so `--set batch_size=64` pins a
+    # searched parameter (the sampler returns the pinned value, so trial.params show it too)
+    pinned: dict[str, Any] = dataclasses.field(default_factory=dict)
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # every --set, as given
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -134,8 +138,15 @@ class Study:
         for key, value in (overrides or {}).items():
             _assign(key, value, settings, fixed, "--set")
         settings.setdefault("name", path.stem)
+        pinned = {k: fixed[k] for k in (overrides or {}) if k in fixed}
         study = cls(
-            path, StudySettings(**settings), fixed, space, hashlib.sha256(source).hexdigest()
+            path,
+            StudySettings(**settings),
+            fixed,
+            space,
+            hashlib.sha256(source).hexdigest(),
+            pinned,
+            dict(overrides or {}),
         )
         # Resolve the defaults once now, so that a bad fixed value fails at load, not in a worker.
         study.base_config()
@@ -178,6 +189,7 @@ class Study:
         """Fixed settings, then the sampled values on top: the trial's full RunConfig."""
         flat = {"seed": self.settings.seed, "split_seed": self.settings.seed, **self.fixed}
         flat.update(self.sample(trial))
+        flat.update(self.pinned)
         return RunConfig.from_flat(flat, where=f"{self.path}: space()")
 
     def config_from_params(self, params: dict[str, Any]) -> RunConfig:
@@ -186,6 +198,14 @@ class Study:
 
     # -- Optuna objects --------------------------------------------------------------------------
     def make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
+        base = self._base_sampler(seed)
+        if not self.pinned:
+            return base
+        # a pinned key that space() samples under the same name: the sampler returns the pinned
+        # value, so the stored params say what was trained
+        return optuna.samplers.PartialFixedSampler(self.pinned, base)
+
+    def _base_sampler(self, seed: int | None) -> optuna.samplers.BaseSampler:
         s = self.settings
         seed = s.seed if seed is None else seed
         if s.sampler == "tpe":
@@ -233,6 +253,7 @@ class Study:
             "sha256": self.sha256,
             "settings": dataclasses.asdict(self.settings),
             "fixed": dict(self.fixed),
+            "overrides": dict(self.overrides),
         }
 
 

@@ -106,3 +106,25 @@ def test_enqueued_value_outside_the_space_is_rejected(write_study):
     src = "def space(trial):\n    return {'lr': trial.suggest_float('lr', 1e-3, 1e-1)}\n"
     with pytest.raises(StudyFileError, match="enqueue\\[0\\]: .*0.5"):
         Study.load(write_study(src + "enqueue = [{'lr': 0.5}]\n", name="out.py"))
+
+
+def test_set_pins_a_searched_parameter(write_study):
+    path = write_study(
+        """
+        def space(trial):
+            return {
+                "lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True),
+                "filters": [trial.suggest_categorical("base", [8, 16]), 32],
+            }
+        """
+    )
+    study = Study.load(path, {"lr": 0.05, "filters": [4, 4], "epochs": 2})
+    ostudy = optuna.create_study(sampler=study.make_sampler())
+    trial = ostudy.ask()
+    cfg = study.resolve(trial)
+    assert trial.params["lr"] == 0.05 and cfg.train.lr == 0.05  # the params say what was trained
+    assert cfg.model.filters == (4, 4) and cfg.train.epochs == 2
+    assert study.describe()["overrides"] == {"lr": 0.05, "filters": [4, 4], "epochs": 2}
+    # without --set the space decides
+    free = Study.load(path)
+    assert not isinstance(free.make_sampler(), optuna.samplers.PartialFixedSampler)
