@@ -71,15 +71,7 @@ class Objective:
 
         def on_epoch(stats: EpochStats) -> None:
             value = stats.metrics[self.metric]
-            history.append(
-                {
-                    "epoch": stats.epoch,
-                    "train_loss": stats.train_loss,
-                    **stats.metrics,
-                    "seconds": stats.seconds,
-                    "images_per_second": stats.images_per_second,
-                }
-            )
+            history.append(_epoch_record(stats))
             trial.set_user_attr("history", history)
             if not math.isfinite(value):
                 raise TrialFailed(f"{self.metric} became {value} at epoch {stats.epoch}")
@@ -106,6 +98,15 @@ class Objective:
         if self.checkpoints is not None:
             resume = self.checkpoints.load_for(trial)
             on_checkpoint = self.checkpoints.saver(trial)
+        if resume is not None:
+            # a retried trial goes on from its original's last epoch: carry its curve over, so the
+            # stored history and intermediate values are whole
+            for h in resume.get("history", []):
+                stats = EpochStats(**h)
+                history.append(_epoch_record(stats))
+                trial.report(stats.metrics[self.metric], stats.epoch)
+            trial.set_user_attr("history", history)
+            trial.set_user_attr("resumed_from_epoch", int(resume["epoch"]))
         try:
             result = fit(
                 cfg,
@@ -143,3 +144,14 @@ class Objective:
         if self.checkpoints is not None:
             self.checkpoints.finished(trial)
         return result.last(self.metric)
+
+
+def _epoch_record(stats: EpochStats) -> dict[str, Any]:
+    """One epoch as stored in the trial's ``history`` user attribute (flat, JSON-friendly)."""
+    return {
+        "epoch": stats.epoch,
+        "train_loss": stats.train_loss,
+        **stats.metrics,
+        "seconds": stats.seconds,
+        "images_per_second": stats.images_per_second,
+    }

@@ -41,13 +41,15 @@ def secret_of(url: str) -> str | None:
     return None if is_file_storage(url) else make_url(url).password
 
 
-def start_run(url: str, cwd: Path, n_trials: int, epochs: int = 8, workers: int = 2):
+def start_run(
+    url: str, cwd: Path, n_trials: int, epochs: int = 8, workers: int = 2, extra: tuple = ()
+):
     # batch_size=16: ~26 batches an epoch, so a trial lasts seconds even on a fast, idle machine
     # and the test can catch one mid-trial (with the study's 64 the run can end before it looks)
     cmd = [
         sys.executable, "-m", "cnnopt.cli", "run", STUDY, "--workers", str(workers),
         "--n-trials", str(n_trials), "--set", f"epochs={epochs}", "--set", "batch_size=16",
-        "--storage", url, "--device", "cpu",
+        "--storage", url, "--device", "cpu", *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     return subprocess.Popen(
@@ -226,3 +228,36 @@ def test_checkpoint_store_resume_and_keep_best(tmp_path):
     study.tell(pruned, state=TrialState.PRUNED)
     store.discard(study.trials[pruned.number])
     assert not store.path(pruned.number).exists()
+
+
+@pytest.mark.slow
+def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
+    import psutil
+
+    url = str(tmp_path / "study.journal")
+    proc = start_run(
+        url, tmp_path, n_trials=1, epochs=12, workers=1, extra=("--set", "checkpoint=true")
+    )
+    end = time.time() + 150
+    victim = None
+    while time.time() < end and victim is None:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            running = load(url).get_trials(states=(TrialState.RUNNING,))
+            victim = next((t for t in running if len(t.intermediate_values) >= 3), None)
+        except Exception:  # noqa: BLE001 - study not created yet
+            pass
+        time.sleep(0.3)
+    assert victim is not None, "no trial reached its third epoch"
+    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    assert psutil.Process(pid).ppid() == proc.pid
+    os.kill(pid, signal.SIGKILL)
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    trials = load(url).get_trials()
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state in FINISHED, out
+    start = retry.user_attrs["resumed_from_epoch"]
+    assert start >= 3  # it went on from the checkpoint, not from epoch 0
+    assert [h["epoch"] for h in retry.user_attrs["history"]][:start] == list(range(1, start + 1))
+    assert sorted(retry.intermediate_values)[0] == 1  # the curve is whole
