@@ -151,7 +151,42 @@ def prepare_batch(
     return xb, yb
 
 
-class DeviceLoader:
+class _Loader:
+    """What both loaders share: the dataset, its statistics and the per-batch settings."""
+
+    def __init__(
+        self,
+        x: Any,
+        y: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        batch_size: int,
+        drop_last: bool = False,
+        augment: Augment | None = None,
+        channels_last: bool = False,
+        image_size: int | None = None,
+    ):
+        self.x, self.y = x, y
+        self.device = y.device
+        self.mean = mean.to(self.device).view(1, -1, 1, 1)
+        self.std = std.to(self.device).view(1, -1, 1, 1)
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.augment = augment
+        self.channels_last = channels_last
+        self.image_size = image_size
+
+    @property
+    def n_images(self) -> int:
+        return len(self.x)
+
+    def _prepare(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return prepare_batch(
+            xb, yb, self.mean, self.std, self.augment, self.image_size, self.channels_last
+        )
+
+
+class DeviceLoader(_Loader):
     """Batches of one tensor dataset that already lives on the device.
 
     Yields (x, y) with x float [B, C, H, W] normalised (and augmented when training), in the
@@ -172,24 +207,13 @@ class DeviceLoader:
         channels_last: bool = False,
         image_size: int | None = None,
     ):
-        self.x, self.y = x, y
-        self.mean = mean.view(1, -1, 1, 1)
-        self.std = std.view(1, -1, 1, 1)
-        self.batch_size = batch_size
+        super().__init__(x, y, mean, std, batch_size, drop_last, augment, channels_last, image_size)
         self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.augment = augment
-        self.channels_last = channels_last
-        self.image_size = image_size
         self.generator = torch.Generator(device=x.device).manual_seed(seed)
 
     def __len__(self) -> int:
         n = self.x.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    @property
-    def n_images(self) -> int:
-        return int(self.x.shape[0])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.x.shape[0]
@@ -200,10 +224,7 @@ class DeviceLoader:
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             idx = order[sl] if order is not None else sl
-            yield prepare_batch(
-                self.x[idx], self.y[idx], self.mean, self.std,
-                self.augment, self.image_size, self.channels_last,
-            )  # fmt: skip
+            yield self._prepare(self.x[idx], self.y[idx])
 
 
 class _Images(torch.utils.data.Dataset):
@@ -244,7 +265,7 @@ def default_workers() -> int:
     return max(1, min(4, cores // 2))
 
 
-class StreamLoader:
+class StreamLoader(_Loader):
     """Batches of lazy ImageFiles, decoded by a torch DataLoader; same interface as DeviceLoader.
 
     Worker processes (``num_workers``, kept alive between epochs) decode the images; on CUDA the
@@ -268,15 +289,7 @@ class StreamLoader:
         image_size: int | None = None,
         num_workers: int | None = None,
     ):
-        self.x, self.y = x, y
-        self.device = y.device
-        self.mean = mean.to(self.device).view(1, -1, 1, 1)
-        self.std = std.to(self.device).view(1, -1, 1, 1)
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        self.augment = augment
-        self.channels_last = channels_last
-        self.image_size = image_size
+        super().__init__(x, y, mean, std, batch_size, drop_last, augment, channels_last, image_size)
         self.generator = torch.Generator().manual_seed(seed)
         workers = default_workers() if num_workers is None else num_workers
         self.data = torch.utils.data.DataLoader(
@@ -293,17 +306,11 @@ class StreamLoader:
     def __len__(self) -> int:
         return len(self.data)
 
-    @property
-    def n_images(self) -> int:
-        return len(self.x)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for xb, idx in self.data:
             xb = xb.to(self.device, non_blocking=True)
             yb = self.y[idx.to(self.device, non_blocking=True)]
-            yield prepare_batch(
-                xb, yb, self.mean, self.std, self.augment, self.image_size, self.channels_last
-            )
+            yield self._prepare(xb, yb)
 
 
 def make_loader(
