@@ -20,7 +20,7 @@ import torch
 
 from cnnopt.config import RunConfig
 from cnnopt.data import load_split
-from cnnopt.errors import TrialFailed
+from cnnopt.errors import CnnoptError, TrialFailed
 from cnnopt.study import Study
 from cnnopt.train import EpochStats, Interrupted, TrainResult, fit
 
@@ -62,9 +62,13 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_tag())
         trial.set_user_attr("device", str(self.device))
-        cfg = self.study.resolve(trial)
-        trial.set_user_attr("seed", cfg.train.seed)
-        ds, split, cfg = prepare(self.study, cfg, self.device)
+        try:
+            cfg = self.study.resolve(trial)
+            trial.set_user_attr("seed", cfg.train.seed)
+            ds, split, cfg = prepare(self.study, cfg, self.device)
+        except CnnoptError as e:  # a bad value from space(), missing data: say why on the trial
+            trial.set_user_attr("fail_reason", str(e))
+            raise
         trial.set_user_attr("config", cfg.to_dict())
         self.emit({"event": "start", "trial": trial.number})
         history: list[dict[str, Any]] = []

@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from cnnopt.errors import StorageError, TrialFailed
+from cnnopt.errors import CnnoptError, StorageError, TrialFailed
 from cnnopt.storage import (
     RETRY_SECONDS,
     RetryStaleTrialCallback,
@@ -233,6 +233,18 @@ def worker_main(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        _work(spec, study_path, overrides, url, tickets, target, deadline, stop, events, inflight)
+    except (CnnoptError, optuna.exceptions.StorageInternalError) as err:
+        # A user error that no retry can fix (data missing, a bad value in the space, storage
+        # gone): tell the runner, which stops every worker and says it in one line.
+        stop.set()
+        events.put({"event": "fatal", "worker": spec.index, "message": mask_url(str(err))})
+    events.put({"event": "exit", "worker": spec.index})
+
+
+def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, events, inflight):
+    """The worker's loop: load the study file and storage, then trials until the budget is spent."""
     import torch
 
     from cnnopt.objective import Objective, worker_tag
@@ -321,7 +333,6 @@ def worker_main(
                     }
                 )
             break
-    events.put({"event": "exit", "worker": spec.index})
 
 
 # -- the runner ----------------------------------------------------------------------------------
@@ -393,6 +404,7 @@ class Runner:
 
         display = RunDisplay(self.study, self.url, n_workers, n_new, enabled=self.opt.progress)
         log_events: list[dict] = []
+        fatal: list[str] = []  # one-line errors of workers that stopped the run
         last_stale_check = time.time()
         try:
             for i in range(n_workers):
@@ -406,6 +418,8 @@ class Runner:
                         while True:
                             if ev["event"] == "ready":
                                 tags[ev["pid"]] = ev["tag"]
+                            elif ev["event"] == "fatal":
+                                fatal.append(ev["message"])
                             log_events.append(ev)
                             display.update(ev)
                             ev = events.get_nowait()
@@ -459,6 +473,10 @@ class Runner:
                 break
             log_events.append(ev)
             display.update(ev)
+            if ev["event"] == "fatal":
+                fatal.append(ev["message"])
+        if fatal:
+            raise CnnoptError(fatal[0])
         if not is_file_storage(self.url):
             # the last workers are done: fail whatever went stale, so nothing stays RUNNING
             self._fail_stale(ostudy)

@@ -98,3 +98,17 @@ def test_real_short_study_on_fashion_mnist(tmp_path, fashion, write_study):
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials)
     assert max(t.value for t in study.trials) > 0.7  # 2 epochs on 2,400 real images
+
+
+def test_missing_data_stops_the_run_with_one_line(tmp_path):
+    storage = str(tmp_path / "s.journal")
+    r = run(
+        "run", "studies/quick_synthetic.py", "--workers", "2", "--n-trials", "4", "--storage", storage,
+        "--set", "dataset=fashion_mnist", "--data-dir", str(tmp_path / "nothing"), "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "died" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("cnnopt: error: fashion_mnist: ")
+    trials = optuna.load_study(study_name="quick_synthetic", storage=get_storage(storage)).trials
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all("not found in" in t.user_attrs["fail_reason"] for t in trials)
