@@ -42,10 +42,10 @@ def secret_of(url: str) -> str | None:
 
 
 def start_run(
-    url: str, cwd: Path, n_trials: int, epochs: int = 8, workers: int = 2, extra: tuple = ()
+    url: str, cwd: Path, n_trials: int, epochs: int = 20, workers: int = 2, extra: tuple = ()
 ):
     # batch_size=16: ~26 batches an epoch, so a trial lasts seconds even on a fast, idle machine
-    # and the test can catch one mid-trial (with the study's 64 the run can end before it looks)
+    # and the test can catch one mid-trial (with the default 128 the run can end before it looks)
     cmd = [
         sys.executable, "-m", "cnnopt.cli", "run", STUDY, "--workers", str(workers),
         "--n-trials", str(n_trials), "--set", f"epochs={epochs}", "--set", "batch_size=16",
@@ -235,8 +235,9 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
     import psutil
 
     url = str(tmp_path / "study.journal")
+    # 60 short epochs: seconds per trial, so the kill lands mid-trial even on an idle machine
     proc = start_run(
-        url, tmp_path, n_trials=1, epochs=12, workers=1, extra=("--set", "checkpoint=true")
+        url, tmp_path, n_trials=1, epochs=60, workers=1, extra=("--set", "checkpoint=true")
     )
     end = time.time() + 150
     victim = None
