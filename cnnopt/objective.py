@@ -20,7 +20,7 @@ import torch
 
 from cnnopt.config import RunConfig
 from cnnopt.data import load_split
-from cnnopt.errors import CnnoptError, TrialFailed
+from cnnopt.errors import CnnoptError, ConfigError, TrialFailed
 from cnnopt.study import Study
 from cnnopt.train import EpochStats, Interrupted, TrainResult, fit
 
@@ -66,7 +66,10 @@ class Objective:
             cfg = self.study.resolve(trial)
             trial.set_user_attr("seed", cfg.train.seed)
             ds, split, cfg = prepare(self.study, cfg, self.device)
-        except CnnoptError as e:  # a bad value from space(), missing data: say why on the trial
+        except ConfigError as e:  # this sampled combination is inconsistent: fail this trial only
+            trial.set_user_attr("fail_reason", str(e))
+            raise TrialFailed(str(e)) from None
+        except CnnoptError as e:  # every trial would hit it (missing data, an unknown key): stop
             trial.set_user_attr("fail_reason", str(e))
             raise
         trial.set_user_attr("config", cfg.to_dict())

@@ -79,3 +79,23 @@ def test_diverging_trial_fails_with_reason_and_next_trial_runs(write_study):
     assert first.state == TrialState.FAIL
     assert "diverged" in first.user_attrs["fail_reason"]
     assert second.state == TrialState.COMPLETE
+
+
+def test_inconsistent_sampled_combination_fails_only_that_trial(write_study):
+    path = write_study(
+        """
+        dataset = "synthetic"
+        epochs = 1
+        def space(trial):
+            n = trial.suggest_int("conv_blocks", 1, 2)
+            return {"conv_blocks": n, "filters": [8, 16][:1]}  # wrong length when n == 2
+        """
+    )
+    study = Study.load(path)
+    ostudy = optuna.create_study(direction="maximize")
+    ostudy.enqueue_trial({"conv_blocks": 2})
+    ostudy.enqueue_trial({"conv_blocks": 1})
+    ostudy.optimize(Objective(study), n_trials=2, catch=(TrialFailed,))
+    bad, good = ostudy.trials
+    assert bad.state == TrialState.FAIL and "conv_blocks=2" in bad.user_attrs["fail_reason"]
+    assert good.state == TrialState.COMPLETE
