@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cnnopt.config import RunConfig
+from cnnopt.config import CHOICES, RunConfig
 from cnnopt.data.registry import load_dataset
 from cnnopt.data.tensors import split
 from cnnopt.errors import TrialFailed
@@ -14,7 +14,7 @@ def run(**overrides):
     cfg = RunConfig.from_flat({**SMALL, **overrides})
     ds = load_dataset(cfg.data)
     cfg = cfg.replace(in_channels=1, input_size=ds.image_size, num_classes=ds.num_classes)
-    return fit(cfg, split(ds, 0.2, 0), device="cpu", **{k: v for k, v in {}.items()})
+    return fit(cfg, split(ds, 0.2, 0), device="cpu")
 
 
 def test_trains_on_tiny_data_and_records_everything():
@@ -55,21 +55,7 @@ def test_schedules_change_the_learning_rate(schedule):
     assert len(set(lrs)) > 1
 
 
-@pytest.mark.parametrize(
-    "opt",
-    [
-        "sgd",
-        "sgd_momentum",
-        "sgd_nesterov",
-        "adam",
-        "adamw",
-        "rmsprop",
-        "adamax",
-        "adagrad",
-        "adadelta",
-        "nadam",
-    ],
-)
+@pytest.mark.parametrize("opt", CHOICES["optimizer"])
 def test_every_optimizer_trains_one_epoch(opt):
     r = run(optimizer=opt, epochs=1, lr=0.01 if opt != "adadelta" else 1.0)
     assert r.history[0].train_loss > 0
