@@ -75,3 +75,44 @@ def test_without_cuda_the_section_is_one_skip_row():
     assert [(r.section, r.value, r.note) for r in rows] == [
         ("gpu", None, "skipped: no CUDA device")
     ]
+
+
+def test_workers_meet_then_all_train_through_one_common_window(monkeypatch):
+    """The window protocol for real, with two workers as threads on the CPU: only CUDA's own
+    calls (set_device, the memory statistics) are stubbed."""
+    import dataclasses
+    import queue as queue_mod
+    import threading
+    import types
+
+    from cnnopt.bench import gpu
+
+    for name in ("set_device", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    for name, mib in (("max_memory_allocated", 100), ("max_memory_reserved", 200),
+                      ("memory_reserved", 150)):  # fmt: skip
+        monkeypatch.setattr(torch.cuda, name, lambda *a, _m=mib, **k: _m * 2**20)
+    monkeypatch.setattr(gpu, "nvml_process_used_mib", lambda dev: 450.0)
+    plan = dataclasses.replace(TINY, gpu_window_s=1.0)
+    barrier, start_at, q = threading.Barrier(2), types.SimpleNamespace(value=0.0), queue_mod.Queue()
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    threads = [
+        threading.Thread(target=gpu._gpu_worker,
+                         args=(plan, "synthetic", None, "cpu", barrier, start_at, q, False))
+        for _ in range(2)
+    ]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    outs = [q.get_nowait() for _ in threads]
+    assert all("error" not in o for o in outs), outs
+    for o in outs:
+        assert o["start"] == start_at.value  # one start for both
+        assert o["first_step_start"] >= o["start"] - 1e-6
+        assert o["last_step_end"] >= o["start"] + plan.gpu_window_s  # trained past the end
+        assert 0 < o["images_in_window"] <= o["steps"] * gpu.STEP_BATCHES * 128
+        assert o["context_mib"] == 450.0 - 150.0  # NVML's figure less the allocator's
+    row = summarise(2, "cuda:0", outs, baseline=None, context_probe_mib=None)
+    assert row.value == pytest.approx(sum(o["images_in_window"] for o in outs) / 1.0)
+    assert row.extra["peak_mib_per_worker"] == 200.0 + 300.0

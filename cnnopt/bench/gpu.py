@@ -137,8 +137,8 @@ def _gpu_worker(
             out["kernel_share"] = _kernel_time_share(step, chunk)
         queue.put(out)
     except Exception as e:  # noqa: BLE001 - report, never hang the parent
-        barrier.abort()  # the other workers stop waiting for this one
         queue.put({"error": f"{type(e).__name__}: {e}"})
+        barrier.abort()  # the other workers stop waiting for this one
 
 
 def _kernel_time_share(step, chunk: torch.Tensor) -> float | None:
@@ -314,7 +314,8 @@ def bench_gpu(opts: BenchOptions, device: torch.device) -> list[Row]:
     while k <= opts.plan.gpu_max_workers:
         opts.log(f"gpu: {k} worker(s) on {dev}, {opts.plan.gpu_window_s:g} s window")
         outs = _run_workers(opts, dev, k)
-        errors = [o["error"] for o in outs if "error" in o]
+        # the worker that failed first, not the others it released from the barrier
+        errors = sorted((o["error"] for o in outs if "error" in o), key=lambda e: "Barrier" in e)
         if errors:
             rows.append(Row("gpu", f"{k} workers on {dev}", None, "images/s", "1 worker",
                             totals.get(1), note=f"failed: {errors[0]}"))  # fmt: skip

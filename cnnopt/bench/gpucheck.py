@@ -81,8 +81,12 @@ def device_info() -> dict[str, Any]:
         "'cuda': torch.version.cuda, 'cudnn': torch.backends.cudnn.version(),"
         "'torch': torch.__version__}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    info = json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    try:
+        info = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        info = {"name": None, "error": f"device query failed: {tail}"}
     info["driver"] = driver_version()
     return info
 
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [n for n, st in summary["steps"].items() if not st["ok"]]
     print(
         f"cnnopt gpu-check: {'ok' if not failed else 'FAILED: ' + ', '.join(failed)} on "
-        f"{summary['device']['name']} in {summary['seconds']:.0f} s; wrote {out}",
+        f"{summary['device'].get('name')} in {summary['seconds']:.0f} s; wrote {out}",
         file=sys.stderr,
     )
     return 0 if not failed else 1
