@@ -10,7 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from cnnopt.bench import SECTIONS, run_bench, section_function
+from cnnopt.bench import SECTIONS, section_function
 from cnnopt.bench.common import TINY, BenchOptions, Row
 from cnnopt.cli import cli
 
@@ -97,7 +97,3 @@ def test_help_names_no_issue_and_importing_the_cli_imports_no_torch():
     code = "import sys, cnnopt.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_run_bench_is_the_package_entry_point():
-    assert run_bench.__module__ == "cnnopt.bench"
