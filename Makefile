@@ -1,6 +1,7 @@
 # cnnopt: `make run` and `make test` do all the set-up on a fresh machine (Python 3.11+, pip).
 #   make run  [DATA_DIR=../shared/data/fashion-mnist] [WORKERS=4] [STUDY=studies/x.py] [ARGS='--n-trials 6']
 #   make test [PYTEST_ARGS='-k storage']
+#   make gpu-check [DATA_DIR=../shared/data/fashion-mnist]   (CUDA machines: writes runs/gpu-check.json)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ DATA_DIR ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean gpu-check
 
 # The stamp is rebuilt when pyproject.toml changes, so new dependencies get installed.
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +26,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# GPU bench rows, a 2-worker study, export and `cnnopt train --reproduce` on the GPU: one JSON
+# summary. Without CUDA it stops at once with one line (cnnopt/bench/gpucheck.py).
+gpu-check: install
+	$(BIN)/python -m cnnopt.bench.gpucheck --data-dir $(or $(DATA_DIR),../shared/data/fashion-mnist) --out runs/gpu-check.json
 
 lint: install
 	$(BIN)/ruff check cnnopt tests studies

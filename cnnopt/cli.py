@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from cnnopt.bench import SECTIONS as BENCH_SECTIONS  # names only: imports no torch
 from cnnopt.errors import CnnoptError
 
 STORAGE_HELP = "Optuna storage: SQLAlchemy URL or .journal file [env CNNOPT_STORAGE; default storage/<study>.journal]"
@@ -414,7 +415,7 @@ def dashboard(study, storage, host, port):
     "--section",
     "sections",
     multiple=True,
-    type=click.Choice(["throughput", "study", "scaling", "gpu"]),
+    type=click.Choice(list(BENCH_SECTIONS)),
     help="Run only these sections (repeatable) [default: all].",
 )
 @click.option(
@@ -446,11 +447,12 @@ def bench(
     dataset,
     threads,
 ):
-    """Measure cnnopt against R2's training loop and random search, side by side (issue 6)."""
-    from cnnopt import bench as B
+    """Measure cnnopt against R2's training loop and random search, side by side."""
+    from cnnopt.bench import run_bench
+    from cnnopt.bench.common import PLANS, BenchOptions, print_report, to_markdown, write_json
 
-    plan = B.PLANS[plan_name or ("quick" if quick else "full")]
-    opts = B.BenchOptions(
+    plan = PLANS[plan_name or ("quick" if quick else "full")]
+    opts = BenchOptions(
         plan=plan,
         dataset=dataset,
         data_dir=data_dir,
@@ -458,16 +460,16 @@ def bench(
         seeds=seeds,
         threads=threads,
         postgres=postgres,
-        sections=tuple(sections) or B.SECTIONS,
+        sections=tuple(sections),  # empty: every registered section
         log=lambda msg: click.echo(f"cnnopt bench: {msg}", err=True),
     )
-    report = B.run_bench(opts)
-    B.print_report(report)
+    report = run_bench(opts)
+    print_report(report)
     if json_path:
-        B.write_json(report, json_path)
+        write_json(report, json_path)
         click.echo(f"wrote {json_path}", err=True)
     if md_path:
-        Path(md_path).write_text(B.to_markdown(report))
+        Path(md_path).write_text(to_markdown(report))
         click.echo(f"wrote {md_path}", err=True)
 
 
