@@ -446,7 +446,7 @@ def bench(
     dataset,
     threads,
 ):
-    """Measure cnnopt against R2's training loop and random search, side by side (issue 6)."""
+    """Measure cnnopt against R2's training loop and random search, side by side."""
     from cnnopt import bench as B
 
     plan = B.PLANS[plan_name or ("quick" if quick else "full")]
