@@ -750,6 +750,10 @@ def dashboard_command(study_name: str, url: str) -> str:
     return f"cnnopt dashboard {shlex.quote(study_name)} --storage {shlex.quote(mask_url(url))}"
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _fmt_params(params: dict[str, Any]) -> str:
     return ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
@@ -774,9 +778,12 @@ def summary_rows(ostudy: optuna.Study, url: str) -> list[tuple[str, str]]:
         rows.append(("best trial", "none yet (no complete trial)"))
     order = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
     states = sorted(sm.states.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9)
-    trials = f"{sum(sm.states.values())}: " + ", ".join(f"{n} {k.lower()}" for k, n in states)
+    words = {"FAIL": "failed"}
+    trials = f"{sum(sm.states.values())}: " + ", ".join(
+        f"{n} {words.get(k, k.lower())}" for k, n in states
+    )
     if sm.duplicates:
-        trials += f" ({sm.duplicates} of them reused an identical earlier configuration)"
+        trials += f" ({sm.duplicates} of them reused an identical earlier configuration's result)"
     rows.append(("trials", esc(trials if sm.states else "none")))
     full = sm.epochs_trained + sm.epochs_saved_pruning + sm.epochs_saved_dedup
     saved = sm.epochs_saved_pruning + sm.epochs_saved_dedup
@@ -787,18 +794,22 @@ def summary_rows(ostudy: optuna.Study, url: str) -> list[tuple[str, str]]:
     rows.append(
         (
             "saved by pruning",
-            esc(f"{sm.epochs_saved_pruning} epochs ({sm.pruned_counted} trials stopped early)"),
+            esc(
+                f"{_n(sm.epochs_saved_pruning, 'epoch')} ({_n(sm.pruned_counted, 'trial')} stopped early)"
+            ),
         )
     )
     rows.append(
         (
             "saved by deduplication",
-            esc(f"{sm.epochs_saved_dedup} epochs ({sm.duplicates} trials reused a result)"),
+            esc(
+                f"{_n(sm.epochs_saved_dedup, 'epoch')} ({_n(sm.duplicates, 'trial')} reused a result)"
+            ),
         )
     )
     if sm.wall_seconds is not None:
         wall = _duration(sm.wall_seconds) + (
-            f" so far ({sm.running} trials running)" if sm.running else ""
+            f" so far ({_n(sm.running, 'trial')} running)" if sm.running else ""
         )
         rows.append(("wall time", esc(wall)))
     cmd = dashboard_command(ostudy.study_name, url)
@@ -882,6 +893,8 @@ def render(ostudy: optuna.Study, url: str, sections: list[Section]) -> str:
     for s in sections:
         body.append(f'<section id="sec-{s.key}"><h2>{html.escape(s.title)}</h2>')
         if s.figure is not None:
+            # the section heading names the figure: a second title inside it only takes room
+            s.figure.update_layout(title_text="", margin={"t": 40})
             if s.caption:
                 body.append(f'<p class="caption" id="caption-{s.key}">{html.escape(s.caption)}</p>')
             body.append(

@@ -233,7 +233,7 @@ def test_summary_counts_states_duplicates_and_epochs_saved(tmp_path):
     assert sm.wall_seconds is not None and 0 <= sm.wall_seconds < 60
 
     text = render(st, url, [])
-    assert "7: 3 complete, 3 pruned, 1 fail (2 of them reused" in text
+    assert "7: 3 complete, 3 pruned, 1 failed (2 of them reused an identical" in text
     assert "22 trained; 29 saved (57% of the 51 without them)" in text
     assert "16 epochs (2 trials stopped early)" in text
     assert "13 epochs (2 trials reused a result)" in text
