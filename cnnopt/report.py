@@ -135,6 +135,11 @@ def _pruned(ostudy: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
+def _n_complete(ostudy: optuna.Study) -> int:
+    """Complete trials as Optuna's own figures count them (duplicates included)."""
+    return len(ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
 def _finished(ostudy: optuna.Study) -> list[FrozenTrial]:
     """Complete trials, and pruned ones that reported a value before they were cut."""
     return sorted(_complete(ostudy) + _pruned(ostudy), key=lambda t: t.number)
@@ -482,7 +487,12 @@ def with_pruned(ostudy: optuna.Study) -> tuple[optuna.Study, list[FrozenTrial]]:
     the returned list's trial i. Each copy also carries two parameters for the parallel
     coordinates: its state and the epoch its value is from."""
     originals = _finished(ostudy)
-    copy = optuna.create_study(direction=ostudy.direction)
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        copy = optuna.create_study(direction=ostudy.direction)
+    finally:
+        optuna.logging.set_verbosity(level)
     top = max([epochs_reached(t) for t in originals] + [1])
     for t in originals:
         copy.add_trial(
@@ -530,7 +540,7 @@ def slices(ostudy: optuna.Study) -> Section:
             title,
             lambda: optuna.visualization.plot_slice(ostudy, params=params, target_name=metric),
         )
-        section.caption = f"Final {metric} of the {len(complete)} complete trials."
+        section.caption = f"Final {metric} of the {_n_complete(ostudy)} complete trials."
     else:
         copy, originals = with_pruned(ostudy)
         section = _optuna_section(
@@ -580,7 +590,7 @@ def parallel_coordinates(ostudy: optuna.Study) -> Section:
                 ostudy, params=params, target_name=metric
             ),
         )
-        section.caption = f"Final {metric} of the {len(complete)} complete trials."
+        section.caption = f"Final {metric} of the {_n_complete(ostudy)} complete trials."
         return section
     copy, _ = with_pruned(ostudy)
     section = _optuna_section(
@@ -626,7 +636,7 @@ def history(ostudy: optuna.Study) -> Section:
     )
     if section.figure is not None:
         fit_value_axes(section.figure, metric)
-        n = len(ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        n = _n_complete(ostudy)
         section.caption = f"Final {metric} of the {n} complete trials, and the best so far."
     return section
 
@@ -644,7 +654,7 @@ def importances(ostudy: optuna.Study) -> Section:
         title,
         lambda: optuna.visualization.plot_param_importances(ostudy, target_name=metric),
     )
-    section.caption = f"From the {len(complete)} complete trials (fANOVA)."
+    section.caption = f"From the {_n_complete(ostudy)} complete trials (fANOVA)."
     return section
 
 
@@ -699,6 +709,7 @@ class Summary:
     duplicates: int = 0  # trials that reused an earlier identical configuration's result
     epochs_trained: int = 0  # by all trials, failed ones included
     pruned_counted: int = 0  # pruned trials whose configured epochs are known
+    pruned_unknown: int = 0  # pruned trials without a recorded epoch budget (not cnnopt's)
     epochs_saved_pruning: int = 0  # sum over pruned trials: configured epochs - epochs reached
     epochs_saved_dedup: int = 0  # sum over duplicates: the epochs their original trained
     wall_seconds: float | None = None  # first start to last finish (to now while trials run)
@@ -723,6 +734,8 @@ def summarize(ostudy: optuna.Study, now: dt.datetime | None = None) -> Summary:
         if t.state == TrialState.PRUNED and isinstance(configured, int):
             s.pruned_counted += 1
             s.epochs_saved_pruning += max(0, configured - epochs_reached(t))
+        elif t.state == TrialState.PRUNED:
+            s.pruned_unknown += 1
     s.running = s.states.get("RUNNING", 0)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
@@ -791,14 +804,12 @@ def summary_rows(ostudy: optuna.Study, url: str) -> list[tuple[str, str]]:
     if saved:
         epochs += f"; {saved} saved ({100 * saved / full:.0f}% of the {full} without them)"
     rows.append(("epochs", esc(epochs)))
-    rows.append(
-        (
-            "saved by pruning",
-            esc(
-                f"{_n(sm.epochs_saved_pruning, 'epoch')} ({_n(sm.pruned_counted, 'trial')} stopped early)"
-            ),
-        )
+    pruning = (
+        f"{_n(sm.epochs_saved_pruning, 'epoch')} ({_n(sm.pruned_counted, 'trial')} stopped early)"
     )
+    if sm.pruned_unknown:
+        pruning += f"; {_n(sm.pruned_unknown, 'pruned trial')} without a recorded epoch budget"
+    rows.append(("saved by pruning", esc(pruning)))
     rows.append(
         (
             "saved by deduplication",
