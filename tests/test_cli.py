@@ -31,3 +31,20 @@ def test_data_error_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith("cnnopt: error:") and r.stderr.count("\n") == 1
     assert "sign_mnist_train.csv" in r.stderr
+
+
+def test_help_texts_speak_of_the_product_only():
+    # product text never names the internal process that produced it (issue numbers and the like)
+    from click.testing import CliRunner
+
+    from cnnopt.cli import cli as group
+
+    def walk(cmd, path):
+        yield path
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    for path in walk(group, []):
+        r = CliRunner().invoke(group, [*path, "--help"])
+        assert r.exit_code == 0, (path, r.output)
+        assert "issue" not in r.output.lower(), (path, r.output)
