@@ -29,8 +29,16 @@ test: install
 
 # GPU bench rows, a 2-worker study, export and `cnnopt train --reproduce` on the GPU: one JSON
 # summary. Without CUDA it stops at once with one line (cnnopt/bench/gpucheck.py).
-gpu-check: install
-	$(BIN)/python -m cnnopt.bench.gpucheck --data-dir $(or $(DATA_DIR),../shared/data/fashion-mnist) --out runs/gpu-check.json
+# An offline GPU machine whose Python already has cnnopt's dependencies (torch, optuna, ...) runs
+# the check with that Python and this checkout on PYTHONPATH; anywhere else it uses the venv.
+GPU_CHECK_ARGS = -m cnnopt.bench.gpucheck --data-dir $(or $(DATA_DIR),../shared/data/fashion-mnist) --out runs/gpu-check.json
+gpu-check:
+	@if PYTHONPATH=$(CURDIR) $(PYTHON) -c 'import torch, torchvision, optuna, sqlalchemy, plotly, click, rich, yaml' 2>/dev/null; then \
+	  echo "gpu-check: using $(PYTHON) with this checkout on PYTHONPATH"; \
+	  PYTHONPATH=$(CURDIR) $(PYTHON) $(GPU_CHECK_ARGS); \
+	else \
+	  $(MAKE) install && $(BIN)/python $(GPU_CHECK_ARGS); \
+	fi
 
 lint: install
 	$(BIN)/ruff check cnnopt tests studies
