@@ -306,7 +306,7 @@ def make_loaders(
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+        torch.cuda.manual_seed(seed)  # the current device only: the others are not ours
 
 
 def fit(

@@ -1,6 +1,6 @@
 import optuna
-import torch
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from cnnopt.errors import TrialFailed
