@@ -206,8 +206,8 @@ def _params_on_meta(cfg: RunConfig) -> int | None:
     from cnnopt.models import build_model, count_params
 
     try:
-        with torch.device("meta"):
-            return count_params(build_model(cfg.model))
+        with torch.device("meta"):  # the count does not depend on the weights: none are loaded
+            return count_params(build_model(cfg.replace(pretrained=False).model))
     except Exception:  # noqa: BLE001 - a message detail: never the reason the trial fails
         return None
 

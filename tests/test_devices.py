@@ -156,3 +156,24 @@ def test_cuda_on_a_machine_without_gpu_is_a_device_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(DeviceError, match="--device cuda:0: no CUDA GPU on this machine"):
         resolve_device("cuda:0")
+
+
+def test_a_worker_binds_its_gpu_before_it_loads_anything(monkeypatch):
+    import os
+
+    from cnnopt import runner
+    from cnnopt.errors import StudyFileError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    seen = {}
+
+    def load(path, overrides):  # the worker's first use of the study file
+        seen["visible"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        raise StudyFileError("stop here")
+
+    monkeypatch.setattr(runner.Study, "load", load)
+    spec = runner.WorkerSpec(index=0, device="cuda:2", threads=1, sampler_seed=0)
+    with pytest.raises(StudyFileError):
+        runner._work(spec, "x.py", {}, "unused", None, 1, None, None, None, None)
+    assert seen["visible"] == "2"
