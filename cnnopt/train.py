@@ -107,8 +107,8 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         # bf16 only where the tensor cores do it natively (compute capability 8.0: A100, L4,
         # H100 and later). is_bf16_supported() is True on V100 and T4 too, where bf16 is
-        # emulated and slower than fp32: those get fp16 with a GradScaler. Asked of this
-        # device, not of the current one (which may be another GPU).
+        # emulated without tensor cores: those get fp16 (their tensor cores) with a GradScaler.
+        # Asked of this device, not of the current one (which may be another GPU).
         native = torch.cuda.get_device_capability(device) >= (8, 0)
         return torch.bfloat16 if native else torch.float16
     if device.type == "cpu" and cpu_has_bf16():
