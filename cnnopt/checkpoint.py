@@ -1,7 +1,8 @@
 """Per-epoch checkpoints, so that a retried trial resumes from its last epoch instead of epoch 0.
 
 Study setting ``checkpoint = True``. After every epoch ``train.fit`` hands the objective a dict
-(model, optimizer, scheduler, epoch, config, history); the store writes it, atomically, to
+(model, optimizer, scheduler, GradScaler, epoch, config, history); the store writes it,
+atomically, to
 
     storage/checkpoints/<study>/<key>.pt
 

@@ -6,6 +6,7 @@ Nothing here does work of its own; every command calls one function of the modul
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -475,6 +476,9 @@ def bench(
 
 def main() -> None:
     """Entry point: a CnnoptError becomes one line on stderr and exit code 2."""
+    # GPUs numbered as nvidia-smi numbers them, in every command (`run` plans with NVML, which
+    # uses this order; CUDA's own default puts the fastest first). Set before CUDA starts.
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
     try:
         cli.main(standalone_mode=False)

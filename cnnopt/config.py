@@ -133,7 +133,9 @@ class TrainConfig:
     step_size: int = 10  # StepLR period in epochs (R2: x0.1 every 10 epochs)
     gamma: float = 0.1
     patience: int | None = None  # early stopping on validation loss (R3 used 3)
-    amp: str = "auto"  # auto: bf16 on CPUs that have it and on CUDA; off elsewhere
+    # auto: bf16 on CPUs that have it and on GPUs that do it natively (compute capability 8.0+),
+    # fp16 with a GradScaler on older GPUs (V100, T4); off elsewhere (see train.amp_dtype)
+    amp: str = "auto"
     channels_last: str = "auto"
     tta_flip: bool = False  # average predictions over the image and its mirror at evaluation
     threshold: float = 0.5  # multi-label: a label is predicted when its sigmoid exceeds this

@@ -30,3 +30,7 @@ class StorageError(CnnoptError):
 
 class TrialFailed(CnnoptError):
     """A trial ended for a reason that is the trial's fault (NaN loss, out of memory)."""
+
+
+class DeviceError(CnnoptError):
+    """A --device names a GPU this machine does not have (or CUDA where there is none)."""

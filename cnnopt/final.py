@@ -76,7 +76,9 @@ def load_checkpoint(
 # -- training ------------------------------------------------------------------------------------
 
 
-def hardware() -> dict[str, Any]:
+def hardware(device: torch.device | str | None = None) -> dict[str, Any]:
+    """The machine a result came from: CPU, cores, threads, and the GPU ``device`` names (asked
+    of that device: an index-0 query would create a CUDA context on GPU 0)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -92,8 +94,11 @@ def hardware() -> dict[str, Any]:
         else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
+    if device is None:  # no device named: the current GPU, if this process already uses CUDA
+        device = torch.cuda.current_device() if torch.cuda.is_initialized() else "cpu"
+    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
     return out
 
 
@@ -223,7 +228,7 @@ def train_final(
     from cnnopt.data import load_split
     from cnnopt.data.registry import load_dataset
     from cnnopt.data.tensors import split as make_split
-    from cnnopt.train import fit, resolve_device
+    from cnnopt.train import fit, use_device
 
     console = console or Console(stderr=True)
     export = load_export(export_path)
@@ -245,7 +250,7 @@ def train_final(
         cfg = cfg.replace(patience=patience)
     if not holdout and not reproduce and cfg.train.patience is not None:
         log.info("patience=%s ignored: no --holdout split to watch", cfg.train.patience)
-    dev = resolve_device(device)
+    dev = use_device(device)  # current from here on: nothing lands on another GPU
     trial = export.get("trial", {})
     study_name = export.get("study", {}).get("name", "study")
     out_dir = Path(
@@ -313,7 +318,7 @@ def train_final(
         "seconds_per_epoch": sum(secs) / len(secs) if secs else None,
         "seconds_total": wall,
         "device": str(dev),
-        "hardware": hardware(),
+        "hardware": hardware(dev),
         "train_images": int(split.x_train.shape[0]),
         "heldout_images": int(split.x_val.shape[0]),
         "history": [h.to_dict() for h in result.history],
@@ -364,6 +369,7 @@ def train_final(
         "model": model.state_dict(),
         "optimizer": last_ckpt.get("optimizer"),
         "scheduler": last_ckpt.get("scheduler"),
+        "scaler": last_ckpt.get("scaler"),  # fp16 GradScaler state (None without fp16)
         "epoch": len(result.history),
         "config": cfg.to_dict(),
         "classes": list(ds.classes),

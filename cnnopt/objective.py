@@ -51,9 +51,12 @@ class Objective:
         should_stop: Callable[[], bool] | None = None,
         emit: Event | None = None,
         checkpoints: Any = None,
+        device_name: str | None = None,
     ):
         self.study = study
         self.device = torch.device(device)
+        # the GPU as the runner numbers it: a worker sees only its own GPU, as cuda:0
+        self.device_name = device_name or str(self.device)
         self.should_stop = should_stop or (lambda: False)
         self.emit = emit or (lambda event: None)
         self.metric = study.settings.metric
@@ -61,7 +64,10 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_tag())
-        trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("device", self.device_name)
+        cfg = None
+        # what the trial was doing and how large its model is, for an out-of-memory message
+        where: dict[str, Any] = {"stage": "preparing the data", "params": None}
         try:
             cfg = self.study.resolve(trial)
             trial.set_user_attr("seed", cfg.train.seed)
@@ -72,6 +78,11 @@ class Objective:
         except CnnoptError as e:  # every trial would hit it (missing data, an unknown key): stop
             trial.set_user_attr("fail_reason", str(e))
             raise
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            raise self._out_of_memory(trial, e, cfg, where) from None
+        where["stage"] = "building the model"
         trial.set_user_attr("config", cfg.to_dict())
         self.emit({"event": "start", "trial": trial.number})
         history: list[dict[str, Any]] = []
@@ -96,6 +107,7 @@ class Objective:
                 )
 
         def on_start(result: TrainResult) -> None:
+            where.update(stage="training", params=result.params)
             trial.set_user_attr("params_count", result.params)
             trial.set_user_attr("flops", result.flops)
             trial.set_user_attr("amp", result.amp)
@@ -134,12 +146,10 @@ class Objective:
                 "fail_reason", "interrupted (the run was stopped); params re-queued"
             )
             raise
-        except torch.OutOfMemoryError:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            reason = f"out of memory on {self.device} (batch_size={cfg.train.batch_size})"
-            trial.set_user_attr("fail_reason", reason)
-            raise TrialFailed(reason) from None
+        except RuntimeError as e:  # torch.OutOfMemoryError, cuDNN / cuBLAS allocation failures
+            if not is_out_of_memory(e):
+                raise
+            raise self._out_of_memory(trial, e, cfg, where) from None
         finally:
             # written whatever the outcome, so pruned and failed trials show their cost too
             if history:
@@ -151,6 +161,55 @@ class Objective:
         if self.checkpoints is not None:
             self.checkpoints.finished(trial)
         return result.last(self.metric)
+
+    def _out_of_memory(
+        self, trial: optuna.Trial, err: BaseException, cfg: RunConfig | None, where: dict
+    ) -> TrialFailed:
+        """The trial's failure for an out-of-memory error, naming its batch size and model size."""
+        # The error's traceback holds the frames of the loop (activations, model): drop them now
+        # (the runner's release_memory hands the cached blocks back after the trial).
+        err.with_traceback(None)
+        params = where["params"]
+        if params is None and where["stage"] == "building the model" and cfg is not None:
+            params = _params_on_meta(cfg)
+        size = f"{params:,} params" if params is not None else "model not built yet"
+        batch = cfg.train.batch_size if cfg is not None else "?"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = (
+            f"out of memory on {self.device_name} while {where['stage']} "
+            f"(batch_size={batch}, {size}): {first[:160]}"
+        )
+        trial.set_user_attr("fail_reason", reason)
+        return TrialFailed(reason)
+
+
+OOM_MARKERS = (
+    "out of memory",  # CUDA's caching allocator and "CUDA error: out of memory"
+    "cudnn_status_alloc_failed",
+    "cublas_status_alloc_failed",
+    "not enough memory",  # the CPU allocator
+)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch.OutOfMemoryError, and the allocation failures that cuDNN and cuBLAS (a workspace or
+    a handle they could not allocate) and the CPU allocator report as a plain RuntimeError."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    msg = str(err).lower()
+    return isinstance(err, RuntimeError) and any(m in msg for m in OOM_MARKERS)
+
+
+def _params_on_meta(cfg: RunConfig) -> int | None:
+    """The model's parameter count, built on the meta device (no memory), for an OOM message
+    about a model too large to build."""
+    from cnnopt.models import build_model, count_params
+
+    try:
+        with torch.device("meta"):  # the count does not depend on the weights: none are loaded
+            return count_params(build_model(cfg.replace(pretrained=False).model))
+    except Exception:  # noqa: BLE001 - a message detail: never the reason the trial fails
+        return None
 
 
 def _epoch_record(stats: EpochStats) -> dict[str, Any]:

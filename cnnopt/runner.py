@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from cnnopt.devices import bind_worker, plan_devices
 from cnnopt.errors import CnnoptError, StorageError, TrialFailed
 from cnnopt.storage import (
     RETRY_SECONDS,
@@ -76,28 +77,7 @@ class RunSummary:
     events: list[dict] = field(default_factory=list)
 
 
-# -- devices -------------------------------------------------------------------------------------
-
-
-def plan_devices(spec: str, n_workers: int) -> list[str]:
-    """One device per worker. ``cuda`` spreads workers over all GPUs, most free memory first;
-    ``cuda:0,1`` over the listed ones; several workers may share a GPU."""
-    import torch
-
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return ["cpu"] * n_workers
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrialFailed(f"--device {spec}: CUDA is not available on this machine")
-        if spec == "cuda":
-            ids = list(range(torch.cuda.device_count()))
-            ids.sort(key=lambda i: -torch.cuda.mem_get_info(i)[0])
-        else:
-            ids = [int(i) for i in spec.split(":", 1)[1].split(",")]
-        return [f"cuda:{ids[i % len(ids)]}" for i in range(n_workers)]
-    raise TrialFailed(f"--device {spec!r}: expected auto, cpu, cuda or cuda:0,1")
+# -- devices (which GPU each worker uses: cnnopt.devices) -----------------------------------------
 
 
 def threads_per_worker(devices: list[str]) -> int:
@@ -243,8 +223,35 @@ def worker_main(
     events.put({"event": "exit", "worker": spec.index})
 
 
+def run_trial(ostudy: optuna.Study, objective: Any, callbacks: list) -> None:
+    """One trial, then its memory back: a trial's failure (TrialFailed, out of memory included)
+    ends the trial, not the worker."""
+    try:
+        ostudy.optimize(
+            objective, n_trials=1, catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=False
+        )
+    finally:
+        release_memory(getattr(objective, "device", None))
+
+
+def release_memory(device: Any = None) -> None:
+    """Give a finished trial's memory back before the next one, so that workers sharing a GPU
+    are not starved by one worker's peak. A pruned or failed trial's exception, which Optuna
+    keeps while it records the trial, holds the frames of the training loop (model, optimizer,
+    scheduler, activations) in a reference cycle with Optuna's own frame: only the cycle
+    collector frees it. Then the CUDA allocator's cached blocks go back to the driver."""
+    import gc
+
+    gc.collect()
+    if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, events, inflight):
     """The worker's loop: load the study file and storage, then trials until the budget is spent."""
+    device = bind_worker(spec.device)  # before torch initialises CUDA: only this GPU is visible
     import torch
 
     from cnnopt.objective import Objective, worker_tag
@@ -290,7 +297,12 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
         )
 
     objective = Objective(
-        study, spec.device, should_stop=stop.is_set, emit=emit, checkpoints=checkpoints
+        study,
+        device,
+        should_stop=stop.is_set,
+        emit=emit,
+        checkpoints=checkpoints,
+        device_name=spec.device,
     )
     slot = spec.index
     if inflight is None:  # called without a runner (tests): a private flag
@@ -303,13 +315,7 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
     ):
         current.clear()
         try:
-            ostudy.optimize(
-                objective,
-                n_trials=1,
-                catch=(TrialFailed,),
-                callbacks=[on_trial_end],
-                gc_after_trial=False,
-            )
+            run_trial(ostudy, objective, [on_trial_end])
             _end_slot(inflight, slot)
         except Interrupted:
             # Optuna has marked the trial FAIL; give its params back to the queue and the ticket
@@ -349,13 +355,14 @@ class Runner:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         t0 = time.time()
-        ostudy = open_study(self.study, self.url)
         n_new = self.opt.n_trials if self.opt.n_trials is not None else self.study.settings.n_trials
+        n_workers = max(1, min(self.opt.workers, n_new)) if n_new else 0
+        # a GPU that is not there is a one-line error before anything is created or started
+        devices = plan_devices(self.opt.device, n_workers)
+        ostudy = open_study(self.study, self.url)
         n_before = len(ostudy.get_trials(deepcopy=False))
         timeout = self.opt.timeout if self.opt.timeout is not None else self.study.settings.timeout
         deadline = t0 + timeout if timeout else None
-        n_workers = max(1, min(self.opt.workers, n_new)) if n_new else 0
-        devices = plan_devices(self.opt.device, n_workers)
         threads = threads_per_worker(devices)
 
         ctx = mp.get_context("spawn")  # fork after torch/CUDA init is unsafe

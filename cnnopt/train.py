@@ -21,7 +21,7 @@ from torch import nn
 from cnnopt.augment import make_augment
 from cnnopt.config import RunConfig, TrainConfig
 from cnnopt.data.tensors import DeviceLoader, Split, StreamLoader, is_lazy, make_loader
-from cnnopt.errors import TrialFailed
+from cnnopt.errors import DeviceError, TrialFailed
 from cnnopt.metrics import classification_metrics
 from cnnopt.models import build_model, count_params
 
@@ -62,11 +62,30 @@ class TrainResult:
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a torch.device; a GPU this machine does not
+    have is a DeviceError (one line), not a CUDA error at the first tensor."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrialFailed(f"device {spec!r} requested but CUDA is not available")
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise DeviceError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        from cnnopt.devices import check_gpus
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        check_gpus(spec, [dev.index or 0], count)
+        dev = torch.device("cuda", dev.index or 0)
+    return dev
+
+
+def use_device(spec: str | torch.device = "auto") -> torch.device:
+    """``resolve_device``, and on CUDA make the device current: everything that uses "the current
+    device" (the DataLoader's pin-memory thread, pinned host memory, the allocator's caches)
+    then stays on it instead of creating a context on GPU 0."""
+    dev = resolve_device(str(spec))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     return dev
 
 
@@ -86,7 +105,12 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.amp == "fp16":
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # bf16 only where the tensor cores do it natively (compute capability 8.0: A100, L4,
+        # H100 and later). is_bf16_supported() is True on V100 and T4 too, where bf16 is
+        # emulated without tensor cores: those get fp16 (their tensor cores) with a GradScaler.
+        # Asked of this device, not of the current one (which may be another GPU).
+        native = torch.cuda.get_device_capability(device) >= (8, 0)
+        return torch.bfloat16 if native else torch.float16
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None
@@ -282,7 +306,7 @@ def make_loaders(
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+        torch.cuda.manual_seed(seed)  # the current device only: the others are not ours
 
 
 def fit(
@@ -302,10 +326,12 @@ def fit(
     streamed split's images stay on disk and are read per batch, see ``make_loaders``).
 
     ``on_start`` sees the built model's size (params, FLOPs) before the first epoch; ``on_epoch`` sees every epoch's statistics and may raise to stop (the objective raises
-    optuna.TrialPruned). ``resume`` is a checkpoint dict (model, optimizer, scheduler, epoch) from
-    ``on_checkpoint``; training goes on from the epoch after it.
+    optuna.TrialPruned). ``resume`` is a checkpoint dict (model, optimizer, scheduler, GradScaler
+    state, epoch) from ``on_checkpoint``; training goes on from the epoch after it.
     """
     device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the loader's pin-memory thread uses the current device
     t = cfg.train
     seed_everything(t.seed)
     cl = use_channels_last(cfg)
@@ -338,6 +364,8 @@ def fit(
         optimizer.load_state_dict(resume["optimizer"])
         if scheduler is not None and resume.get("scheduler"):
             scheduler.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])  # the fp16 loss scale it had found
         start = int(resume["epoch"])
         result.history = [EpochStats(**h) for h in resume.get("history", [])]
         train_loader.generator.manual_seed(t.seed + start)
@@ -373,6 +401,7 @@ def fit(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
                     "epoch": epoch,
                     "config": cfg.to_dict(),
                     "history": [h.to_dict() for h in result.history],

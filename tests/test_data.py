@@ -94,3 +94,25 @@ def test_real_fashion_mnist_loads(fashion):
     ds = load_dataset(DataConfig(dataset="fashion_mnist", data_dir=str(fashion)))
     assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
     assert torch.bincount(ds.y_train).tolist() == [6000] * 10
+
+
+def test_split_cache_is_small_and_keyed_by_content():
+    from cnnopt import data
+    from cnnopt.data import registry
+
+    data._SPLITS.clear()
+    # a search over train_subset and val_fraction: one new split per value, never all kept
+    for subset in range(100, 400, 20):
+        for frac in (0.1, 0.2):
+            load_split(DataConfig(dataset="synthetic", train_subset=subset, val_fraction=frac))
+    assert len(data._SPLITS) == data.MAX_SPLITS
+    # equal content hits, even when the dataset object is a new one (reloaded: a new id())
+    cfg = DataConfig(dataset="synthetic", train_subset=60, split_seed=4)
+    _, first = load_split(cfg)
+    registry._CACHE.clear()
+    _, again = load_split(DataConfig(dataset="synthetic", train_subset=60, split_seed=4))
+    assert again is first
+    # the most recently used split stays when another one is added
+    load_split(DataConfig(dataset="synthetic", train_subset=80))
+    _, still = load_split(cfg)
+    assert still is first

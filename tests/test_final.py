@@ -169,3 +169,39 @@ def test_reproduce_mismatch_is_an_error_with_exit_code_1():
     with pytest.raises(ReproduceMismatch, match="1.00 points") as e:
         check_reproduced(bad)
     assert e.value.exit_code == 1
+
+
+def test_hardware_names_the_gpu_it_ran_on_only(monkeypatch):
+    from cnnopt.final import hardware
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: asked.append(d) or "H100")
+    assert hardware("cuda:1")["gpu"] == "H100"
+    assert asked == [torch.device("cuda:1")]  # not GPU 0, where a query would make a context
+    assert "gpu" not in hardware(torch.device("cpu")) and len(asked) == 1
+
+
+def test_train_checkpoint_keeps_the_grad_scaler(best_json, tmp_path):
+    results = train_final(
+        best_json, epochs=1, out=tmp_path / "fp16", sets={"amp": "fp16"}, progress=False
+    )
+    ckpt = torch.load(results["checkpoint"], weights_only=False)
+    assert results["amp"] == "float16"
+    assert ckpt["scaler"]["scale"] > 0 and ckpt["optimizer"] and "model" in ckpt
+
+
+def test_train_on_a_gpu_that_is_not_there_is_one_line(best_json, tmp_path):
+    import subprocess
+
+    from .conftest import ROOT, cnnopt_cmd
+
+    n = torch.cuda.device_count()
+    out = tmp_path / "none"
+    cmd = cnnopt_cmd("train", str(best_json), "--device", f"cuda:{n}", "--out", str(out))
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert (
+        r.stderr.startswith(f"cnnopt: error: --device cuda:{n}: no ") and r.stderr.count("\n") == 1
+    )
+    assert not out.exists()

@@ -1,5 +1,6 @@
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from cnnopt.errors import TrialFailed
@@ -99,3 +100,103 @@ def test_inconsistent_sampled_combination_fails_only_that_trial(write_study):
     bad, good = ostudy.trials
     assert bad.state == TrialState.FAIL and "conv_blocks=2" in bad.user_attrs["fail_reason"]
     assert good.state == TrialState.COMPLETE
+
+
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+def _watch_models(monkeypatch) -> list:
+    """Weak references to every model the trials build."""
+    import weakref
+
+    import cnnopt.train as T
+
+    refs = []
+    build = T.build_model
+
+    def watched(cfg):
+        model = build(cfg)
+        refs.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(T, "build_model", watched)
+    return refs
+
+
+@pytest.mark.parametrize("outcome", ["complete", "pruned", "failed"])
+def test_a_finished_trial_leaves_no_model_behind(write_study, monkeypatch, outcome):
+    import gc
+
+    from cnnopt.runner import run_trial
+
+    study, _ = make(write_study)
+    study.fixed.update(optimizer="sgd", amp="off", epochs=2)
+    ostudy = optuna.create_study(
+        direction="maximize", pruner=_AlwaysPrune() if outcome == "pruned" else None
+    )
+    ostudy.enqueue_trial({"lr": 1e6 if outcome == "failed" else 0.03})  # 1e6: SGD diverges
+    refs = _watch_models(monkeypatch)
+    # as in a worker: Optuna logs no failure warning, whose traceback a log handler would keep
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    gc.disable()  # only the worker's own clean-up may free the trial's memory
+    try:
+        run_trial(ostudy, Objective(study), [])
+        assert ostudy.trials[0].state.name == outcome.upper().replace("FAILED", "FAIL")
+        assert len(refs) == 1
+        # a pruned or failed trial's exception holds the training loop's frames in a cycle
+        assert refs[0]() is None, "the trial's model is still reachable after the trial"
+    finally:
+        gc.enable()
+        optuna.logging.set_verbosity(verbosity)
+
+
+@pytest.mark.parametrize(
+    "stage, target, error",
+    [
+        ("preparing the data", "cnnopt.objective.load_split", "oom"),
+        ("building the model", "cnnopt.train.build_model", "oom"),
+        ("training", "cnnopt.train.train_one_epoch", "oom"),
+        ("training", "cnnopt.train.train_one_epoch", "CUDNN_STATUS_ALLOC_FAILED"),
+        ("training", "cnnopt.train.train_one_epoch", "CUBLAS_STATUS_ALLOC_FAILED"),
+        ("training", "cnnopt.train.evaluate", "CUDA error: out of memory"),
+    ],
+)
+def test_out_of_memory_anywhere_fails_the_trial_not_the_worker(
+    write_study, monkeypatch, stage, target, error
+):
+    from cnnopt.runner import run_trial
+
+    study, ostudy = make(write_study)
+    study.fixed.update(epochs=1, batch_size=32)
+
+    def out_of_memory(*a, **k):
+        if error == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise RuntimeError(f"cuDNN error: {error}")
+
+    with monkeypatch.context() as m:
+        m.setattr(target, out_of_memory)
+        run_trial(ostudy, Objective(study), [])  # returns: the worker goes on
+    run_trial(ostudy, Objective(study), [])  # and its next trial runs
+    bad, good = ostudy.trials
+    assert bad.state == TrialState.FAIL and good.state == TrialState.COMPLETE
+    reason = bad.user_attrs["fail_reason"]
+    assert reason.startswith(f"out of memory on cpu while {stage} (batch_size=32, ")
+    params = good.user_attrs["params_count"]
+    if stage == "preparing the data":
+        assert "model not built yet" in reason
+    else:  # the model's size, counted on the meta device when it could not be built
+        assert f"{params:,} params" in reason
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory():
+    from cnnopt.objective import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("x"))
+    assert is_out_of_memory(RuntimeError("CUDNN_STATUS_ALLOC_FAILED"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: not enough memory: you tried"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))

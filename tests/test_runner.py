@@ -112,3 +112,15 @@ def test_missing_data_stops_the_run_with_one_line(tmp_path):
     trials = optuna.load_study(study_name="quick_synthetic", storage=get_storage(storage)).trials
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all("not found in" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def test_a_gpu_that_is_not_there_is_one_line_before_anything_starts(tmp_path):
+    import torch
+
+    n = torch.cuda.device_count()
+    storage = tmp_path / "x.journal"
+    r = run("run", "studies/quick_synthetic.py", "--device", f"cuda:{n}", "--storage", str(storage))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("cnnopt: error: --device cuda:") and r.stderr.count("\n") == 1
+    assert "Traceback" not in r.stderr
+    assert not storage.exists()  # no study created, no worker started

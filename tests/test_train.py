@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -89,3 +91,76 @@ def test_resume_from_checkpoint_continues_at_next_epoch():
     fit(cfg.replace(epochs=2), sp, on_checkpoint=saved.append)
     r = fit(cfg, sp, resume=saved[-1])
     assert [h.epoch for h in r.history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "capability, want",
+    [
+        ((7, 0), torch.float16),
+        ((7, 5), torch.float16),
+        ((8, 0), torch.bfloat16),
+        ((9, 0), torch.bfloat16),
+    ],
+)
+def test_auto_precision_is_bf16_only_where_native(monkeypatch, capability, want):
+    from cnnopt.config import TrainConfig
+    from cnnopt.train import amp_dtype
+
+    asked = []
+    # V100 (7.0) and T4 (7.5) report bf16 "supported" (emulated, slow): that must not decide
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or capability
+    )
+    dev = torch.device("cuda:1")
+    assert amp_dtype(TrainConfig(amp="auto"), dev) == want
+    assert asked == [dev]  # asked of the trial's GPU, not of the current one
+    assert amp_dtype(TrainConfig(amp="off"), dev) is None
+    assert amp_dtype(TrainConfig(amp="bf16"), dev) == torch.bfloat16  # an explicit choice stands
+
+
+def test_resume_restores_weights_optimizer_schedule_and_grad_scaler(monkeypatch):
+    import cnnopt.train as T
+
+    cfg = RunConfig.from_flat(
+        {**SMALL, "epochs": 3, "amp": "fp16", "schedule": "onecycle", "optimizer": "adam"}
+    )
+    ds = load_dataset(cfg.data)
+    cfg = cfg.replace(num_classes=ds.num_classes, input_size=ds.image_size)
+    sp = split(ds, 0.2, 0)
+    saved = []  # copies: a checkpoint's state dicts share the live tensors
+    fit(cfg, sp, on_checkpoint=lambda c: saved.append(copy.deepcopy(c)))
+    ckpt = saved[1]  # after epoch 2 of 3, as a retried trial finds it
+    assert ckpt["scaler"] is not None and ckpt["scaler"]["scale"] > 0  # fp16: a GradScaler ran
+    ckpt["scaler"]["scale"] = 1024.0  # a scale no fresh GradScaler starts from
+
+    seen = {}
+    original = T.train_one_epoch
+
+    def first_epoch_sees(model, optimizer, loader, loss_fn, t, amp, scaler, scheduler, *a):
+        if not seen:  # the state training goes on from, before the resumed epoch changes it
+            seen.update(
+                model={k: v.clone() for k, v in model.state_dict().items()},
+                optimizer=copy.deepcopy(optimizer.state_dict()["state"]),
+                lr=optimizer.param_groups[0]["lr"],
+                last_epoch=scheduler.last_epoch,
+                scale=scaler.get_scale(),
+            )
+        return original(model, optimizer, loader, loss_fn, t, amp, scaler, scheduler, *a)
+
+    monkeypatch.setattr(T, "train_one_epoch", first_epoch_sees)
+    expected = copy.deepcopy(ckpt)  # the optimizer goes on updating the tensors it loaded
+    r = fit(cfg, sp, resume=ckpt)
+    assert [h.epoch for h in r.history] == [1, 2, 3]
+    ckpt = expected
+    for k, v in ckpt["model"].items():
+        assert torch.equal(seen["model"][k], v), k
+    state = ckpt["optimizer"]["state"]
+    assert seen["optimizer"].keys() == state.keys() and state
+    for i, s in state.items():  # Adam's moments and step count, per parameter
+        assert int(seen["optimizer"][i]["step"]) == int(s["step"]) > 0
+        assert torch.equal(seen["optimizer"][i]["exp_avg"], s["exp_avg"])
+        assert torch.equal(seen["optimizer"][i]["exp_avg_sq"], s["exp_avg_sq"])
+    assert seen["last_epoch"] == ckpt["scheduler"]["last_epoch"] > 0
+    assert seen["lr"] == ckpt["optimizer"]["param_groups"][0]["lr"]
+    assert seen["scale"] == 1024.0

@@ -36,12 +36,9 @@ def data_dir(cfg: DataConfig) -> Path:
     return Path(cfg.data_dir or os.environ.get("CNNOPT_DATA_DIR") or "data").expanduser()
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """The dataset a DataConfig names, loaded once per process."""
-    _import_loaders()
-    if cfg.dataset not in LOADERS:
-        raise DataError(f"unknown dataset {cfg.dataset!r}; known: {', '.join(sorted(LOADERS))}")
-    key = (
+def dataset_key(cfg: DataConfig) -> tuple:
+    """What a loaded dataset's content depends on: equal keys, equal tensors."""
+    return (
         cfg.dataset,
         str(data_dir(cfg)),
         cfg.image_size,
@@ -49,6 +46,14 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         cfg.label_csv,
         cfg.max_cache_gb,
     )
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """The dataset a DataConfig names, loaded once per process."""
+    _import_loaders()
+    if cfg.dataset not in LOADERS:
+        raise DataError(f"unknown dataset {cfg.dataset!r}; known: {', '.join(sorted(LOADERS))}")
+    key = dataset_key(cfg)
     if key not in _CACHE:
         _CACHE[key] = LOADERS[cfg.dataset](cfg)
     return _CACHE[key]

@@ -298,6 +298,8 @@ class StreamLoader(_Loader):
             sampler=_Order(len(x), self.generator if shuffle else None),
             drop_last=drop_last,
             num_workers=workers,
+            # the pin-memory thread works for the *current* device (at the first iteration):
+            # train.fit makes the trial's device current before it builds the loaders
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
