@@ -47,6 +47,11 @@ def _fake_gpus(monkeypatch, free_gib: dict[int, float]) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(free_gib))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (free_gib[i] * 2**30, 80 * 2**30))
+    # the runner reads free memory through NVML (no CUDA context in the parent): fake it there too
+    from cnnopt import devices
+
+    free_bytes = [int(free_gib[i] * 2**30) for i in sorted(free_gib)]
+    monkeypatch.setattr(devices, "_nvml_free", lambda environ=None: free_bytes)
 
 
 def test_placement_row_compares_the_runners_placement_with_round_robin(monkeypatch):
