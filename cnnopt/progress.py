@@ -73,6 +73,8 @@ class RunDisplay:
             if self.enabled and not self.live_mode:
                 value = f" {ev['value']:.4f}" if ev.get("value") is not None else ""
                 reason = f" ({ev['reason']})" if ev.get("reason") and state != "COMPLETE" else ""
+                if ev.get("duplicate_of") is not None:  # copied, not trained
+                    reason = f" (duplicate of #{ev['duplicate_of']})"
                 self.console.print(
                     f"trial {ev['trial']:>4} {state.lower():<9}{value}{reason}  [{self._totals()}]"
                 )
