@@ -8,21 +8,24 @@ with the study's other trials:
 
 - a COMPLETE trial with the same hash and seed: its value and intermediate values are copied;
 - a PRUNED one: its intermediate values are copied and the trial is pruned at the same step;
-- a RUNNING one with a smaller number: the trial waits for it, then copies it (or, if it failed,
-  trains itself), so two workers that start the same configuration at once never both train it.
+- a RUNNING one ahead of it in line (below): the trial waits for it, then copies it (or, if it
+  failed, trains itself), so two workers that start the same configuration at once never both
+  train it.
 
 The copy stores ``duplicate_of`` (the trained trial's number) and trains no epoch (no ``history``).
 
-Why waiting on *smaller numbers* is race-free: every trial publishes its hash before it looks at
-the others, and waits for every smaller-numbered RUNNING trial that has not published one yet (it
-is still sampling). Of two concurrent trials with the same configuration, the larger-numbered one
-therefore always sees the smaller one's hash and waits; the smaller one never waits for a larger
-one, so there is no deadlock and exactly one of them trains. Optuna numbers trials in the order
-they start (a re-queued trial is started by the very next ``ask``).
+Who trains, when several trials of one configuration run at once: Lamport's bakery algorithm,
+with the study's storage as the shared memory. A trial publishes its hash ("I am choosing"), reads
+the tickets (``dedup_rank``) of the same configuration's trials, publishes its own ticket, one
+higher than any it saw, and then waits while any twin is still choosing or holds a smaller
+(ticket, trial number). So of two concurrent twins exactly one trains and the other waits, whatever
+the order in which their reads and writes land; nobody waits for a larger ticket, so there is no
+deadlock. Trial numbers alone would not do: a re-queued trial has a smaller number than trials
+that started before it.
 
 With ``deduplicate = False`` (repeats wanted, as noise estimates) nothing is copied: a repeat
-trains with the study seed + the number of earlier trials of the same configuration, so each
-repeat is a new sample; a retry of a failed trial keeps its original's seed (it is the same run).
+trains with the study seed + the number of its twins ahead of it in line, so each repeat is a new
+sample; a retry of a failed trial keeps its original's seed (it is the same run).
 
 Only ``objective.py`` touches the live ``optuna.Trial``: this module reads the study's stored
 (frozen) trials and returns a ``Plan`` that the objective carries out.
@@ -30,7 +33,6 @@ Only ``objective.py`` touches the live ``optuna.Trial``: this module reads the s
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -58,9 +60,10 @@ from cnnopt.study import Study
 # device and the worker are not part of the RunConfig at all.
 NOT_TRAINING = {"data": ("data_dir", "max_cache_gb", "stream_workers")}
 POLL_SECONDS = 1.0  # how often a waiting trial looks at the storage again
-# A RUNNING trial that has not published its hash this long after it started is not sampling any
-# more (its process is gone, or it is not a cnnopt trial): stop waiting for it.
-SAMPLING_TIMEOUT = 120.0
+RANK = "dedup_rank"  # user attribute: the trial's ticket in the bakery (see the module doc)
+# A twin that published its hash but no ticket this long ago died between two storage writes (its
+# process on another host, where liveness cannot be checked): stop waiting for it.
+CHOOSING_TIMEOUT = 60.0
 # A discrete space larger than this is not enumerated (~0.4 ms per configuration on a busy CPU, in
 # the runner and in each worker): a run will not train thousands of configurations to use it up.
 GRID_LIMIT = 2_000
@@ -99,10 +102,9 @@ class Plan:
     duplicate_of: int | None = None  # the trial that trained this configuration
 
 
-def _alive(t: FrozenTrial, now: dt.datetime, has_hash: bool) -> bool:
-    """False for a RUNNING trial that is surely not being worked on (its process on this host is
-    gone, or it never published a hash); the runner and Optuna's heartbeats fail such trials, but
-    a waiting trial must not depend on them being around."""
+def _alive(t: FrozenTrial) -> bool:
+    """False for a RUNNING trial whose process on this host is gone; the runner and Optuna's
+    heartbeats fail such trials, but a waiting trial must not depend on them being around."""
     host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
         try:
@@ -111,9 +113,11 @@ def _alive(t: FrozenTrial, now: dt.datetime, has_hash: bool) -> bool:
             return False
         except PermissionError:
             pass
-    if not has_hash and t.datetime_start is not None:
-        return (now - t.datetime_start).total_seconds() < SAMPLING_TIMEOUT
     return True
+
+
+def _ticket(t: FrozenTrial) -> tuple[int, int]:
+    return int(t.user_attrs[RANK]), t.number
 
 
 def plan(
@@ -127,38 +131,53 @@ def plan(
     should_stop: Callable[[], bool] = lambda: False,
     on_wait: Callable[[int], None] = lambda n: None,
 ) -> Plan:
-    """Decide whether trial ``number`` (resolved to ``cfg``) trains or copies an earlier trial.
+    """Decide whether trial ``number`` (resolved to ``cfg``) trains or copies a twin.
 
     ``publish(key, value)`` stores a user attribute on the trial (the objective passes
     ``trial.set_user_attr``); ``origin`` is the trial this one retries, if any. Waits (polling the
-    storage) while an earlier trial still samples or trains the same configuration; raises
-    ``cnnopt.train.Interrupted`` if the run is stopped meanwhile.
+    storage) while a twin ahead of it chooses or trains; raises ``cnnopt.train.Interrupted`` if
+    the run is stopped meanwhile.
     """
     h = config_hash(cfg)
-    publish("config_hash", h)  # first, so that later trials can see it (see the module doc)
+
+    def twins() -> list[FrozenTrial]:
+        return [
+            t
+            for t in ostudy.get_trials(deepcopy=False)
+            if t.number != number and t.user_attrs.get("config_hash") == h
+        ]
+
+    # the bakery's doorway: choosing (hash published), then a ticket above every one in sight
+    publish("config_hash", h)
+    mine = (1 + max((_ticket(t)[0] for t in twins() if RANK in t.user_attrs), default=0), number)
+    publish(RANK, mine[0])
+    first_seen: dict[int, float] = {}
     waited_for: int | None = None
     while True:
-        trials = ostudy.get_trials(deepcopy=False)
-        now = dt.datetime.now()
-        earlier = [t for t in trials if t.number < number]
-        sampling = [
+        same = twins()
+        now = time.monotonic()
+        choosing = [
             t
-            for t in earlier
-            if t.state == TrialState.RUNNING
-            and "config_hash" not in t.user_attrs
-            and _alive(t, now, has_hash=False)
+            for t in same
+            if RANK not in t.user_attrs
+            and t.state == TrialState.RUNNING
+            and _alive(t)
+            and now - first_seen.setdefault(t.number, now) < CHOOSING_TIMEOUT
         ]
-        same = [t for t in trials if t.number != number and t.user_attrs.get("config_hash") == h]
-        if sampling:
-            blocker = sampling[0].number
+        ahead = [t for t in same if RANK in t.user_attrs and _ticket(t) < mine]
+        if choosing:
+            blocker = choosing[0].number
         elif not deduplicate:
             if origin is not None and origin != number:
-                original = next((t for t in trials if t.number == origin), None)
+                original = next(
+                    (t for t in ostudy.get_trials(deepcopy=False) if t.number == origin), None
+                )
                 if original is not None and "seed" in original.user_attrs:
                     return Plan(h, int(original.user_attrs["seed"]))
-            return Plan(h, cfg.train.seed + sum(1 for t in same if t.number < number))
+            # every twin ahead holds another seed: the k-th repeat trains with seed + k
+            return Plan(h, cfg.train.seed + len(ahead))
         else:
-            # only trials trained with this very seed (a study that ran with deduplicate = False
+            # only twins trained with this very seed (a study that ran with deduplicate = False
             # holds repeats of the same configuration under other seeds)
             same = [t for t in same if t.user_attrs.get("seed") == cfg.train.seed]
             done = [t for t in same if t.state in FINISHED]
@@ -168,16 +187,15 @@ def plan(
                 return Plan(
                     h, cfg.train.seed, src, int(src.user_attrs.get("duplicate_of", src.number))
                 )
+            same_seed = {t.number for t in same}
             running = [
                 t
-                for t in same
-                if t.number < number
-                and t.state == TrialState.RUNNING
-                and _alive(t, now, has_hash=True)
+                for t in ahead
+                if t.state == TrialState.RUNNING and t.number in same_seed and _alive(t)
             ]
             if not running:
-                return Plan(h, cfg.train.seed)
-            blocker = running[0].number
+                return Plan(h, cfg.train.seed)  # first in line, or the one ahead failed
+            blocker = min(running, key=_ticket).number
         if should_stop():
             from cnnopt.train import Interrupted
 

@@ -162,6 +162,8 @@ class Objective:
 
     # -- deduplication (cnnopt/dedup.py decides, this carries it out on the trial) --------------
     def _plan(self, trial: optuna.Trial, cfg: RunConfig) -> dedup.Plan:
+        if not isinstance(trial, optuna.Trial):  # a FixedTrial (a warm-up run): no study to ask
+            return dedup.Plan(dedup.config_hash(cfg), cfg.train.seed)
         return dedup.plan(
             trial.study,
             trial.number,

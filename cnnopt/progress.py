@@ -59,6 +59,10 @@ class RunDisplay:
             w.update(state="idle")
         elif kind == "start":
             w.update(state="training", trial=ev["trial"], epoch=0, value=None)
+            if ev.get("waiting_for") is not None:  # the same configuration runs in another worker
+                w.update(state=f"waiting for #{ev['waiting_for']}")
+            elif ev.get("duplicate_of") is not None:
+                w.update(state=f"copying #{ev['duplicate_of']}")
         elif kind == "epoch":
             w.update(epoch=ev["epoch"], value=ev["value"])
         elif kind == "end":

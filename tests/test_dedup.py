@@ -143,25 +143,35 @@ def _plan_in_thread(ostudy, number, cfg, **kw):
     return th, out
 
 
+def _twin(trial, cfg, rank=None):
+    """Make a hand-driven trial a twin of ``cfg``: it has published its hash (and ticket)."""
+    trial.set_user_attr("seed", cfg.train.seed)
+    trial.set_user_attr("config_hash", dedup.config_hash(cfg))
+    if rank is not None:
+        trial.set_user_attr(dedup.RANK, rank)
+
+
 def test_later_trial_waits_for_a_running_twin_then_copies_it(write_study, fast_poll):
     study = load(write_study)
     cfg = study.base_config()
     ostudy = new_study(study)
-    first = ostudy.ask()  # still sampling: no hash yet
+    first = ostudy.ask()
+    _twin(first, cfg)  # choosing: hash published, no ticket yet
     ostudy.ask()
     waits: list[int] = []
     th, out = _plan_in_thread(ostudy, 1, cfg, on_wait=waits.append)
-    time.sleep(0.2)
-    assert th.is_alive() and waits == [0]  # waits while #0 has not said what it trains
-    first.set_user_attr("seed", 0)
-    first.set_user_attr("config_hash", dedup.config_hash(cfg))  # #0 trains the same config
-    time.sleep(0.2)
-    assert th.is_alive()  # ... and still waits while #0 trains
+    time.sleep(0.3)
+    assert th.is_alive() and waits == [0]  # waits while #0 chooses its ticket
+    first.set_user_attr(dedup.RANK, 1)
+    time.sleep(0.3)
+    assert th.is_alive()  # ... and while #0 (ticket 1, ahead of #1's) trains
     first.report(0.5, 1)
     ostudy.tell(first, 0.5)
     th.join(5)
     plan = out["plan"]
     assert plan.duplicate_of == 0 and plan.source.value == 0.5
+    assert ostudy.trials[1].user_attrs[dedup.RANK] == 1  # it saw no ticket when it chose
+    assert waits == [0]
 
 
 def test_a_twin_that_fails_is_trained_by_the_waiting_trial(write_study, fast_poll):
@@ -169,26 +179,55 @@ def test_a_twin_that_fails_is_trained_by_the_waiting_trial(write_study, fast_pol
     cfg = study.base_config()
     ostudy = new_study(study)
     first = ostudy.ask()
-    first.set_user_attr("seed", 0)
-    first.set_user_attr("config_hash", dedup.config_hash(cfg))
+    _twin(first, cfg, rank=1)
     ostudy.ask()
     th, out = _plan_in_thread(ostudy, 1, cfg)
-    time.sleep(0.2)
+    time.sleep(0.3)
     assert th.is_alive()
     ostudy.tell(first, state=TrialState.FAIL)
     th.join(5)
     assert out["plan"].source is None  # it trains the configuration itself
 
 
-def test_earlier_trial_never_waits_for_a_later_one(write_study, fast_poll):
+def test_line_is_by_ticket_not_trial_number(write_study, fast_poll):
+    # a re-queued trial (#0 here) starts after a higher-numbered twin that already holds a ticket:
+    # it queues behind it
     study = load(write_study)
     cfg = study.base_config()
     ostudy = new_study(study)
     ostudy.ask()
     later = ostudy.ask()
-    later.set_user_attr("seed", 0)
-    later.set_user_attr("config_hash", dedup.config_hash(cfg))
+    _twin(later, cfg, rank=1)
     th, out = _plan_in_thread(ostudy, 0, cfg)
+    time.sleep(0.3)
+    assert th.is_alive() and ostudy.trials[0].user_attrs[dedup.RANK] == 2
+    ostudy.tell(later, 0.7)
+    th.join(5)
+    assert out["plan"].duplicate_of == 1
+
+
+def test_equal_tickets_go_by_trial_number(write_study, fast_poll):
+    study = load(write_study)
+    cfg = study.base_config()
+    ostudy = new_study(study)
+    ostudy.ask()
+    later = ostudy.ask()
+    _twin(later, cfg)  # #1 is choosing at the same moment as #0
+    th, out = _plan_in_thread(ostudy, 0, cfg)
+    time.sleep(0.3)
+    assert th.is_alive() and ostudy.trials[0].user_attrs[dedup.RANK] == 1
+    later.set_user_attr(dedup.RANK, 1)  # #1 saw no ticket either: both hold ticket 1
+    th.join(5)
+    assert not th.is_alive() and out["plan"].source is None  # (1, #0) goes before (1, #1)
+
+
+def test_a_trial_still_sampling_does_not_hold_up_others(write_study, fast_poll):
+    study = load(write_study)
+    cfg = study.base_config()
+    ostudy = new_study(study)
+    ostudy.ask()  # running, no hash: it has not said what it trains
+    ostudy.ask()
+    th, out = _plan_in_thread(ostudy, 1, cfg)
     th.join(5)
     assert not th.is_alive() and out["plan"].source is None
 
@@ -287,3 +326,9 @@ def test_two_workers_never_train_the_same_configuration(write_study, tmp_path):
     assert t1.user_attrs["duplicate_of"] == 0 and t1.datetime_start < t0.datetime_complete
     assert t1.intermediate_values == t0.intermediate_values
     assert "configurations of the search space are trained" in r.stdout
+
+
+def test_a_fixed_trial_outside_any_study_trains(write_study):
+    study = load(write_study, epochs=1)
+    value = Objective(study)(optuna.trial.FixedTrial({}))
+    assert 0 <= value <= 1
