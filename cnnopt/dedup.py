@@ -196,13 +196,13 @@ def plan(
             if not running:
                 return Plan(h, cfg.train.seed)  # first in line, or the one ahead failed
             blocker = min(running, key=_ticket).number
+        if blocker != waited_for:  # (first: the runner re-queues an interrupted trial it knows)
+            on_wait(blocker)
+            waited_for = blocker
         if should_stop():
             from cnnopt.train import Interrupted
 
             raise Interrupted()
-        if blocker != waited_for:
-            on_wait(blocker)
-            waited_for = blocker
         time.sleep(POLL_SECONDS)
 
 

@@ -332,3 +332,19 @@ def test_a_fixed_trial_outside_any_study_trains(write_study):
     study = load(write_study, epochs=1)
     value = Objective(study)(optuna.trial.FixedTrial({}))
     assert 0 <= value <= 1
+
+
+def test_a_stopped_run_interrupts_a_waiting_trial(write_study, fast_poll):
+    from cnnopt.train import Interrupted
+
+    study = load(write_study)
+    cfg = study.base_config()
+    ostudy = new_study(study)
+    _twin(ostudy.ask(), cfg, rank=1)
+    ostudy.ask()
+    waits: list[int] = []
+    publish = ostudy.trials[1].user_attrs.__setitem__  # the storage is not what this checks
+    with pytest.raises(Interrupted):
+        dedup.plan(ostudy, 1, cfg, deduplicate=True, publish=publish,
+                   should_stop=lambda: True, on_wait=waits.append)  # fmt: skip
+    assert waits == [0]  # the runner heard of the trial before it was interrupted
