@@ -18,6 +18,8 @@ from typing import Any
 import optuna
 import torch
 
+from cnnopt import dedup
+from cnnopt.checkpoint import origin_number
 from cnnopt.config import RunConfig
 from cnnopt.data import load_split
 from cnnopt.errors import CnnoptError, ConfigError, TrialFailed
@@ -71,6 +73,12 @@ class Objective:
         try:
             cfg = self.study.resolve(trial)
             trial.set_user_attr("seed", cfg.train.seed)
+            plan = self._plan(trial, cfg)
+            if plan.source is not None:
+                return self._copy(trial, plan)
+            if plan.seed != cfg.train.seed:  # a repeat with deduplicate = False: a new sample
+                cfg = cfg.replace(seed=plan.seed)
+                trial.set_user_attr("seed", plan.seed)
             ds, split, cfg = prepare(self.study, cfg, self.device)
         except ConfigError as e:  # this sampled combination is inconsistent: fail this trial only
             trial.set_user_attr("fail_reason", str(e))
@@ -161,6 +169,42 @@ class Objective:
         if self.checkpoints is not None:
             self.checkpoints.finished(trial)
         return result.last(self.metric)
+
+    # -- deduplication (cnnopt/dedup.py decides, this carries it out on the trial) --------------
+    def _plan(self, trial: optuna.Trial, cfg: RunConfig) -> dedup.Plan:
+        if not isinstance(trial, optuna.Trial):  # a FixedTrial (a warm-up run): no study to ask
+            return dedup.Plan(dedup.config_hash(cfg), cfg.train.seed)
+        return dedup.plan(
+            trial.study,
+            trial.number,
+            cfg,
+            deduplicate=self.study.settings.deduplicate,
+            publish=trial.set_user_attr,
+            origin=origin_number(trial),
+            should_stop=self.should_stop,
+            on_wait=lambda n: self.emit(
+                {"event": "start", "trial": trial.number, "waiting_for": n}
+            ),
+        )
+
+    def _copy(self, trial: optuna.Trial, plan: dedup.Plan) -> float:
+        """Give the trial its trained twin's result: same intermediate values, and the same value
+        or the same pruning step. No epoch is trained, so no ``history`` is stored."""
+        src = plan.source
+        assert src is not None
+        trial.set_user_attr("duplicate_of", plan.duplicate_of)
+        for key in ("config", "params_count", "flops"):  # what the model is, not what it cost
+            if key in src.user_attrs:
+                trial.set_user_attr(key, src.user_attrs[key])
+        self.emit({"event": "start", "trial": trial.number, "duplicate_of": plan.duplicate_of})
+        for step, value in sorted(src.intermediate_values.items()):
+            trial.report(value, step)
+        if src.state == optuna.trial.TrialState.PRUNED:
+            raise optuna.TrialPruned(
+                f"duplicate of #{plan.duplicate_of}, pruned at epoch {src.last_step}"
+            )
+        assert src.value is not None
+        return src.value
 
     def _out_of_memory(
         self, trial: optuna.Trial, err: BaseException, cfg: RunConfig | None, where: dict

@@ -59,6 +59,10 @@ class RunDisplay:
             w.update(state="idle")
         elif kind == "start":
             w.update(state="training", trial=ev["trial"], epoch=0, value=None)
+            if ev.get("waiting_for") is not None:  # the same configuration runs in another worker
+                w.update(state=f"waiting for #{ev['waiting_for']}")
+            elif ev.get("duplicate_of") is not None:
+                w.update(state=f"copying #{ev['duplicate_of']}")
         elif kind == "epoch":
             w.update(epoch=ev["epoch"], value=ev["value"])
         elif kind == "end":
@@ -73,6 +77,8 @@ class RunDisplay:
             if self.enabled and not self.live_mode:
                 value = f" {ev['value']:.4f}" if ev.get("value") is not None else ""
                 reason = f" ({ev['reason']})" if ev.get("reason") and state != "COMPLETE" else ""
+                if ev.get("duplicate_of") is not None:  # copied, not trained
+                    reason = f" (duplicate of #{ev['duplicate_of']})"
                 self.console.print(
                     f"trial {ev['trial']:>4} {state.lower():<9}{value}{reason}  [{self._totals()}]"
                 )

@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from cnnopt.dedup import SpaceGrid
 from cnnopt.devices import bind_worker, plan_devices
 from cnnopt.errors import CnnoptError, StorageError, TrialFailed
 from cnnopt.storage import (
@@ -75,6 +76,7 @@ class RunSummary:
     worker_deaths: int = 0
     interrupted: bool = False
     events: list[dict] = field(default_factory=list)
+    exhausted: str | None = None  # why the run stopped early: no untried configuration left
 
 
 # -- devices (which GPU each worker uses: cnnopt.devices) -----------------------------------------
@@ -293,6 +295,7 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
                 "state": t.state.name,
                 "value": t.value,
                 "reason": t.user_attrs.get("fail_reason"),
+                "duplicate_of": t.user_attrs.get("duplicate_of"),
             }
         )
 
@@ -304,6 +307,7 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
         checkpoints=checkpoints,
         device_name=spec.device,
     )
+    grid = SpaceGrid(study)  # a fully discrete space can run out of untried configurations
     slot = spec.index
     if inflight is None:  # called without a runner (tests): a private flag
         inflight = [0] * (slot + 1)
@@ -311,6 +315,7 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
     while (
         not stop.is_set()
         and (deadline is None or time.time() < deadline)
+        and not _space_used_up(grid, ostudy, spec.index, events)
         and _claim_slot(tickets, inflight, slot, target)
     ):
         current.clear()
@@ -341,6 +346,15 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
             break
 
 
+def _space_used_up(grid: SpaceGrid, ostudy: optuna.Study, worker: int, events) -> bool:
+    """True (and tell the runner) when every configuration is trained: a further trial could only
+    copy one. The worker just stops taking trials; the others finish the ones they hold."""
+    message = grid.exhausted(ostudy)
+    if message:
+        events.put({"event": "exhausted", "worker": worker, "message": message})
+    return message is not None
+
+
 # -- the runner ----------------------------------------------------------------------------------
 
 
@@ -363,6 +377,11 @@ class Runner:
         n_before = len(ostudy.get_trials(deepcopy=False))
         timeout = self.opt.timeout if self.opt.timeout is not None else self.study.settings.timeout
         deadline = t0 + timeout if timeout else None
+        # no untried configuration left (found here for a resumed study, then by the workers):
+        # a used-up study starts no worker
+        exhausted = [m for m in [SpaceGrid(self.study).exhausted(ostudy)] if m]
+        if exhausted:
+            n_workers, devices = 0, []
         threads = threads_per_worker(devices)
 
         ctx = mp.get_context("spawn")  # fork after torch/CUDA init is unsafe
@@ -427,6 +446,8 @@ class Runner:
                                 tags[ev["pid"]] = ev["tag"]
                             elif ev["event"] == "fatal":
                                 fatal.append(ev["message"])
+                            elif ev["event"] == "exhausted":
+                                exhausted.append(ev["message"])
                             log_events.append(ev)
                             display.update(ev)
                             ev = events.get_nowait()
@@ -482,14 +503,18 @@ class Runner:
             display.update(ev)
             if ev["event"] == "fatal":
                 fatal.append(ev["message"])
+            elif ev["event"] == "exhausted":
+                exhausted.append(ev["message"])
         if fatal:
             raise CnnoptError(fatal[0])
         if not is_file_storage(self.url):
             # the last workers are done: fail whatever went stale, so nothing stays RUNNING
             self._fail_stale(ostudy)
-        return self._summary(
+        summary = self._summary(
             ostudy, n_before, time.time() - t0, deaths, interrupted["flag"], log_events
         )
+        summary.exhausted = exhausted[0] if exhausted else None
+        return summary
 
     @staticmethod
     def _fail_stale(ostudy: optuna.Study) -> None:

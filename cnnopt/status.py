@@ -114,6 +114,8 @@ class StudyStatus:
     pruned_fraction: float | None = None
     median_trial_seconds: float | None = None
     workers: list[WorkerStatus] = field(default_factory=list)
+    # trial number -> the trial whose result it copied (deduplicate = True: trained no epoch)
+    duplicates: dict[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,6 +212,11 @@ def study_status(ostudy: optuna.Study, url: str) -> StudyStatus:
         for t in trials
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_complete
     ]
+    st.duplicates = {
+        t.number: int(t.user_attrs["duplicate_of"])
+        for t in finished
+        if t.user_attrs.get("duplicate_of") is not None
+    }
     if finished:
         starts = [t.datetime_start for t in trials if t.datetime_start]
         end = max(t.datetime_complete for t in finished)
@@ -219,10 +226,10 @@ def study_status(ostudy: optuna.Study, url: str) -> StudyStatus:
             hours = max(hours, (now - min(starts)).total_seconds() / 3600)
         st.trials_per_hour = len(finished) / hours if hours > 0 else None
         st.pruned_fraction = states.get("PRUNED", 0) / len(finished)
-        durations = [
+        durations = [  # of trials that trained: a copied duplicate takes no time
             (t.datetime_complete - t.datetime_start).total_seconds()
             for t in finished
-            if t.datetime_start
+            if t.datetime_start and t.number not in st.duplicates
         ]
         st.median_trial_seconds = statistics.median(durations) if durations else None
     st.workers = worker_status(ostudy, url)
@@ -262,6 +269,15 @@ def print_status(st: StudyStatus, console: Any = None) -> None:
         table.add_row("median trial", f"{st.median_trial_seconds:.1f}s")
     if st.pruned_fraction is not None:
         table.add_row("pruned", f"{100 * st.pruned_fraction:.0f}% of finished trials")
+    if st.duplicates:
+        pairs = [f"#{n} = #{o}" for n, o in sorted(st.duplicates.items())]
+        more = f", ... ({len(pairs) - 12} more)" if len(pairs) > 12 else ""
+        table.add_row(
+            "duplicates",
+            f"{len(pairs)} copied an earlier trial's result without training: "
+            + ", ".join(pairs[:12])
+            + more,
+        )
     console.print(table)
     if st.workers:
         wt = Table(title="workers with running trials", title_justify="left")

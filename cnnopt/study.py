@@ -61,6 +61,11 @@ class StudySettings:
     seed: int = 0
     retry_failed: int = 1  # re-runs (same params) of a trial whose worker died
     checkpoint: bool = False  # per-epoch checkpoints so a retried trial resumes, not restarts
+    # A configuration the study already trained is not trained again: every trial trains with the
+    # study seed, so a repeat reproduces its original's curve exactly and only spends epochs. The
+    # repeat copies the result (``duplicate_of``); False trains repeats with a fresh seed each,
+    # for users who want them as noise estimates. See cnnopt/dedup.py.
+    deduplicate: bool = True
     enqueue: tuple[
         dict, ...
     ] = ()  # params of trials to run first (warm start), when the study is new

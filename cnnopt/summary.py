@@ -36,6 +36,13 @@ def print_run_summary(s: RunSummary, console: Console | None = None) -> None:
     table.add_row("export best", f"cnnopt export {s.study_name}{storage_arg} --out best.json")
     if s.interrupted:
         table.add_row("interrupted", "re-run the same command to resume")
+    duplicates = sum(
+        1 for e in s.events if e["event"] == "end" and e.get("duplicate_of") is not None
+    )
+    if duplicates:
+        table.add_row("duplicates", f"{duplicates} (copied an earlier trial's result, no training)")
     console.print(table)
+    if s.exhausted:
+        console.print(f"cnnopt: {s.exhausted}", soft_wrap=True, markup=False)
     if s.best_value is not None:
         console.print(f"best {s.best_value:.4f} (trial #{s.best_number})")

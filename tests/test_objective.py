@@ -28,7 +28,11 @@ def space(trial):
 def make(write_study, pruner="median"):
     study = Study.load(write_study(STUDY.format(pruner=pruner)))
     ostudy = optuna.create_study(
-        direction="maximize", sampler=study.make_sampler(), pruner=study.make_pruner()
+        # a fixed name: Hyperband assigns brackets by a hash of study name and trial number
+        study_name="obj",
+        direction="maximize",
+        sampler=study.make_sampler(),
+        pruner=study.make_pruner(),
     )
     return study, ostudy
 
@@ -54,8 +58,9 @@ def test_trial_records_curves_size_speed_and_config(write_study):
 def test_pruners_stop_bad_trials_with_ask_and_tell(write_study, pruner):
     study, ostudy = make(write_study, pruner)
     objective = Objective(study)
-    # two good trials, then hopeless ones (tiny lr) that the pruner must stop early
-    for lr in [0.03, 0.05, 0.04, 0.06] + [1e-6] * 6:
+    # good trials, then hopeless ones (tiny lr) that the pruner must stop early; each lr differs,
+    # as a repeated configuration would copy its first run's outcome instead of training
+    for lr in [0.03, 0.05, 0.04, 0.06] + [1e-6 * (1 + i / 10) for i in range(6)]:
         ostudy.enqueue_trial({"lr": lr})
         trial = ostudy.ask()
         try:

@@ -16,6 +16,8 @@ from cnnopt.errors import StorageError
 from cnnopt.status import load_study, print_status, status, study_status
 from cnnopt.storage import get_storage
 
+from .conftest import make_study
+
 
 def test_status_of_a_study_counts_states_best_rate_and_pruned(tiny_study):
     study, url = tiny_study
@@ -104,3 +106,20 @@ def test_rdb_workers_alive_by_heartbeat(tmp_path):
     assert workers["otherhost:99"].alive is True
     assert "heartbeat" in workers["otherhost:99"].how
     assert workers["otherhost:100"].alive is None
+
+
+def test_status_counts_duplicates_and_names_their_originals(tmp_path):
+    # a study with no search space: every trial after the first copies it (deduplicate = True)
+    study, url = make_study(
+        tmp_path, "dup", n_trials=3, source='name = "dup"\ndataset = "synthetic"\n'
+        'filters = [4, 8]\nhidden = [8]\nepochs = 2\npruner = "none"\n',
+    )  # fmt: skip
+    st = status("dup", url)
+    assert st.duplicates == {1: 0, 2: 0}
+    assert st.states == {"COMPLETE": 3}
+    console = Console(record=True, width=200)
+    print_status(st, console)
+    text = console.export_text()
+    assert "2 copied an earlier trial's result without training: #1 = #0, #2 = #0" in text
+    r = CliRunner().invoke(cli, ["status", "dup", "--storage", url, "--json"])
+    assert json.loads(r.output)["duplicates"] == {"1": 0, "2": 0}
