@@ -112,3 +112,52 @@ def test_missing_data_stops_the_run_with_one_line(tmp_path):
     trials = optuna.load_study(study_name="quick_synthetic", storage=get_storage(storage)).trials
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all("not found in" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def test_error_in_space_stops_the_run_with_file_and_line(tmp_path, write_study):
+    """A bug in the user's space() (here a NameError typo) hits every trial: one line naming the
+    study file and line, exit code 2, no worker crash-and-respawn."""
+    study_file = write_study(
+        """
+        name = "typo"
+        dataset = "synthetic"
+        epochs = 1
+
+        def space(trial):
+            lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+            return {"lr": lr, "batch_size": trail.suggest_int("batch_size", 16, 64)}
+        """
+    )
+    storage = str(tmp_path / "s.journal")
+    r = run(
+        "run", str(study_file), "--workers", "2", "--n-trials", "4", "--storage", storage,
+        "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "died" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"cnnopt: error: {study_file}:8: space() failed: NameError: name 'trail' is not defined"
+    )
+    trials = optuna.load_study(study_name="typo", storage=get_storage(storage)).trials
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all("space() failed: NameError" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def test_set_takes_every_string_setting_as_written(tmp_path):
+    """`--set pruner=none` (and the other settings whose value is the word none) through the CLI."""
+    storage = str(tmp_path / "s.journal")
+    r = run(
+        "run", "studies/quick_synthetic.py", "--n-trials", "1", "--storage", storage,
+        "--no-progress", "--set", "pruner=none", "--set", "batchnorm=none", "--set",
+        "schedule=none", "--set", "epochs=1", "--set", "hflip=true", "--set", "timeout=none",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="quick_synthetic", storage=get_storage(storage))
+    overrides = study.user_attrs["study_file"]["overrides"]
+    assert overrides == {
+        "pruner": "none", "batchnorm": "none", "schedule": "none", "epochs": 1, "hflip": True,
+        "timeout": None,
+    }  # fmt: skip
+    (t,) = study.trials
+    assert t.state == TrialState.COMPLETE and t.user_attrs["config"]["model"]["batchnorm"] == "none"
