@@ -94,3 +94,17 @@ def test_real_fashion_mnist_loads(fashion):
     ds = load_dataset(DataConfig(dataset="fashion_mnist", data_dir=str(fashion)))
     assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
     assert torch.bincount(ds.y_train).tolist() == [6000] * 10
+
+
+def test_missing_fashion_mnist_fails_when_required(monkeypatch):
+    """CI sets CNNOPT_REQUIRE_FASHION=1 where the data is: the real-data tests must fail there
+    without it, not skip."""
+    from . import conftest
+
+    monkeypatch.setattr(conftest, "fashion_dir", lambda: None)
+    monkeypatch.setenv("CNNOPT_REQUIRE_FASHION", "1")
+    with pytest.raises(pytest.fail.Exception, match="CNNOPT_REQUIRE_FASHION=1"):
+        conftest.require_fashion()
+    monkeypatch.delenv("CNNOPT_REQUIRE_FASHION")
+    with pytest.raises(pytest.skip.Exception, match="CNNOPT_TEST_FASHION_DIR"):
+        conftest.require_fashion()

@@ -19,6 +19,8 @@ from sqlalchemy.engine import make_url
 
 from cnnopt.storage import get_storage, is_file_storage
 
+from .conftest import require_pg_ctl
+
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -171,13 +173,9 @@ def test_worker_killed_between_ask_and_tag_leaves_no_running_trial(any_url, tmp_
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_postgres_restart_mid_study():
-    from cnnopt.pgserver import PgServer, find_bin_dir
+    from cnnopt.pgserver import PgServer
 
-    if find_bin_dir() is None:
-        reason = "no initdb/pg_ctl to start a PostgreSQL server this test may restart"
-        if os.environ.get("CNNOPT_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL required (CNNOPT_REQUIRE_POSTGRES=1): {reason}")
-        pytest.skip(reason)
+    require_pg_ctl()
     root = Path(tempfile.mkdtemp(prefix="cnnopt-pgrestart-"))
     cwd = Path(tempfile.mkdtemp(prefix="cnnopt-run-"))
     server = PgServer(root)

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from cnnopt.errors import StorageError
 from cnnopt.storage import (
     RetryingRDBStorage,
+    engine_kwargs,
     get_storage,
     mask_url,
     max_connections,
@@ -198,3 +199,45 @@ def test_unreachable_server_is_one_masked_line():
         get_storage("postgresql+psycopg2://u:topsecret@127.0.0.1:1/db")
     assert "\n" not in str(e.value) and "topsecret" not in str(e.value)
     assert "u:***@127.0.0.1:1/db" in str(e.value)
+
+
+@pytest.mark.postgres
+def test_heartbeat_outlives_an_outage_longer_than_the_retries(pg_server):
+    """The database is down for longer than a storage call retries while a trial trains: the
+    heartbeat thread must live on and beat again once the server is back, so another process's
+    stale check does not fail the live trial (which would then run twice). Windows are scaled
+    down: beats every 1 s, retries for 1 s, grace period 6 s, a 4 s outage."""
+    url = pg_server.url()
+    storage = RetryingRDBStorage(
+        url, engine_kwargs=engine_kwargs(url), heartbeat_interval=1, grace_period=6,
+        retry_seconds=1,
+    )  # fmt: skip
+    study = optuna.create_study(storage=storage, study_name="hb")
+    training, done = threading.Event(), threading.Event()
+
+    def objective(trial):
+        training.set()
+        assert done.wait(60)
+        return 1.0
+
+    worker = threading.Thread(target=study.optimize, args=(objective,), kwargs={"n_trials": 1})
+    worker.start()
+    try:
+        assert training.wait(30)
+        time.sleep(1.5)  # a beat or two before the outage
+        port = pg_server.port
+        pg_server.down()  # every session is cut; connections are refused
+        time.sleep(4)  # > the retry window and the heartbeat interval
+        pg_server._start(port)
+        time.sleep(3)  # the beats resume
+        # what another worker or the runner does: fail the trials whose heartbeat is stale
+        checker = RetryingRDBStorage(
+            url, engine_kwargs=engine_kwargs(url), heartbeat_interval=1, grace_period=6
+        )
+        other = optuna.load_study(study_name="hb", storage=checker)
+        optuna.storages.fail_stale_trials(other)
+        assert [t.state for t in other.get_trials()] == [TrialState.RUNNING]
+    finally:
+        done.set()
+        worker.join(60)
+    assert [t.state for t in other.get_trials()] == [TrialState.COMPLETE]
