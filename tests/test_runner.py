@@ -69,7 +69,22 @@ def test_unknown_set_key_is_one_line():
 
 def test_plan_devices_and_threads_on_cpu():
     assert plan_devices("cpu", 3) == ["cpu"] * 3
-    assert threads_per_worker(["cpu", "cpu"]) >= 1
+
+
+def test_threads_per_worker_splits_the_cores(monkeypatch):
+    """CPU workers share the cores they may run on (affinity, not the machine's count); a GPU
+    worker needs one thread to feed its device."""
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    assert threads_per_worker(["cpu"]) == 8
+    assert threads_per_worker(["cpu"] * 2) == 4
+    assert threads_per_worker(["cpu"] * 3) == 2  # 8 // 3: never oversubscribed
+    assert threads_per_worker(["cpu"] * 16) == 1  # more workers than cores: one each
+    assert threads_per_worker(["cuda:0", "cpu"]) == 8  # only CPU workers split the cores
+    assert threads_per_worker(["cuda:0", "cuda:1"]) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert threads_per_worker(["cpu"] * 2) == 1
 
 
 def test_real_short_study_on_fashion_mnist(tmp_path, fashion, write_study):
