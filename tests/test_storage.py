@@ -231,6 +231,7 @@ def test_unreachable_server_is_one_masked_line():
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_heartbeat_outlives_an_outage_longer_than_the_retries(pg_server):
     """The database is down for longer than a storage call retries while a trial trains: the
     heartbeat thread must live on and beat again once the server is back, so another process's
@@ -258,7 +259,17 @@ def test_heartbeat_outlives_an_outage_longer_than_the_retries(pg_server):
         pg_server.down()  # every session is cut; connections are refused
         time.sleep(4)  # > the retry window and the heartbeat interval
         pg_server._start(port)
-        time.sleep(3)  # the beats resume
+        # the beats resume: wait (up to 20 s, the machine may be busy) for one newer than the restart
+        probe = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with probe.connect() as conn:
+            restarted = conn.execute(sqlalchemy.text("SELECT now()::timestamp")).scalar()
+            beat = sqlalchemy.text("SELECT max(heartbeat) FROM trial_heartbeats")
+            end = time.time() + 20
+            while time.time() < end and not conn.execute(beat).scalar() > restarted:
+                conn.commit()
+                time.sleep(0.2)
+            assert conn.execute(beat).scalar() > restarted, "no heartbeat after the outage"
+        probe.dispose()
         # what another worker or the runner does: fail the trials whose heartbeat is stale
         checker = RetryingRDBStorage(
             url, engine_kwargs=engine_kwargs(url), heartbeat_interval=1, grace_period=6
