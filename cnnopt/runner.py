@@ -540,14 +540,17 @@ class Runner:
         forever: the runner finds a dead worker's trials by tag, and Optuna's heartbeats (RDB
         only) ignore a trial that never sent one."""
         failed = []
-        for trial_id, reason in orphans.items():
-            t = ostudy._storage.get_trial(trial_id)
-            if t.state == TrialState.RUNNING and "worker" not in t.user_attrs:
-                # re-run an enqueued trial's fixed params; one that sampled nothing has none
-                retry = self.study.settings.retry_failed if t.params else 0
-                fail_trial(ostudy, trial_id, f"{reason} before its trial started", retry)
-                failed.append(t.number)
-        orphans.clear()
+        try:
+            for trial_id, reason in list(orphans.items()):
+                t = ostudy._storage.get_trial(trial_id)
+                if t.state == TrialState.RUNNING and "worker" not in t.user_attrs:
+                    # re-run an enqueued trial's fixed params; one that sampled nothing has none
+                    retry = self.study.settings.retry_failed if t.params else 0
+                    fail_trial(ostudy, trial_id, f"{reason} before its trial started", retry)
+                    failed.append(t.number)
+                del orphans[trial_id]
+        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run; next tick
+            log.warning("failing orphaned trials failed: %s", mask_url(str(e).splitlines()[0]))
         if failed:
             log.warning("failed trials %s, left RUNNING by a worker that died", failed)
 
