@@ -33,7 +33,7 @@ def _data_dir_option(f):
 
 
 def _set_option(help: str):
-    """--set key=value (repeatable), parsed into a dict of Python literals by study.parse_override."""
+    """--set key=value (repeatable), each value read as its setting's type (study.parse_override)."""
 
     def parse(_ctx, _param, values):
         from cnnopt.study import parse_override

@@ -166,13 +166,27 @@ def fail_trials_of(ostudy: optuna.Study, worker: str, reason: str, max_retry: in
     return failed
 
 
+def untagged_running(ostudy: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [
+        t
+        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if "worker" not in t.user_attrs
+    ]
+
+
 # -- the worker process --------------------------------------------------------------------------
 
 
-# Each worker slot has an "in flight" flag in a shared array: set when its worker takes a ticket,
-# cleared when that trial has ended (complete, pruned, failed, or interrupted and re-queued). A
-# worker that dies with the flag set held a ticket that bought no finished trial: the runner gives
-# it back (once), whether or not the trial got as far as the storage.
+# Each worker slot has an "in flight" flag in a shared array: ASKING when its worker takes a
+# ticket, TAGGED once the trial it asked for carries the worker's tag, IDLE when that trial has
+# ended (complete, pruned, failed, or interrupted and re-queued). A worker that dies with the flag
+# set held a ticket that bought no finished trial: the runner gives it back (once), whether or not
+# the trial got as far as the storage. One that dies ASKING may leave a RUNNING trial that carries
+# no tag (it died inside study.ask() or just after): see Runner._fail_orphans.
+IDLE, ASKING, TAGGED = 0, 1, 2
+# How long an untagged RUNNING trial must stay untagged before the runner fails it: a live worker
+# (of another `cnnopt run` sharing the storage) tags its new trial within milliseconds.
+ORPHAN_SETTLE_SECONDS = 5.0
 
 
 def _claim_slot(tickets, inflight, slot: int, target: int) -> bool:
@@ -180,19 +194,19 @@ def _claim_slot(tickets, inflight, slot: int, target: int) -> bool:
         if tickets.value >= target:
             return False
         tickets.value += 1
-        inflight[slot] = 1
+        inflight[slot] = ASKING
         return True
 
 
 def _end_slot(inflight, slot: int) -> None:
-    inflight[slot] = 0
+    inflight[slot] = IDLE
 
 
 def _reclaim_slot(tickets, inflight, slot: int) -> bool:
     """The worker in ``slot`` died: give its in-flight ticket back. True if there was one."""
     with tickets.get_lock():
         if inflight[slot]:
-            inflight[slot] = 0
+            inflight[slot] = IDLE
             tickets.value -= 1
             return True
         return False
@@ -225,7 +239,7 @@ def worker_main(
     events.put({"event": "exit", "worker": spec.index})
 
 
-def run_trial(ostudy: optuna.Study, objective: Any, callbacks: list) -> None:
+def run_trial(ostudy: optuna.Study, objective: Any, callbacks: list, device: Any = None) -> None:
     """One trial, then its memory back: a trial's failure (TrialFailed, out of memory included)
     ends the trial, not the worker."""
     try:
@@ -233,7 +247,7 @@ def run_trial(ostudy: optuna.Study, objective: Any, callbacks: list) -> None:
             objective, n_trials=1, catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=False
         )
     finally:
-        release_memory(getattr(objective, "device", None))
+        release_memory(device if device is not None else getattr(objective, "device", None))
 
 
 def release_memory(device: Any = None) -> None:
@@ -310,8 +324,18 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
     grid = SpaceGrid(study)  # a fully discrete space can run out of untried configurations
     slot = spec.index
     if inflight is None:  # called without a runner (tests): a private flag
-        inflight = [0] * (slot + 1)
-    events.put({"event": "ready", "worker": spec.index, "pid": os.getpid(), "tag": worker_tag()})
+        inflight = [IDLE] * (slot + 1)
+    tag = worker_tag()
+
+    def tagged_objective(trial: optuna.Trial) -> float:
+        # Tag first, then say so: until the slot reads TAGGED the runner treats an untagged
+        # RUNNING trial as possibly this worker's (see Runner._fail_orphans).
+        _hold_for_tests()
+        trial.set_user_attr("worker", tag)
+        inflight[slot] = TAGGED
+        return objective(trial)
+
+    events.put({"event": "ready", "worker": spec.index, "pid": os.getpid(), "tag": tag})
     while (
         not stop.is_set()
         and (deadline is None or time.time() < deadline)
@@ -320,7 +344,7 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
     ):
         current.clear()
         try:
-            run_trial(ostudy, objective, [on_trial_end])
+            run_trial(ostudy, tagged_objective, [on_trial_end], device=objective.device)
             _end_slot(inflight, slot)
         except Interrupted:
             # Optuna has marked the trial FAIL; give its params back to the queue and the ticket
@@ -353,6 +377,14 @@ def _space_used_up(grid: SpaceGrid, ostudy: optuna.Study, worker: int, events) -
     if message:
         events.put({"event": "exhausted", "worker": worker, "message": message})
     return message is not None
+
+
+def _hold_for_tests() -> None:
+    """Fault-test hook: while the file named by $CNNOPT_TEST_HOLD_BEFORE_TAG exists, wait between
+    study.ask() and tagging the trial, so a test can kill a worker inside that window."""
+    path = os.environ.get("CNNOPT_TEST_HOLD_BEFORE_TAG")
+    while path and os.path.exists(path):
+        time.sleep(0.05)
 
 
 # -- the runner ----------------------------------------------------------------------------------
@@ -431,6 +463,9 @@ class Runner:
         display = RunDisplay(self.study, self.url, n_workers, n_new, enabled=self.opt.progress)
         log_events: list[dict] = []
         fatal: list[str] = []  # one-line errors of workers that stopped the run
+        # untagged RUNNING trials seen when a worker died before tagging its trial -> reason
+        orphans: dict[int, str] = {}
+        orphans_seen = 0.0
         last_stale_check = time.time()
         try:
             for i in range(n_workers):
@@ -461,11 +496,16 @@ class Runner:
                         if p.exitcode == 0:
                             continue
                         deaths += 1
+                        asking = inflight[i] == ASKING
                         tag = tags.get(p.pid, f"{socket.gethostname()}:{p.pid}")
                         reason = f"worker {i} (pid {p.pid}) died with exit code {p.exitcode}"
                         failed = fail_trials_of(
                             ostudy, tag, reason, self.study.settings.retry_failed
                         )
+                        if asking and not failed:
+                            for t in untagged_running(ostudy):
+                                orphans.setdefault(t._trial_id, reason)
+                            orphans_seen = time.time()
                         _reclaim_slot(tickets, inflight, i)
                         display.update(
                             {"event": "death", "worker": i, "reason": reason, "trials": failed}
@@ -475,6 +515,12 @@ class Runner:
                         )
                         if not stop.is_set() and tickets.value < n_new and deaths <= 3 * n_workers:
                             spawn(i)
+                    if (
+                        orphans
+                        and time.time() - orphans_seen > ORPHAN_SETTLE_SECONDS
+                        and not any(inflight[j] == ASKING for j in procs)
+                    ):
+                        self._fail_orphans(ostudy, orphans)
                     if not is_file_storage(self.url) and time.time() - last_stale_check > 30:
                         self._fail_stale(ostudy)
                         last_stale_check = time.time()
@@ -505,6 +551,9 @@ class Runner:
                 fatal.append(ev["message"])
             elif ev["event"] == "exhausted":
                 exhausted.append(ev["message"])
+        if orphans:  # no worker of this run is left to own them
+            time.sleep(max(0.0, orphans_seen + ORPHAN_SETTLE_SECONDS - time.time()))
+            self._fail_orphans(ostudy, orphans)
         if fatal:
             raise CnnoptError(fatal[0])
         if not is_file_storage(self.url):
@@ -515,6 +564,27 @@ class Runner:
         )
         summary.exhausted = exhausted[0] if exhausted else None
         return summary
+
+    def _fail_orphans(self, ostudy: optuna.Study, orphans: dict[int, str]) -> None:
+        """Fail the trials a worker left RUNNING without its tag (it died between study.ask() and
+        tagging), now that no live worker of this run is between those two steps: each one that
+        is still RUNNING and untagged can be nobody's. Without this it would stay RUNNING
+        forever: the runner finds a dead worker's trials by tag, and Optuna's heartbeats (RDB
+        only) ignore a trial that never sent one."""
+        failed = []
+        try:
+            for trial_id, reason in list(orphans.items()):
+                t = ostudy._storage.get_trial(trial_id)
+                if t.state == TrialState.RUNNING and "worker" not in t.user_attrs:
+                    # re-run an enqueued trial's fixed params; one that sampled nothing has none
+                    retry = self.study.settings.retry_failed if t.params else 0
+                    fail_trial(ostudy, trial_id, f"{reason} before its trial started", retry)
+                    failed.append(t.number)
+                del orphans[trial_id]
+        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run; next tick
+            log.warning("failing orphaned trials failed: %s", mask_url(str(e).splitlines()[0]))
+        if failed:
+            log.warning("failed trials %s, left RUNNING by a worker that died", failed)
 
     @staticmethod
     def _fail_stale(ostudy: optuna.Study) -> None:

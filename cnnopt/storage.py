@@ -164,6 +164,27 @@ class RetryingRDBStorage(RDBStorage):
         finally:
             self._local.depth = 0
 
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Never raises. Optuna's heartbeat thread has no error handling: one exception ends it
+        while training goes on, and once the grace period has passed the live trial is failed as
+        stale and run a second time. So a beat that cannot be written (the database is down for
+        longer than the retries) is logged and dropped, the thread lives, and the next beat
+        (``heartbeat_interval`` later) lands as soon as the database is back. Connection errors
+        are retried for at most one interval, so stopping the thread stays prompt."""
+        seconds = min(self.retry_seconds, float(self.heartbeat_interval or self.retry_seconds))
+        try:
+            retry_call(
+                lambda _n: RDBStorage.record_heartbeat(self, trial_id),
+                what="record_heartbeat",
+                url=self.url,
+                seconds=seconds,
+            )
+        except Exception as e:  # noqa: BLE001 - see above: the heartbeat thread must survive
+            log.warning(
+                "storage %s: heartbeat of trial id %d not recorded (%s); next in %s s",
+                mask_url(self.url), trial_id, _one_line(e), self.heartbeat_interval,
+            )  # fmt: skip
+
     # the non-idempotent writes
 
     def set_trial_state_values(
@@ -262,7 +283,6 @@ _RETRIED = (
     "get_trial_params",
     "get_trial_user_attrs",
     "get_trial_system_attrs",
-    "record_heartbeat",
     "_get_stale_trial_ids",
 )
 

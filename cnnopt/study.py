@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import inspect
+import traceback
 import types
 import typing
 import warnings
@@ -91,17 +92,36 @@ def _check_study_value(key: str, value: Any, where: str) -> Any:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse one ``--set key=value``: Python literals (2, 1e-3, [32, 64], True, None) or a string."""
+    """Parse one ``--set key=value`` as the key's type reads it, so that every value a setting
+    documents is accepted as written: ``pruner=none`` and ``batchnorm=none`` are the strings their
+    settings name, ``timeout=none`` is None, ``hflip=true`` a bool, ``filters=[32,64]`` a list,
+    ``name=2024`` a string. Keys unknown here are parsed as Python literals (and rejected later,
+    with the key named)."""
     if "=" not in text:
         raise StudyFileError(f"--set {text!r}: expected key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
+    return key, parse_value(raw, STUDY_TYPES.get(key) or FIELD_TYPES.get(key))
+
+
+def parse_value(raw: str, tp: Any = None) -> Any:
+    """A command-line value for a setting of annotated type ``tp`` (None: not known)."""
+    raw = raw.strip()
+    text_setting = tp is str or str in typing.get_args(tp)
+    optional = type(None) in typing.get_args(tp)
+    if raw.lower() in ("none", "null") and (optional or not text_setting):
+        return None
     try:
-        value = ast.literal_eval(raw)
+        literal = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        lowered = raw.strip().lower()
-        value = {"true": True, "false": False, "none": None, "null": None}.get(lowered, raw.strip())
-    return key, value
+        literal = raw  # not a Python literal: the text itself
+    if text_setting:
+        # a string setting takes the text as written (quotes optional): `pruner=none` is one of
+        # its values, not Python's None, and `name=2024` is a name
+        return literal if isinstance(literal, str) else raw
+    if literal is raw:
+        return {"true": True, "false": False}.get(raw.lower(), raw)
+    return literal
 
 
 @dataclass
@@ -180,10 +200,14 @@ class Study:
             return {}
         try:
             values = self.space(trial)
-        except CnnoptError:
+        except (CnnoptError, optuna.TrialPruned):
             raise
-        except (optuna.TrialPruned, KeyError) as e:
-            raise e
+        except Exception as e:
+            if isinstance(trial, optuna.trial.FixedTrial):
+                raise  # replaying stored params: the caller names what did not fit
+            # a bug in the user's space() (a typo, a KeyError) hits every trial: one line naming
+            # the file and line, so the run stops instead of crashing and respawning workers
+            raise StudyFileError(f"{self._where(e)}: space() failed: {_one_line(e)}") from None
         if not isinstance(values, dict):
             raise StudyFileError(
                 f"{self.path}: space() returned {type(values).__name__}, not a dict"
@@ -247,6 +271,14 @@ class Study:
             )
         return optuna.pruners.NopPruner()
 
+    def _where(self, e: BaseException) -> str:
+        """``file:line`` of the deepest frame of ``e`` inside the study file (else the file)."""
+        line = None
+        for frame in traceback.extract_tb(e.__traceback__):
+            if Path(frame.filename).resolve() == self.path.resolve():
+                line = frame.lineno
+        return f"{self.path}:{line}" if line else str(self.path)
+
     @property
     def name(self) -> str:
         return self.settings.name
@@ -286,3 +318,8 @@ def _exec_file(path: Path) -> types.ModuleType:
     except Exception as e:  # the file's own code failed: say where, in one line
         raise StudyFileError(f"{path}: failed to load: {type(e).__name__}: {e}") from None
     return module
+
+
+def _one_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

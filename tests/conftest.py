@@ -1,5 +1,7 @@
 """Shared fixtures. Tests make their own tiny data; the few that need real FashionMNIST find it in
-$CNNOPT_TEST_FASHION_DIR or ../shared/data/fashion-mnist and are skipped elsewhere."""
+$CNNOPT_TEST_FASHION_DIR or ../shared/data/fashion-mnist and are skipped elsewhere (they fail
+instead under CNNOPT_REQUIRE_FASHION=1, as tests needing PostgreSQL do under
+CNNOPT_REQUIRE_POSTGRES=1)."""
 
 from __future__ import annotations
 
@@ -35,12 +37,21 @@ def fashion_dir() -> Path | None:
     return None
 
 
-@pytest.fixture
-def fashion():
+def require_fashion() -> Path:
+    """The real FashionMNIST folder; a skip without it, a failure under CNNOPT_REQUIRE_FASHION=1
+    (CI sets it when the data is there, so these tests cannot vanish silently)."""
     d = fashion_dir()
     if d is None:
-        pytest.skip("real FashionMNIST files not found (set CNNOPT_TEST_FASHION_DIR)")
+        reason = "real FashionMNIST files not found (set CNNOPT_TEST_FASHION_DIR)"
+        if os.environ.get("CNNOPT_REQUIRE_FASHION") == "1":
+            pytest.fail(f"FashionMNIST required (CNNOPT_REQUIRE_FASHION=1): {reason}")
+        pytest.skip(reason)
     return d
+
+
+@pytest.fixture
+def fashion():
+    return require_fashion()
 
 
 @pytest.fixture
@@ -148,6 +159,35 @@ def _connect(url: str, timeout: int = 3):
         connect_timeout=timeout,
         **{k: v for k, v in u.query.items() if isinstance(v, str)},
     )
+
+
+def require_pg_ctl() -> None:
+    """Skip (fail under CNNOPT_REQUIRE_POSTGRES=1) without the server binaries that tests use to
+    start, stop and restart a throw-away PostgreSQL of their own."""
+    from cnnopt.pgserver import find_bin_dir
+
+    if find_bin_dir() is None:
+        _no_postgres("no initdb/pg_ctl to start a throw-away PostgreSQL server")
+
+
+@pytest.fixture
+def pg_server():
+    """A throw-away PostgreSQL server (cnnopt.pgserver) that the test may stop and restart."""
+    import shutil
+    import tempfile
+
+    from cnnopt.pgserver import PgServer
+
+    require_pg_ctl()
+    # not under pytest's tmp_path: as root the server runs as `postgres`, who must reach it
+    root = Path(tempfile.mkdtemp(prefix="cnnopt-pg-"))
+    server = PgServer(root)
+    try:
+        server.up()
+        yield server
+    finally:
+        server.down()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -116,3 +116,17 @@ def test_split_cache_is_small_and_keyed_by_content():
     load_split(DataConfig(dataset="synthetic", train_subset=80))
     _, still = load_split(cfg)
     assert still is first
+
+
+def test_missing_fashion_mnist_fails_when_required(monkeypatch):
+    """CI sets CNNOPT_REQUIRE_FASHION=1 where the data is: the real-data tests must fail there
+    without it, not skip."""
+    from . import conftest
+
+    monkeypatch.setattr(conftest, "fashion_dir", lambda: None)
+    monkeypatch.setenv("CNNOPT_REQUIRE_FASHION", "1")
+    with pytest.raises(pytest.fail.Exception, match="CNNOPT_REQUIRE_FASHION=1"):
+        conftest.require_fashion()
+    monkeypatch.delenv("CNNOPT_REQUIRE_FASHION")
+    with pytest.raises(pytest.skip.Exception, match="CNNOPT_TEST_FASHION_DIR"):
+        conftest.require_fashion()

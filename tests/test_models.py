@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -44,15 +46,38 @@ def test_deep_net_on_small_input_never_pools_below_one_pixel():
     assert build_model(cfg)(torch.randn(1, 1, 28, 28)).shape == (1, 10)
 
 
-@pytest.mark.parametrize("init", ["he", "glorot", "zero"])
-def test_weight_init(init):
+def _fans(w: torch.Tensor) -> tuple[int, int]:
+    receptive = w[0][0].numel()  # kernel area for convolutions, 1 for dense layers
+    return w.shape[1] * receptive, w.shape[0] * receptive
+
+
+PRESCRIBED_STD = {
+    "he": lambda fan_in, fan_out: math.sqrt(2.0 / fan_in),  # He et al.: ReLU gain sqrt(2), fan-in
+    "glorot": lambda fan_in, fan_out: math.sqrt(2.0 / (fan_in + fan_out)),  # Glorot & Bengio
+    "default": lambda fan_in, fan_out: (
+        1.0 / math.sqrt(3.0 * fan_in)
+    ),  # PyTorch: U(+-1/sqrt(fan_in))
+    "zero": lambda fan_in, fan_out: 0.0,
+}
+
+
+@pytest.mark.parametrize("init", ["he", "glorot", "zero", "default"])
+def test_weight_init_has_the_std_its_scheme_prescribes(init):
+    """Each layer's weights have the spread the scheme prescribes for that layer's fan-in (and
+    fan-out): He sqrt(2/fan_in), Glorot sqrt(2/(fan_in+fan_out)). Any two of the schemes differ
+    by far more than the tolerance on the first layers of this model (fan-in 9 and 288), so a
+    scheme that is not applied fails."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(init=init))
-    w = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    if init == "zero":
-        assert all(float(x.detach().abs().sum()) == 0 for x in w)
-    else:
-        assert all(float(x.detach().std()) > 0 for x in w)
+    model = build_model(ModelConfig(init=init, filters=(32, 64), hidden=(256,)))
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert len(layers) == 4
+    for m in layers:
+        fan_in, fan_out = _fans(m.weight)
+        want = PRESCRIBED_STD[init](fan_in, fan_out)
+        got = float(m.weight.detach().std())
+        assert got == pytest.approx(want, rel=0.12, abs=1e-9), (type(m).__name__, fan_in)
+        if init != "default":
+            assert float(m.bias.detach().abs().sum()) == 0
 
 
 def test_rgb_input_and_kernel_size():

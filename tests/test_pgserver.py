@@ -16,6 +16,8 @@ import sqlalchemy
 from cnnopt import pgserver
 from cnnopt.errors import StorageError
 
+from .conftest import require_pg_ctl
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,8 +31,7 @@ def cnnopt(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_up_url_down_round_trip():
-    if pgserver.find_bin_dir() is None:
-        pytest.skip("no initdb/pg_ctl on this machine")
+    require_pg_ctl()  # a skip, or a failure under CNNOPT_REQUIRE_POSTGRES=1
     # not under pytest's tmp_path: as root the server runs as `postgres`, who must reach it
     cwd = Path(tempfile.mkdtemp(prefix="cnnopt-storage-up-"))
     os.chmod(cwd, 0o755)
@@ -95,3 +96,14 @@ def test_free_port_skips_a_busy_one():
         busy = s.getsockname()[1]
         assert not pgserver.port_is_free(busy)
         assert pgserver.free_port(busy) != busy
+
+
+def test_missing_pg_ctl_fails_when_postgres_is_required(monkeypatch):
+    """CI sets CNNOPT_REQUIRE_POSTGRES=1: the server tests must fail there, not skip."""
+    monkeypatch.setattr(pgserver, "find_bin_dir", lambda: None)
+    monkeypatch.setenv("CNNOPT_REQUIRE_POSTGRES", "1")
+    with pytest.raises(pytest.fail.Exception, match="CNNOPT_REQUIRE_POSTGRES=1"):
+        require_pg_ctl()
+    monkeypatch.delenv("CNNOPT_REQUIRE_POSTGRES")
+    with pytest.raises(pytest.skip.Exception, match="initdb/pg_ctl"):
+        require_pg_ctl()

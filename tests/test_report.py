@@ -32,18 +32,39 @@ def test_report_has_every_figure_and_plotly_inline_once(tiny_study, tmp_path):
     assert '<script src="http' not in text  # no CDN: works offline
 
 
+def with_a_pruned_trial(ostudy: optuna.Study) -> optuna.Study:
+    """The tiny study's trials plus one pruned at epoch 1 for sure (whether the random sampler
+    made the median pruner prune any is up to chance): a complete trial's run, cut there."""
+    study = optuna.create_study(direction=ostudy.direction)
+    for key, value in ostudy.user_attrs.items():
+        study.set_user_attr(key, value)
+    for t in ostudy.trials:
+        study.add_trial(t)
+    donor = next(t for t in ostudy.trials if t.state.name == "COMPLETE")
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED,
+            params=donor.params,
+            distributions=donor.distributions,
+            intermediate_values={1: donor.intermediate_values[1]},
+            user_attrs={**donor.user_attrs, "history": donor.user_attrs["history"][:1]},
+        )
+    )
+    return study
+
+
 def test_learning_curves_mark_pruned_trials(tiny_study):
     _, url = tiny_study
-    ostudy, _ = load_study("tiny", url)
+    ostudy = with_a_pruned_trial(load_study("tiny", url)[0])
     pruned = [t.number for t in ostudy.trials if t.state.name == "PRUNED"]
+    assert pruned
     fig = {s.key: s for s in build_sections(ostudy)}["learning-curves"].figure
     names = [tr.name for tr in fig.data]
     for n in pruned:
         tr = next(tr for tr in fig.data if tr.name == f"Trial{n} (pruned)")
         assert tr.line.dash == "dot"
-    if pruned:
-        cut = next(tr for tr in fig.data if tr.name == "pruned here")
-        assert sorted(cut.customdata) == sorted(pruned)
+    cut = next(tr for tr in fig.data if tr.name == "pruned here")
+    assert sorted(cut.customdata) == sorted(pruned)
     assert len(names) >= len(ostudy.trials)
 
 

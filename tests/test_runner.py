@@ -69,7 +69,22 @@ def test_unknown_set_key_is_one_line():
 
 def test_plan_devices_and_threads_on_cpu():
     assert plan_devices("cpu", 3) == ["cpu"] * 3
-    assert threads_per_worker(["cpu", "cpu"]) >= 1
+
+
+def test_threads_per_worker_splits_the_cores(monkeypatch):
+    """CPU workers share the cores they may run on (affinity, not the machine's count); a GPU
+    worker needs one thread to feed its device."""
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    assert threads_per_worker(["cpu"]) == 8
+    assert threads_per_worker(["cpu"] * 2) == 4
+    assert threads_per_worker(["cpu"] * 3) == 2  # 8 // 3: never oversubscribed
+    assert threads_per_worker(["cpu"] * 16) == 1  # more workers than cores: one each
+    assert threads_per_worker(["cuda:0", "cpu"]) == 8  # only CPU workers split the cores
+    assert threads_per_worker(["cuda:0", "cuda:1"]) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert threads_per_worker(["cpu"] * 2) == 1
 
 
 def test_real_short_study_on_fashion_mnist(tmp_path, fashion, write_study):
@@ -124,3 +139,52 @@ def test_a_gpu_that_is_not_there_is_one_line_before_anything_starts(tmp_path):
     assert r.stderr.startswith("cnnopt: error: --device cuda:") and r.stderr.count("\n") == 1
     assert "Traceback" not in r.stderr
     assert not storage.exists()  # no study created, no worker started
+
+
+def test_error_in_space_stops_the_run_with_file_and_line(tmp_path, write_study):
+    """A bug in the user's space() (here a NameError typo) hits every trial: one line naming the
+    study file and line, exit code 2, no worker crash-and-respawn."""
+    study_file = write_study(
+        """
+        name = "typo"
+        dataset = "synthetic"
+        epochs = 1
+
+        def space(trial):
+            lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+            return {"lr": lr, "batch_size": trail.suggest_int("batch_size", 16, 64)}
+        """
+    )
+    storage = str(tmp_path / "s.journal")
+    r = run(
+        "run", str(study_file), "--workers", "2", "--n-trials", "4", "--storage", storage,
+        "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "died" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"cnnopt: error: {study_file}:8: space() failed: NameError: name 'trail' is not defined"
+    )
+    trials = optuna.load_study(study_name="typo", storage=get_storage(storage)).trials
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all("space() failed: NameError" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def test_set_takes_every_string_setting_as_written(tmp_path):
+    """`--set pruner=none` (and the other settings whose value is the word none) through the CLI."""
+    storage = str(tmp_path / "s.journal")
+    r = run(
+        "run", "studies/quick_synthetic.py", "--n-trials", "1", "--storage", storage,
+        "--no-progress", "--set", "pruner=none", "--set", "batchnorm=none", "--set",
+        "schedule=none", "--set", "epochs=1", "--set", "hflip=true", "--set", "timeout=none",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="quick_synthetic", storage=get_storage(storage))
+    overrides = study.user_attrs["study_file"]["overrides"]
+    assert overrides == {
+        "pruner": "none", "batchnorm": "none", "schedule": "none", "epochs": 1, "hflip": True,
+        "timeout": None,
+    }  # fmt: skip
+    (t,) = study.trials
+    assert t.state == TrialState.COMPLETE and t.user_attrs["config"]["model"]["batchnorm"] == "none"

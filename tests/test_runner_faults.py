@@ -19,6 +19,8 @@ from sqlalchemy.engine import make_url
 
 from cnnopt.storage import get_storage, is_file_storage
 
+from .conftest import require_pg_ctl
+
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -42,7 +44,13 @@ def secret_of(url: str) -> str | None:
 
 
 def start_run(
-    url: str, cwd: Path, n_trials: int, epochs: int = 20, workers: int = 2, extra: tuple = ()
+    url: str,
+    cwd: Path,
+    n_trials: int,
+    epochs: int = 20,
+    workers: int = 2,
+    extra: tuple = (),
+    env: dict | None = None,
 ):
     # batch_size=16: ~26 batches an epoch, so a trial lasts seconds even on a fast, idle machine
     # and the test can catch one mid-trial (with the default 128 the run can end before it looks)
@@ -51,7 +59,7 @@ def start_run(
         "--n-trials", str(n_trials), "--set", f"epochs={epochs}", "--set", "batch_size=16",
         "--storage", url, "--device", "cpu", *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})}
     return subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
@@ -120,16 +128,54 @@ def test_sigkill_worker_mid_trial(any_url, tmp_path):
         assert secret_of(any_url) not in out
 
 
+def worker_pids(proc) -> list[int]:
+    """The run's worker processes (multiprocessing spawn children, not its resource tracker)."""
+    import psutil
+
+    return [
+        c.pid for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())
+    ]
+
+
+@pytest.mark.slow
+def test_worker_killed_between_ask_and_tag_leaves_no_running_trial(any_url, tmp_path):
+    """A worker that dies after study.ask() created its trial but before the trial carries the
+    worker's tag: the runner cannot find that trial by tag, and must still not leave it RUNNING."""
+    hold = tmp_path / "hold"
+    hold.touch()  # workers wait between ask and tag while this file exists
+    proc = start_run(
+        any_url, tmp_path, n_trials=2, epochs=2, workers=1,
+        env={"CNNOPT_TEST_HOLD_BEFORE_TAG": str(hold)},
+    )  # fmt: skip
+    end, orphan = time.time() + 120, None
+    while time.time() < end and orphan is None:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            running = load(any_url).get_trials(states=(TrialState.RUNNING,))
+            orphan = next((t for t in running if "worker" not in t.user_attrs), None)
+        except Exception:  # noqa: BLE001 - study not created yet
+            pass
+        time.sleep(0.2)
+    assert orphan is not None, "no worker reached the window between ask and tag"
+    (pid,) = worker_pids(proc)
+    os.kill(pid, signal.SIGKILL)
+    hold.unlink()  # the replacement worker goes on
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    trials = load(any_url).get_trials()
+    assert [t.state for t in trials].count(TrialState.RUNNING) == 0, out
+    assert sum(t.state in FINISHED for t in trials) == 2, out  # the ticket was given back
+    dead = trials[orphan.number]
+    assert dead.state == TrialState.FAIL
+    assert f"(pid {pid}) died" in dead.user_attrs["fail_reason"]
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_postgres_restart_mid_study():
-    from cnnopt.pgserver import PgServer, find_bin_dir
+    from cnnopt.pgserver import PgServer
 
-    if find_bin_dir() is None:
-        reason = "no initdb/pg_ctl to start a PostgreSQL server this test may restart"
-        if os.environ.get("CNNOPT_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL required (CNNOPT_REQUIRE_POSTGRES=1): {reason}")
-        pytest.skip(reason)
+    require_pg_ctl()
     root = Path(tempfile.mkdtemp(prefix="cnnopt-pgrestart-"))
     cwd = Path(tempfile.mkdtemp(prefix="cnnopt-run-"))
     server = PgServer(root)

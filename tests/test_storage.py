@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from cnnopt.errors import StorageError
 from cnnopt.storage import (
     RetryingRDBStorage,
+    engine_kwargs,
     get_storage,
     mask_url,
     max_connections,
@@ -107,41 +108,70 @@ def test_16_workers_400_trials(postgres_url):
     print(f"16 workers, 400 trials: {time.time() - t0:.1f} s, peak {peak[0]} connections")
 
 
+def _kill_in_flight(url: str, call):
+    """Run ``call()`` while another session holds a lock it needs; once the call's backend is
+    waiting on that lock, terminate the backend (what a database restart or failover does to a
+    query in flight), then release the lock. ``call`` raises whatever the storage raises."""
+    db = sqlalchemy.engine.make_url(url).database
+    admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            outcome["error"] = e
+
+    with admin.connect() as blocker, admin.connect() as killer:
+        blocker.execute(
+            sqlalchemy.text("LOCK TABLE trial_user_attributes IN ACCESS EXCLUSIVE MODE")
+        )
+        t = threading.Thread(target=run)
+        t.start()
+        waiting = sqlalchemy.text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = :db AND wait_event_type = 'Lock' "
+            "AND pid <> pg_backend_pid()"
+        )
+        end, pids = time.time() + 20, []
+        while time.time() < end and not pids:
+            pids = killer.execute(waiting, {"db": db}).scalars().all()
+            killer.commit()
+            time.sleep(0.05)
+        assert len(pids) == 1, "the storage call never blocked on the lock"
+        killer.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
+        killer.commit()
+        time.sleep(0.3)
+        blocker.rollback()  # release the lock: a retried call goes through
+        t.join(60)
+    admin.dispose()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 @pytest.mark.postgres
-def test_calls_ride_out_killed_connections(postgres_url, caplog):
-    """Every connection of the study's database is killed (as a server restart does) between
-    and during calls: the storage reconnects and retries; nothing is lost."""
-    storage = get_storage(postgres_url)
+def test_call_whose_connection_is_killed_in_flight_is_retried(postgres_url, caplog):
+    """The connection dies under a call that is running (not an idle pooled one, which
+    pool_pre_ping would replace silently): the storage reconnects and repeats the call."""
+    storage = get_storage(postgres_url, heartbeat=False)
     assert isinstance(storage, RetryingRDBStorage)
-    study = optuna.create_study(storage=storage, study_name="kill")
-    db = sqlalchemy.engine.make_url(postgres_url).database
-    killer = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    trial = optuna.create_study(storage=storage, study_name="kill").ask()
+    with caplog.at_level("WARNING", logger="cnnopt.storage"):
+        _kill_in_flight(postgres_url, lambda: storage.set_trial_user_attr(trial._trial_id, "k", 7))
+    retries = [r.message for r in caplog.records if "set_trial_user_attr" in r.message]
+    assert retries and "connection lost" in retries[0] and "retry 1" in retries[0]
+    assert storage.get_trial(trial._trial_id).user_attrs == {"k": 7}
 
-    def kill_all() -> int:
-        with killer.connect() as conn:
-            n = conn.execute(
-                sqlalchemy.text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = :db AND pid <> pg_backend_pid()"
-                ),
-                {"db": db},
-            ).scalar()
-            conn.commit()
-        return n
 
-    def objective(trial):
-        x = trial.suggest_float("x", 0, 1)
-        kill_all()  # mid-trial: the next writes find dead connections
-        trial.report(x, 1)
-        trial.set_user_attr("after_kill", True)
-        return x
-
-    study.optimize(objective, n_trials=3)
-    assert kill_all() >= 0
-    trials = optuna.load_study(study_name="kill", storage=get_storage(postgres_url)).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    assert all(t.user_attrs["after_kill"] and t.intermediate_values[1] == t.value for t in trials)
-    killer.dispose()
+@pytest.mark.postgres
+def test_plain_rdb_storage_fails_the_same_kill(postgres_url):
+    """The same kill without the retries is an error: the test above measures the retrying."""
+    url = postgres_url
+    plain = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    trial = optuna.create_study(storage=plain, study_name="plain").ask()
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        _kill_in_flight(url, lambda: plain.set_trial_user_attr(trial._trial_id, "k", 7))
+    assert plain.get_trial(trial._trial_id).user_attrs == {}
 
 
 @pytest.mark.postgres
@@ -198,3 +228,56 @@ def test_unreachable_server_is_one_masked_line():
         get_storage("postgresql+psycopg2://u:topsecret@127.0.0.1:1/db")
     assert "\n" not in str(e.value) and "topsecret" not in str(e.value)
     assert "u:***@127.0.0.1:1/db" in str(e.value)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_heartbeat_outlives_an_outage_longer_than_the_retries(pg_server):
+    """The database is down for longer than a storage call retries while a trial trains: the
+    heartbeat thread must live on and beat again once the server is back, so another process's
+    stale check does not fail the live trial (which would then run twice). Windows are scaled
+    down: beats every 1 s, retries for 1 s, grace period 6 s, a 4 s outage."""
+    url = pg_server.url()
+    storage = RetryingRDBStorage(
+        url, engine_kwargs=engine_kwargs(url), heartbeat_interval=1, grace_period=6,
+        retry_seconds=1,
+    )  # fmt: skip
+    study = optuna.create_study(storage=storage, study_name="hb")
+    training, done = threading.Event(), threading.Event()
+
+    def objective(trial):
+        training.set()
+        assert done.wait(60)
+        return 1.0
+
+    worker = threading.Thread(target=study.optimize, args=(objective,), kwargs={"n_trials": 1})
+    worker.start()
+    try:
+        assert training.wait(30)
+        time.sleep(1.5)  # a beat or two before the outage
+        port = pg_server.port
+        pg_server.down()  # every session is cut; connections are refused
+        time.sleep(4)  # > the retry window and the heartbeat interval
+        pg_server._start(port)
+        # the beats resume: wait (up to 20 s, the machine may be busy) for one newer than the restart
+        probe = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with probe.connect() as conn:
+            restarted = conn.execute(sqlalchemy.text("SELECT now()::timestamp")).scalar()
+            beat = sqlalchemy.text("SELECT max(heartbeat) FROM trial_heartbeats")
+            end = time.time() + 20
+            while time.time() < end and not conn.execute(beat).scalar() > restarted:
+                conn.commit()
+                time.sleep(0.2)
+            assert conn.execute(beat).scalar() > restarted, "no heartbeat after the outage"
+        probe.dispose()
+        # what another worker or the runner does: fail the trials whose heartbeat is stale
+        checker = RetryingRDBStorage(
+            url, engine_kwargs=engine_kwargs(url), heartbeat_interval=1, grace_period=6
+        )
+        other = optuna.load_study(study_name="hb", storage=checker)
+        optuna.storages.fail_stale_trials(other)
+        assert [t.state for t in other.get_trials()] == [TrialState.RUNNING]
+    finally:
+        done.set()
+        worker.join(60)
+    assert [t.state for t in other.get_trials()] == [TrialState.COMPLETE]

@@ -79,6 +79,41 @@ def test_set_overrides_parse_literals():
         parse_override("epochs")
 
 
+def _documented_values() -> list[tuple[str, str, object]]:
+    """(key, the value as typed on the command line, what the setting must hold) for every value
+    the README documents: each choice of every string setting, and the typed ones."""
+    from cnnopt.config import CHOICES
+    from cnnopt.study import STUDY_CHOICES
+
+    cases = [(k, v, v) for k, vals in {**CHOICES, **STUDY_CHOICES}.items() for v in vals]
+    cases += [("freeze", "backbone", "backbone"), ("freeze", "last:2", "last:2")]
+    return cases + [
+        ("hflip", "true", True), ("hflip", "false", False), ("pretrained", "True", True),
+        ("global_pool", "true", True), ("tta_flip", "true", True), ("checkpoint", "true", True),
+        ("epochs", "2", 2), ("lr", "1e-3", 1e-3), ("lr", "0.05", 0.05), ("timeout", "3600", 3600.0),
+        ("timeout", "none", None), ("train_subset", "none", None), ("train_subset", "5000", 5000),
+        ("patience", "none", None), ("patience", "3", 3), ("image_size", "none", None),
+        ("data_dir", "none", None), ("data_dir", "/data/fm", "/data/fm"),
+        ("filters", "[32,64]", (32, 64)), ("filters", "[32, 64]", (32, 64)),
+        ("hidden", "[]", ()), ("dropout", "0.25", 0.25), ("dropout", "[0.1,0.2]", (0.1, 0.2)),
+        ("name", "2024", "2024"), ("name", "fm_quick", "fm_quick"), ("crop_padding", "2", 2),
+        ("enqueue", "[{'lr': 0.01}]", ({"lr": 0.01},)), ("val_fraction", "0.1", 0.1),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("key,text,expected", _documented_values())
+def test_every_documented_value_is_accepted_by_set(write_study, key, text, expected):
+    from cnnopt.study import STUDY_TYPES
+
+    path = write_study(
+        "def space(trial):\n    return {'lr': trial.suggest_float('lr', 1e-3, 1e-1)}\n"
+    )
+    k, value = parse_override(f"{key}={text}")
+    study = Study.load(path, {k: value})
+    got = getattr(study.settings, key) if key in STUDY_TYPES else study.fixed[key]
+    assert got == expected and type(got) is type(expected)
+
+
 def test_bad_override_names_set(write_study):
     path = write_study("epochs = 2\n")
     with pytest.raises(StudyFileError, match="--set: unknown setting 'bogus'"):
@@ -128,3 +163,22 @@ def test_set_pins_a_searched_parameter(write_study):
     # without --set the space decides
     free = Study.load(path)
     assert not isinstance(free.make_sampler(), optuna.samplers.PartialFixedSampler)
+
+
+@pytest.mark.parametrize(
+    "body,error",
+    [
+        (
+            "    return {'lr': trial.suggest_float('lr', 1e-3, 1e-1), 'x': {}['k']}\n",
+            "KeyError: 'k'",
+        ),
+        ("    return {'lr': trail.suggest_float('lr', 1e-3, 1e-1)}\n", "NameError: name 'trail'"),
+        ("    return {'lr': 1 / 0}\n", "ZeroDivisionError: division by zero"),
+    ],
+)
+def test_error_in_space_names_file_and_line(write_study, body, error):
+    path = write_study("epochs = 1\n\ndef space(trial):\n" + body, name="buggy.py")
+    study = Study.load(path)
+    with pytest.raises(StudyFileError) as e:
+        study.resolve(optuna.create_study().ask())
+    assert str(e.value).startswith(f"{path}:4: space() failed: {error}")

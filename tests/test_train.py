@@ -57,6 +57,41 @@ def test_schedules_change_the_learning_rate(schedule):
     assert len(set(lrs)) > 1
 
 
+# name -> (class, momentum, nesterov); None: the class has no such option
+OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, 0, False),
+    "sgd_momentum": (torch.optim.SGD, 0.8, False),
+    "sgd_nesterov": (torch.optim.SGD, 0.8, True),
+    "adam": (torch.optim.Adam, None, None),
+    "adamw": (torch.optim.AdamW, None, None),
+    "rmsprop": (torch.optim.RMSprop, 0.8, None),
+    "adamax": (torch.optim.Adamax, None, None),
+    "adagrad": (torch.optim.Adagrad, None, None),
+    "adadelta": (torch.optim.Adadelta, None, None),
+    "nadam": (torch.optim.NAdam, None, None),
+}
+
+
+def test_optimizer_table_covers_every_choice():
+    assert sorted(OPTIMIZERS) == sorted(CHOICES["optimizer"])
+
+
+@pytest.mark.parametrize("name", CHOICES["optimizer"])
+def test_each_optimizer_name_builds_its_optimizer(name):
+    cls, momentum, nesterov = OPTIMIZERS[name]
+    cfg = RunConfig.from_flat(
+        {"optimizer": name, "lr": 0.03, "momentum": 0.8, "weight_decay": 1e-4}
+    ).train
+    opt = make_optimizer(torch.nn.Linear(2, 2), cfg)
+    assert type(opt) is cls
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.03 and group["weight_decay"] == 1e-4
+    if momentum is not None:
+        assert group["momentum"] == momentum
+    if nesterov is not None:
+        assert group["nesterov"] is nesterov
+
+
 @pytest.mark.parametrize("opt", CHOICES["optimizer"])
 def test_every_optimizer_trains_one_epoch(opt):
     r = run(optimizer=opt, epochs=1, lr=0.01 if opt != "adadelta" else 1.0)
@@ -82,15 +117,47 @@ def test_should_stop_interrupts_within_the_epoch():
         fit(cfg, split(ds, 0.2, 0), should_stop=lambda: True)
 
 
-def test_resume_from_checkpoint_continues_at_next_epoch():
-    cfg = RunConfig.from_flat({**SMALL, "epochs": 3})
+def test_resume_restores_weights_optimizer_and_schedule(monkeypatch):
+    """A resumed fit starts its first epoch from the checkpoint's weights, optimizer state (Adam's
+    moments and step count) and schedule position, and numbers its epochs on from there."""
+    import copy
+
+    from cnnopt import train
+
+    cfg = RunConfig.from_flat({**SMALL, "epochs": 3, "schedule": "cosine", "lr": 0.01})
     ds = load_dataset(cfg.data)
     cfg = cfg.replace(num_classes=ds.num_classes, input_size=ds.image_size)
     sp = split(ds, 0.2, 0)
     saved = []
-    fit(cfg.replace(epochs=2), sp, on_checkpoint=saved.append)
-    r = fit(cfg, sp, resume=saved[-1])
+    fit(cfg, sp, on_checkpoint=lambda c: saved.append(copy.deepcopy(c)))
+    ckpt = copy.deepcopy(saved[1])  # after epoch 2 of 3 (resuming trains its tensors in place)
+    assert ckpt["epoch"] == 2 and ckpt["scheduler"]["last_epoch"] > 0
+
+    seen = {}
+    real = train.train_one_epoch
+
+    def spy(model, optimizer, loader, loss_fn, tcfg, amp, scaler=None, scheduler=None, *a):
+        if not seen:  # the state the resumed run trains its first epoch from
+            seen["model"] = copy.deepcopy(model.state_dict())
+            seen["optimizer"] = copy.deepcopy(optimizer.state_dict())
+            seen["scheduler"] = copy.deepcopy(scheduler.state_dict())
+            seen["lr"] = optimizer.param_groups[0]["lr"]
+        return real(model, optimizer, loader, loss_fn, tcfg, amp, scaler, scheduler, *a)
+
+    monkeypatch.setattr(train, "train_one_epoch", spy)
+    r = fit(cfg, sp, resume=saved[1])
     assert [h.epoch for h in r.history] == [1, 2, 3]
+    assert seen["model"].keys() == ckpt["model"].keys()
+    assert all(torch.equal(seen["model"][k], ckpt["model"][k]) for k in ckpt["model"])
+    opt, want = seen["optimizer"], ckpt["optimizer"]
+    assert opt["state"].keys() == want["state"].keys() and want["state"]
+    for i, st in want["state"].items():
+        assert torch.equal(opt["state"][i]["step"], st["step"]) and st["step"] > 0
+        assert torch.equal(opt["state"][i]["exp_avg"], st["exp_avg"])
+        assert torch.equal(opt["state"][i]["exp_avg_sq"], st["exp_avg_sq"])
+    assert seen["scheduler"]["last_epoch"] == ckpt["scheduler"]["last_epoch"]
+    assert seen["lr"] == pytest.approx(ckpt["scheduler"]["_last_lr"][0])
+    assert seen["lr"] < cfg.train.lr  # two thirds down the cosine, not back at the start
 
 
 @pytest.mark.parametrize(
