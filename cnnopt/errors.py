@@ -30,3 +30,7 @@ class StorageError(CnnoptError):
 
 class TrialFailed(CnnoptError):
     """A trial ended for a reason that is the trial's fault (NaN loss, out of memory)."""
+
+
+class ArtifactError(CnnoptError):
+    """An artifact location is malformed or unusable, or a trial has no such artifact."""

@@ -29,6 +29,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from cnnopt.artifacts import USER_ATTR as ARTIFACTS_ATTR
+from cnnopt.artifacts import TrialArtifacts, open_store, resolve_location
 from cnnopt.errors import CnnoptError, StorageError, TrialFailed
 from cnnopt.storage import (
     RETRY_SECONDS,
@@ -150,7 +152,12 @@ def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
         for params in study.settings.enqueue:
             ostudy.enqueue_trial(params, skip_if_exists=True)
     attrs = ostudy.user_attrs
-    for key, value in (("study_file", study.describe()), ("metric", study.settings.metric)):
+    recorded = [("study_file", study.describe()), ("metric", study.settings.metric)]
+    location = resolve_location(study.settings.artifacts, study.name)
+    if location is not None:
+        open_store(location)  # a bad location (or s3:// without boto3) stops here, in one line
+        recorded.append((ARTIFACTS_ATTR, location))  # where dashboard/export/train look
+    for key, value in recorded:
         if attrs.get(key) != value:
             ostudy.set_user_attr(key, value)
     return ostudy
@@ -289,8 +296,15 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
             }
         )
 
+    location = resolve_location(study.settings.artifacts, study.name)
+    artifacts = location and TrialArtifacts(location, study.settings.metric)
     objective = Objective(
-        study, spec.device, should_stop=stop.is_set, emit=emit, checkpoints=checkpoints
+        study,
+        spec.device,
+        should_stop=stop.is_set,
+        emit=emit,
+        checkpoints=checkpoints,
+        artifacts=artifacts,
     )
     slot = spec.index
     if inflight is None:  # called without a runner (tests): a private flag

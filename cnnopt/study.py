@@ -61,6 +61,8 @@ class StudySettings:
     seed: int = 0
     retry_failed: int = 1  # re-runs (same params) of a trial whose worker died
     checkpoint: bool = False  # per-epoch checkpoints so a retried trial resumes, not restarts
+    # where trial artifacts go: a folder or s3://bucket/prefix; "none": off (cnnopt/artifacts.py)
+    artifacts: str | None = None  # default: storage/artifacts/<study>/
     enqueue: tuple[
         dict, ...
     ] = ()  # params of trials to run first (warm start), when the study is new
