@@ -14,13 +14,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from optuna.trial import TrialState
+from torchvision.io import write_png
 
 from cnnopt import artifacts as A
 from cnnopt.checkpoint import CheckpointStore
 from cnnopt.cli import cli
 from cnnopt.errors import ArtifactError
 from cnnopt.export import export
-from cnnopt.final import load_checkpoint, train_final
+from cnnopt.final import load_checkpoint, predict_images, train_final
 from cnnopt.objective import Objective
 from cnnopt.runner import open_study
 from cnnopt.status import load_study
@@ -151,6 +152,10 @@ def test_best_checkpoint_is_an_artifact_and_export_fetches_it(tmp_path):
         assert torch.equal(v, kept["model"][k]), k
     assert meta["trial"] == best.number and len(meta["classes"]) == cfg.model.num_classes
     assert len(meta["mean"]) == cfg.model.in_channels
+    image = tmp_path / "x.png"
+    write_png(torch.randint(0, 255, (1, 16, 16), dtype=torch.uint8), str(image))
+    (pred,) = predict_images(out, [image], top=2)
+    assert pred["top"][0]["class"] in meta["classes"]
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["checkpoint"]["path"] == str(out)
     # a trial without one: one line saying why
