@@ -289,7 +289,11 @@ def write_figure(fig: Any, stem: Path, png: bool = True) -> list[Path]:
 
 def write_png(fig: Any, path: Path, width: int = 900, height: int = 500) -> bool:
     """PNG through plotly's kaleido (which drives a Chromium: $BROWSER_PATH or one on PATH).
-    False when it cannot run here; the first failure is logged once per process."""
+    False when it cannot run here; the first failure is logged once per process.
+
+    Each call starts its own Chromium (about 2.5 s on a loaded 2-core machine). kaleido's
+    persistent server would take 0.15 s a figure, but it waits forever when its browser cannot
+    start or dies (kaleido 1.5), and a worker must never hang on a figure."""
     if _png["ok"] is False:
         return False
     try:
@@ -415,6 +419,15 @@ def attach_final_run(
     url = storage or os.environ.get("CNNOPT_STORAGE") or study.get("storage")
     if not name or number is None or not url:
         log.warning("results not attached to a trial: the export names no study/trial/storage")
+        return []
+    if "***" in url:
+        log.warning(
+            "results not attached to %s trial #%s: the export's storage %s has its password "
+            "masked; pass --storage URL (or set CNNOPT_STORAGE)",
+            name,
+            number,
+            url,
+        )
         return []
     try:
         ostudy, _ = load_study(name, url)

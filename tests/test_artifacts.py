@@ -225,3 +225,55 @@ def test_cnnopt_run_uploads_from_its_workers(tmp_path):
         assert f"trial-{t.number}-learning-curve.html" in got
         for m in A.trial_artifacts(ostudy, t):
             assert (store / m.artifact_id).is_file()
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3 API on localhost (moto's server), for Boto3ArtifactStore; yields a boto3 client."""
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {
+        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="studies")
+    yield client
+    server.stop()
+
+
+def test_s3_location_keeps_artifacts_under_its_prefix(tmp_path, s3):
+    source = STUDY_SOURCE.format(name="s3art", epochs=2) + '\nartifacts = "s3://studies/team/a"\n'
+    path = tmp_path / "s3art.py"
+    path.write_text(textwrap.dedent(source))
+    study = Study.load(path)
+    ostudy = open_study(study, str(tmp_path / "s3.journal"))
+    assert ostudy.user_attrs["artifacts"] == "s3://studies/team/a"
+    arts = A.TrialArtifacts(A.study_location(ostudy), study.settings.metric, png=False)
+    ostudy.optimize(Objective(study, "cpu", artifacts=arts), n_trials=2)
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="studies")["Contents"])
+    ids = sorted(
+        f"team/a/{m.artifact_id}" for t in ostudy.trials for m in A.trial_artifacts(ostudy, t)
+    )
+    assert keys == ids and len(keys) == 2
+    meta = A.trial_artifacts(ostudy, ostudy.trials[0])[0]
+    assert b"val_accuracy" in read(ostudy, meta)
+
+
+def test_train_says_how_to_attach_when_the_exports_password_is_masked(tmp_path, caplog):
+    export_data = {
+        "study": {"name": "x", "storage": "postgresql+psycopg2://u:***@db:5432/x"},
+        "trial": {"number": 3},
+    }
+    f = tmp_path / "results.json"
+    f.write_text("{}")
+    with caplog.at_level(logging.WARNING, logger="cnnopt"):
+        assert A.attach_final_run(export_data, [f], "train") == []
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "x trial #3" in msg and "pass --storage URL" in msg
