@@ -76,20 +76,25 @@ class CheckpointStore:
         trial.set_user_attr("resumed_from_epoch", int(ckpt["epoch"]))
         return ckpt
 
-    def saver(self, trial: optuna.Trial) -> Callable[[dict[str, Any]], None]:
+    def saver(
+        self, trial: optuna.Trial, extra: dict[str, Any] | None = None
+    ) -> Callable[[dict[str, Any]], None]:
+        """Writes each epoch's checkpoint, with ``extra`` (classes, mean, std: what a checkpoint
+        needs to serve predictions) added."""
         p = self.path(origin_number(trial))
         number = trial.number
 
         def save(ckpt: dict[str, Any]) -> None:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = p.with_suffix(f".{os.getpid()}.tmp")
-            torch.save({**ckpt, "trial": number}, tmp)
+            torch.save({**ckpt, **(extra or {}), "trial": number}, tmp)
             os.replace(tmp, p)  # atomic: a kill mid-save leaves the previous epoch's file
 
         return save
 
-    def finished(self, trial: optuna.Trial) -> None:
-        """The trial completed: keep its checkpoint as best.pt if it is the best so far, else
+    def finished(self, trial: optuna.Trial, on_best: Callable[[Path], None] | None = None) -> None:
+        """The trial completed: keep its checkpoint as best.pt if it is the best so far (then
+        ``on_best(best.pt)``, under the lock, before another worker may replace it), else
         remove it."""
         p = self.path(origin_number(trial))
         if not p.exists():
@@ -110,6 +115,8 @@ class CheckpointStore:
                 os.replace(p, self.best_path)
                 info = {"trial": trial.number, "value": value}
                 (self.folder / "best.json").write_text(json.dumps(info) + "\n")
+                if on_best is not None:
+                    on_best(self.best_path)
             else:
                 p.unlink(missing_ok=True)
 

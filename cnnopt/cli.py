@@ -22,6 +22,18 @@ def _storage_option(f):
     return click.option("--storage", envvar="CNNOPT_STORAGE", default=None, help=STORAGE_HELP)(f)
 
 
+def _artifacts_option(help: str, envvar: str | None = None):
+    """--artifacts: where trial artifacts are (cnnopt/artifacts.py). Only `run` reads the
+    environment: the other commands find the location the study recorded."""
+    return click.option(
+        "--artifacts",
+        envvar=envvar,
+        default=None,
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help=help + (f" [env {envvar}]" if envvar else ""),
+    )
+
+
 def _data_dir_option(f):
     return click.option(
         "--data-dir",
@@ -83,6 +95,11 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--seed", type=int, default=None, help="Study seed (sampler and data split).")
 @_data_dir_option
 @_set_option("Override a study setting (repeatable).")
+@_artifacts_option(
+    "Where trial artifacts (learning curves, checkpoints) go; 'none': off "
+    "[default: the study's `artifacts`, else storage/artifacts/<study>/].",
+    envvar="CNNOPT_ARTIFACTS",
+)
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
 def run(
     study_file,
@@ -95,6 +112,7 @@ def run(
     seed,
     data_dir,
     sets,
+    artifacts,
     no_progress,
 ):
     """Run (or resume) the study declared in STUDY_FILE."""
@@ -109,6 +127,8 @@ def run(
         overrides["seed"] = seed
     if data_dir:
         overrides["data_dir"] = str(Path(data_dir).resolve())
+    if artifacts:
+        overrides["artifacts"] = artifacts
     study = Study.load(study_file, overrides)
     options = RunOptions(workers, n_trials, timeout, storage, device, progress=not no_progress)
     summary = Runner(study, overrides, options).run()
@@ -237,13 +257,23 @@ def status(study, storage, as_json):
     default=None,
     help="[default: from --out's suffix, else json]",
 )
-def export(study, storage, out, trial, fmt):
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also download the trial's checkpoint artifact to this file (no retraining needed).",
+)
+@_artifacts_option("Artifact location [default: the one the study recorded].")
+def export(study, storage, out, trial, fmt, checkpoint, artifacts):
     """Write trial (default: best) of STUDY as a file that rebuilds its run without the storage."""
     from cnnopt.export import export as do_export
 
-    path, data = do_export(study, out, trial, fmt, storage)
+    path, data = do_export(study, out, trial, fmt, storage, checkpoint, artifacts)
     t = data["trial"]
     click.echo(f"exported {study} trial #{t['number']} ({t['metric']} {t['value']}) to {path}")
+    if "checkpoint" in data:
+        ck = data["checkpoint"]
+        click.echo(f"downloaded its checkpoint ({ck['artifact']}) to {ck['path']}")
 
 
 @cli.command()
@@ -280,6 +310,14 @@ def export(study, storage, out, trial, fmt):
     is_flag=True,
     help="Retrain the trial's run exactly (its split, epochs, seed) and compare its value.",
 )
+@click.option(
+    "--storage",
+    envvar="CNNOPT_STORAGE",
+    default=None,
+    help="Storage of the trial, to attach the results to it [default: the export's].",
+)
+@_artifacts_option("Artifact location [default: the one the study recorded].")
+@click.option("--no-attach", is_flag=True, help="Do not attach the results to the trial.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(
     export_file,
@@ -292,12 +330,15 @@ def train(
     patience,
     device,
     reproduce,
+    storage,
+    artifacts,
+    no_attach,
     no_progress,
 ):
     """Final training of an exported trial (cnnopt export) on the full training set, then test.
 
     Writes checkpoint.pt (load it with cnnopt.final.load_checkpoint), results.json and
-    confusion_matrix.html to --out.
+    confusion_matrix.html to --out, and attaches them to the trial as artifacts.
     """
     from cnnopt.final import check_reproduced, print_results, train_final
 
@@ -313,6 +354,9 @@ def train(
         device=device,
         reproduce=reproduce,
         progress=not no_progress,
+        storage=storage,
+        artifacts=artifacts,
+        attach=not no_attach,
     )
     print_results(results)
     if reproduce:
@@ -367,7 +411,8 @@ def report(study, storage, out):
 @_storage_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-def dashboard(study, storage, host, port):
+@_artifacts_option("Artifact location to serve [default: those the studies recorded].")
+def dashboard(study, storage, host, port, artifacts):
     """Serve optuna-dashboard for a storage (blocks; Ctrl-C stops it).
 
     Storage: --storage, else storage/STUDY.journal, else the only storage/*.journal file.
@@ -378,7 +423,7 @@ def dashboard(study, storage, host, port):
     warning = host_warning(host)
     if warning:
         click.echo(warning, err=True)
-    serve(url, host, port)
+    serve(url, host, port, artifacts)
 
 
 @cli.command()

@@ -58,10 +58,17 @@ def host_warning(host: str) -> str | None:
     )
 
 
-def serve(url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Blocks until interrupted."""
+def serve(
+    url: str, host: str = "127.0.0.1", port: int = 8080, artifacts: str | None = None
+) -> None:
+    """Blocks until interrupted. ``artifacts``: the artifact location to serve; default: the
+    locations `cnnopt run` recorded on the storage's studies (cnnopt/artifacts.py)."""
     import optuna_dashboard
 
+    from cnnopt.artifacts import storage_store
+
     storage = open_storage(url)
-    log.warning("optuna-dashboard for %s on http://%s:%d/", describe(url), host, port)
-    optuna_dashboard.run_server(storage, host=host, port=port)
+    store = storage_store(storage, artifacts)
+    where = f", artifacts in {store.location}" if store is not None else ""
+    log.warning("optuna-dashboard for %s%s on http://%s:%d/", describe(url), where, host, port)
+    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)

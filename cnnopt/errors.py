@@ -34,3 +34,7 @@ class TrialFailed(CnnoptError):
 
 class DeviceError(CnnoptError):
     """A --device names a GPU this machine does not have (or CUDA where there is none)."""
+
+
+class ArtifactError(CnnoptError):
+    """An artifact location is malformed or unusable, or a trial has no such artifact."""

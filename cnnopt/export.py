@@ -181,12 +181,21 @@ def export(
     trial: int | None = None,
     fmt: str | None = None,
     storage: str | None = None,
+    checkpoint: str | Path | None = None,
+    artifacts: str | None = None,
 ) -> tuple[Path, dict]:
+    """Write the export file; with ``checkpoint``, also download the trial's checkpoint artifact
+    there (its path goes into the file as ``checkpoint``)."""
     ostudy, url = load_study(study_name, storage)
     t = pick_trial(ostudy, trial)
     if t.state != TrialState.COMPLETE:
         log.warning("trial #%d is %s, not COMPLETE", t.number, t.state.name)
     data = build_export(ostudy, t, url)
+    if checkpoint is not None:
+        from cnnopt.artifacts import fetch_checkpoint
+
+        path, meta = fetch_checkpoint(ostudy, t, checkpoint, artifacts)
+        data["checkpoint"] = {"path": str(path), "artifact": meta.filename}
     for w in data["warnings"]:
         log.warning(w)
     return dump(data, out, fmt), data

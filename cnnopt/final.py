@@ -154,7 +154,7 @@ def _progress(enabled: bool, total: int, title: str):
     return progress, task
 
 
-def _confusion_html(report: dict, classes: list[str], path: Path, title: str) -> None:
+def _confusion_html(report: dict, classes: list[str], path: Path, title: str):
     import plotly.graph_objects as go
 
     cm = report["confusion_matrix"]
@@ -178,6 +178,7 @@ def _confusion_html(report: dict, classes: list[str], path: Path, title: str) ->
         height=650,
     )
     fig.write_html(path, include_plotlyjs=True, full_html=True)
+    return fig
 
 
 def evaluate_test(model, cfg: RunConfig, ds, split, device: torch.device) -> dict[str, Any]:
@@ -221,6 +222,9 @@ def train_final(
     reproduce: bool = False,
     progress: bool = True,
     console: Any = None,
+    storage: str | None = None,
+    artifacts: str | None = None,
+    attach: bool = True,
 ) -> dict[str, Any]:
     """Final training (or ``reproduce``) of an exported trial; returns the results dict."""
     from rich.console import Console
@@ -325,6 +329,7 @@ def train_final(
         "config": cfg.to_dict(),
         "versions": versions(),
     }
+    confusion_fig = None
     if reproduce:
         metric = trial.get("metric") or export.get("study", {}).get("metric", "val_accuracy")
         stored = trial.get("value")
@@ -345,7 +350,7 @@ def train_final(
         if "per_class" in test:
             results["per_class"] = test["per_class"]["classes"]
             results["confusion_matrix"] = test["per_class"]["confusion_matrix"]
-            _confusion_html(
+            confusion_fig = _confusion_html(
                 test["per_class"],
                 ds.classes,
                 out_dir / "confusion_matrix.html",
@@ -387,6 +392,22 @@ def train_final(
     results["checkpoint"] = str(out_dir / "checkpoint.pt")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     results["results_file"] = str(out_dir / "results.json")
+    files = [out_dir / "checkpoint.pt", out_dir / "results.json"]
+    if confusion_fig is not None:
+        from cnnopt.artifacts import write_png
+
+        files.append(out_dir / "confusion_matrix.html")
+        if write_png(confusion_fig, out_dir / "confusion_matrix.png", width=700, height=650):
+            files.append(out_dir / "confusion_matrix.png")
+    if attach:
+        from cnnopt.artifacts import attach_final_run
+
+        attached = attach_final_run(export, files, what, storage, artifacts)
+        if attached:
+            results["artifacts"] = attached
+            console.print(
+                f"attached {', '.join(attached)} to {study_name} trial #{trial.get('number')}"
+            )
     return results
 
 

@@ -54,6 +54,7 @@ class Objective:
         emit: Event | None = None,
         checkpoints: Any = None,
         device_name: str | None = None,
+        artifacts: Any = None,
     ):
         self.study = study
         self.device = torch.device(device)
@@ -63,6 +64,7 @@ class Objective:
         self.emit = emit or (lambda event: None)
         self.metric = study.settings.metric
         self.checkpoints = checkpoints  # cnnopt.checkpoint.CheckpointStore or None
+        self.artifacts = artifacts  # cnnopt.artifacts.TrialArtifacts or None
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_tag())
@@ -124,7 +126,14 @@ class Objective:
         resume, on_checkpoint = None, None
         if self.checkpoints is not None:
             resume = self.checkpoints.load_for(trial)
-            on_checkpoint = self.checkpoints.saver(trial)
+            # what `cnnopt predict` needs besides the weights, should this become the best
+            extra = {
+                "classes": list(ds.classes),
+                "multilabel": bool(ds.multilabel),
+                "mean": [float(v) for v in split.mean.cpu()],
+                "std": [float(v) for v in split.std.cpu()],
+            }
+            on_checkpoint = self.checkpoints.saver(trial, extra)
         if resume is not None:
             # a retried trial goes on from its original's last epoch: carry its curve over, so the
             # stored history and intermediate values are whole
@@ -134,6 +143,7 @@ class Objective:
                 trial.report(stats.metrics[self.metric], stats.epoch)
             trial.set_user_attr("history", history)
             trial.set_user_attr("resumed_from_epoch", int(resume["epoch"]))
+        outcome = "failed"  # for the learning-curve artifact
         try:
             result = fit(
                 cfg,
@@ -146,6 +156,10 @@ class Objective:
                 resume=resume,
                 on_checkpoint=on_checkpoint,
             )
+            outcome = "complete"
+        except optuna.TrialPruned:
+            outcome = "pruned"
+            raise
         except TrialFailed as e:
             trial.set_user_attr("fail_reason", str(e))
             raise
@@ -166,8 +180,15 @@ class Objective:
                 trial.set_user_attr(
                     "images_per_second", sum(h["images_per_second"] for h in history) / len(history)
                 )
+            # still RUNNING here (Optuna sets the state after we return or raise): the last
+            # moment the trial's own attributes take an artifact
+            if history and self.artifacts is not None:
+                self.artifacts.learning_curve(trial, history, outcome)
         if self.checkpoints is not None:
-            self.checkpoints.finished(trial)
+            on_best = None
+            if self.artifacts is not None:
+                on_best = lambda path: self.artifacts.checkpoint(trial, path)  # noqa: E731
+            self.checkpoints.finished(trial, on_best)
         return result.last(self.metric)
 
     # -- deduplication (cnnopt/dedup.py decides, this carries it out on the trial) --------------

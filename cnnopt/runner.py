@@ -29,6 +29,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from cnnopt.artifacts import USER_ATTR as ARTIFACTS_ATTR
+from cnnopt.artifacts import TrialArtifacts, open_store, resolve_location
 from cnnopt.dedup import SpaceGrid
 from cnnopt.devices import bind_worker, plan_devices
 from cnnopt.errors import CnnoptError, StorageError, TrialFailed
@@ -132,7 +134,12 @@ def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
         for params in study.settings.enqueue:
             ostudy.enqueue_trial(params, skip_if_exists=True)
     attrs = ostudy.user_attrs
-    for key, value in (("study_file", study.describe()), ("metric", study.settings.metric)):
+    recorded = [("study_file", study.describe()), ("metric", study.settings.metric)]
+    location = resolve_location(study.settings.artifacts, study.name)
+    if location is not None:
+        open_store(location)  # a bad location (or s3:// without boto3) stops here, in one line
+        recorded.append((ARTIFACTS_ATTR, location))  # where dashboard/export/train look
+    for key, value in recorded:
         if attrs.get(key) != value:
             ostudy.set_user_attr(key, value)
     return ostudy
@@ -313,6 +320,8 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
             }
         )
 
+    location = resolve_location(study.settings.artifacts, study.name)
+    artifacts = location and TrialArtifacts(location, study.settings.metric)
     objective = Objective(
         study,
         device,
@@ -320,6 +329,7 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
         emit=emit,
         checkpoints=checkpoints,
         device_name=spec.device,
+        artifacts=artifacts,
     )
     grid = SpaceGrid(study)  # a fully discrete space can run out of untried configurations
     slot = spec.index

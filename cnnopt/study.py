@@ -67,6 +67,8 @@ class StudySettings:
     # repeat copies the result (``duplicate_of``); False trains repeats with a fresh seed each,
     # for users who want them as noise estimates. See cnnopt/dedup.py.
     deduplicate: bool = True
+    # where trial artifacts go: a folder or s3://bucket/prefix; "none": off (cnnopt/artifacts.py)
+    artifacts: str | None = None  # default: storage/artifacts/<study>/
     enqueue: tuple[
         dict, ...
     ] = ()  # params of trials to run first (warm start), when the study is new

@@ -23,6 +23,9 @@ from cnnopt.runner import open_study
 from cnnopt.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
+# `cnnopt` processes that tests start from the repository must not leave trial artifacts in its
+# storage/ folder: off unless a test passes --artifacts (tests/test_artifacts.py does).
+os.environ.setdefault("CNNOPT_ARTIFACTS", "none")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -116,7 +119,7 @@ def make_study(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.py"
     path.write_text(textwrap.dedent(source or STUDY_SOURCE.format(name=name, epochs=epochs)))
-    study = Study.load(path)
+    study = Study.load(path, {"artifacts": str(folder / "artifacts")})  # not the repo's storage/
     url = str(folder / "storage" / f"{name}.journal")
     ostudy = open_study(study, url)
     if n_trials:

@@ -8,6 +8,7 @@ needed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -20,11 +21,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cnnopt import artifacts as A
 from cnnopt.cli import cli
 from cnnopt.dashboard import host_warning, is_loopback, pick_storage
 from cnnopt.errors import StorageError
+from cnnopt.objective import Objective
 from cnnopt.report import FIGURE_KEYS, write_report
 from cnnopt.status import load_study
+
+from .conftest import make_study
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = [
@@ -70,11 +75,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def dashboard_url(tiny_study, tmp_path_factory):
-    _, url = tiny_study
+@contextlib.contextmanager
+def _dashboard(url: str, log: Path):
+    """`cnnopt dashboard --storage URL` as a real process; yields its base URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("dash") / "dashboard.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log, "w") as f:
         proc = subprocess.Popen(
@@ -110,6 +114,13 @@ def dashboard_url(tiny_study, tmp_path_factory):
         proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def dashboard_url(tiny_study, tmp_path_factory):
+    _, url = tiny_study
+    with _dashboard(url, tmp_path_factory.mktemp("dash") / "dashboard.log") as base:
+        yield base
+
+
 def test_dashboard_lists_the_study_and_shows_intermediate_values(
     browser, dashboard_url, tiny_study
 ):
@@ -142,6 +153,62 @@ def test_dashboard_lists_the_study_and_shows_intermediate_values(
         assert repr(value) in body, f"step {step} value {value} not shown"
     assert errors == []
     page.close()
+
+
+@pytest.fixture(scope="module")
+def study_with_artifacts(tmp_path_factory):
+    """Two trials of the tiny study with their learning curves (HTML and PNG) uploaded as they
+    ran, and a file attached to the first after it finished (as `cnnopt train` does)."""
+    folder = tmp_path_factory.mktemp("arts")
+    study, url = make_study(folder, "arty", n_trials=0, epochs=2)
+    ostudy, _ = load_study("arty", url)
+    store = A.open_store(A.study_location(ostudy))
+    ostudy.optimize(
+        Objective(study, "cpu", artifacts=A.TrialArtifacts(store.location, "val_accuracy")),
+        n_trials=2,
+    )
+    results = folder / "results.json"
+    results.write_text('{"test": {"test_accuracy": 0.5}}\n')
+    first = ostudy.trials[0]
+    A.attach_to_finished(store, ostudy, first._trial_id, results, "final-results.json")
+    return ostudy, url, store
+
+
+def test_dashboard_lists_a_trials_artifacts_and_downloads_them(
+    browser, study_with_artifacts, tmp_path
+):
+    ostudy, url, store = study_with_artifacts
+    trial = ostudy.trials[0]
+    metas = {m.filename: m for m in A.trial_artifacts(ostudy, trial)}
+    png = f"trial-{trial.number}-learning-curve.png"
+    if png not in metas:
+        pytest.skip("kaleido cannot export PNG here (the HTML is tested in test_artifacts.py)")
+    with _dashboard(url, tmp_path / "dashboard.log") as base:
+        page = browser.new_page(accept_downloads=True)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{base}/dashboard/studies/{ostudy._study_id}/trials")
+        page.get_by_text(f"Trial {trial.number}", exact=True).first.click()
+        page.get_by_text(f"Trial {trial.number} (trial_id=").wait_for(timeout=20_000)
+        page.get_by_text("Artifacts", exact=True).first.wait_for(timeout=20_000)
+        for name in (png, f"trial-{trial.number}-learning-curve.html", "final-results.json"):
+            page.get_by_text(name, exact=True).first.wait_for(timeout=20_000)
+        # the PNG is shown inline, served from the store
+        img = page.locator(f'img[alt="{png}"]')
+        page.wait_for_function(
+            "el => el.complete && el.naturalWidth === 900", arg=img.element_handle()
+        )
+        # and each listed file downloads with its content
+        for name in (png, "final-results.json"):
+            with page.expect_download() as dl:
+                page.locator(f'a[aria-label="download artifact"][download="{name}"]').click()
+            got = tmp_path / name
+            dl.value.save_as(got)
+            assert dl.value.suggested_filename == name
+            with store.open_reader(metas[name].artifact_id) as f:
+                assert got.read_bytes() == f.read()
+        assert errors == []
+        page.close()
 
 
 def test_html_report_opens_without_console_errors_and_has_every_figure(

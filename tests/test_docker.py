@@ -30,6 +30,9 @@ def test_compose_services_and_commands():
     assert services["worker"]["command"] == WORKER_COMMAND
     assert services["dashboard"]["command"] == DASHBOARD_COMMAND
     assert "pgdata" in spec["volumes"]
+    # workers and dashboard share the artifact folder (the default storage/artifacts/<study>)
+    for name in ("worker", "dashboard"):
+        assert "artifacts:/app/storage/artifacts" in services[name]["volumes"]
     assert "healthcheck" in services["postgres"]
     assert "ports" not in services["worker"]  # scalable: --scale worker=4
     assert services["worker"]["environment"]["CNNOPT_DATA_DIR"] == "/data"
