@@ -23,6 +23,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from cnnopt.errors import StorageError
+from cnnopt.status import worker_status
 from cnnopt.storage import (
     CREATE_TOKEN_KEY,
     HEARTBEAT_KEY,
@@ -355,6 +356,8 @@ def test_dead_client_trial_failed_by_heartbeat_through_the_proxy(proxy):
         time.sleep(0.5)
     assert len(beats) >= 3, beats
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
+    [alive] = worker_status(study, proxy.url)  # `cnnopt status` reads the same heartbeat
+    assert alive.alive is True and alive.how.startswith("heartbeat"), alive
     p.kill()
     p.join()
     end = time.time() + 30
