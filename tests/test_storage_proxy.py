@@ -371,6 +371,46 @@ def test_dead_client_trial_failed_by_heartbeat_through_the_proxy(proxy):
     assert isinstance(watcher.get_heartbeat_stale_trial_callback(), RetryStaleTrialCallback)
 
 
+class _LostReply(grpc.RpcError):
+    """What the client sees when the proxy dies after doing the work, before replying."""
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "Socket closed"
+
+
+@pytest.mark.postgres
+def test_repeated_trial_creation_after_the_proxy_did_it_creates_one_trial(proxy):
+    """The proxy created the trial, then the reply was lost: the retry finds the trial by its
+    token instead of creating a second one. The same for the final state write."""
+    storage = get_storage(proxy.url, heartbeat=False)
+    study = optuna.create_study(storage=storage, study_name="token")
+    real_create, real_state = storage._stub.CreateNewTrial, storage._stub.SetTrialStateValues
+    calls = []
+
+    def lost_after(real):
+        def call(request):
+            calls.append(request)
+            reply = real(request)
+            if len(calls) in (1, 2):  # the first creation and the first state write
+                raise _LostReply()
+            return reply
+
+        return call
+
+    storage._stub.CreateNewTrial = lost_after(real_create)
+    storage._stub.SetTrialStateValues = lost_after(real_state)
+    trial = study.ask()
+    assert len(calls) == 1  # not sent again: found by its token
+    study.tell(trial, 0.5)
+    assert len(calls) == 3  # repeated; the proxy said 'finished', and it was our write: success
+    trials = study.get_trials()
+    assert [(t.number, t.state, t.value) for t in trials] == [(0, TrialState.COMPLETE, 0.5)]
+    storage.close()
+
+
 def test_unreachable_proxy_is_one_line():
     port = free_port()
     with pytest.raises(StorageError) as e:
