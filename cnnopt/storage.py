@@ -618,6 +618,12 @@ class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
 
         trial = copy.copy(trial)
         trial.user_attrs = {}
+        # nor the failed run's heartbeat and creation token (the storage proxy's bookkeeping)
+        trial.system_attrs = {
+            k: v
+            for k, v in trial.system_attrs.items()
+            if k not in (HEARTBEAT_KEY, CREATE_TOKEN_KEY)
+        }
         super().__call__(study, trial)
 
 

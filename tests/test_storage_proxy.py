@@ -102,7 +102,7 @@ def _db_name(proxy: Proxy) -> str:
 TEST_APP = "cnnopt-test-probe"  # the test's own connections, not counted
 
 
-def test_engine(db_url: str) -> sqlalchemy.Engine:
+def probe_engine(db_url: str) -> sqlalchemy.Engine:
     return sqlalchemy.create_engine(
         db_url,
         poolclass=sqlalchemy.pool.NullPool,
@@ -115,7 +115,7 @@ class ConnectionWatch:
 
     def __init__(self, db_url: str):
         self.db = sqlalchemy.engine.make_url(db_url).database
-        self.engine = test_engine(db_url)
+        self.engine = probe_engine(db_url)
         self.peak = 0
         self.samples = 0
         self._done = threading.Event()
@@ -233,7 +233,7 @@ def test_clients_ride_out_proxy_restarts(proxy):
     ends with exactly the trials asked for (a repeated trial creation leaves no stray trial)."""
     _create_study(proxy.db_url, "restart")
     n_clients, per_client = 8, 25
-    db = test_engine(proxy.db_url)
+    db = probe_engine(proxy.db_url)
 
     def n_complete() -> int:
         with db.connect() as conn:
@@ -276,7 +276,7 @@ def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
             cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, start_new_session=True,
         )  # fmt: skip
-        db = test_engine(proxy.db_url)
+        db = probe_engine(proxy.db_url)
         end = time.time() + 240
         started = 0
         while time.time() < end and run.poll() is None and started < 4:
@@ -368,6 +368,7 @@ def test_dead_client_trial_failed_by_heartbeat_through_the_proxy(proxy):
     assert first.state == TrialState.FAIL
     assert retry.state == TrialState.WAITING
     assert retry.params == first.params and retry.system_attrs["failed_trial"] == first.number
+    assert HEARTBEAT_KEY in first.system_attrs and HEARTBEAT_KEY not in retry.system_attrs
     assert isinstance(watcher.get_heartbeat_stale_trial_callback(), RetryStaleTrialCallback)
 
 
