@@ -221,7 +221,7 @@ def test_64_clients_640_trials_through_one_proxy(proxy):
     assert 1 <= watch.peak <= proxy.pool_size < 64, watch.peak
     print(
         f"64 clients, 640 trials through one proxy: {seconds:.1f} s, peak {watch.peak} "
-        f"database connections (proxy pool {proxy.pool_size}; direct: up to 2 per client = 128)"
+        f"database connections (proxy pool {proxy.pool_size}; direct: 1 or 2 per client, 64-128)"
     )
     log = proxy.log.read_text()
     assert "***@" in log and SECRET not in log
@@ -317,6 +317,28 @@ def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
         f"{t_kill - t0:.0f} s to the kill, {time.time() - t_kill:.0f} s after it"
     )
     print(out[-3000:])
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_sigkill_worker_through_the_proxy(proxy, tmp_path):
+    """A `cnnopt run` worker SIGKILLed mid-trial through the proxy: its runner fails the trial
+    at once (by the trial's worker tag) and re-runs its params, as with the other storages."""
+    from tests.test_runner_faults import FINISHED, finish, load, start_run, wait_mid_trial
+
+    proc = start_run(proxy.url, tmp_path, n_trials=4, epochs=10)
+    victim = wait_mid_trial(proxy.url, proc)
+    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    trials = load(proxy.url).get_trials()
+    assert sum(t.state in FINISHED for t in trials) == 4, out
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert f"pid {pid}) died" in killed.user_attrs["fail_reason"]
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state in FINISHED and retry.params == victim.params
 
 
 def _dying_client(url: str, name: str) -> None:
