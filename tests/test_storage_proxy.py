@@ -434,6 +434,37 @@ def test_repeated_trial_creation_after_the_proxy_did_it_creates_one_trial(proxy)
     storage.close()
 
 
+@pytest.mark.postgres
+def test_dashboard_reads_through_the_proxy(proxy):
+    """optuna-dashboard (what `cnnopt dashboard` serves) on the storage `cnnopt dashboard` opens
+    for a grpc:// URL: the study and its trials come through the proxy."""
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna_dashboard
+
+    from cnnopt.status import open_storage
+
+    storage = get_storage(proxy.url, heartbeat=False)
+    study = optuna.create_study(storage=storage, study_name="dash")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    app = optuna_dashboard.wsgi(open_storage(proxy.url))
+
+    def get(path: str) -> dict:
+        environ: dict = {"PATH_INFO": path}
+        setup_testing_defaults(environ)
+        status = []
+        body = b"".join(app(environ, lambda s, _h, _e=None: status.append(s)))
+        assert status[0].startswith("200"), (status, body[:200])
+        return json.loads(body)
+
+    [summary] = get("/api/studies")["study_summaries"]
+    assert summary["study_name"] == "dash"
+    detail = get(f"/api/studies/{summary['study_id']}")
+    assert [t["state"] for t in detail["trials"]] == ["Complete"] * 3
+    storage.close()
+
+
 def test_unreachable_proxy_is_one_line():
     port = free_port()
     with pytest.raises(StorageError) as e:
