@@ -15,7 +15,7 @@ import click
 from cnnopt.bench import SECTIONS as BENCH_SECTIONS  # names only: imports no torch
 from cnnopt.errors import CnnoptError
 
-STORAGE_HELP = "Optuna storage: SQLAlchemy URL or .journal file [env CNNOPT_STORAGE; default storage/<study>.journal]"
+STORAGE_HELP = "Optuna storage: SQLAlchemy URL, grpc://HOST:PORT (a `cnnopt storage proxy`) or .journal file [env CNNOPT_STORAGE; default storage/<study>.journal]"
 
 
 def _storage_option(f):
@@ -158,7 +158,7 @@ def data_check(name, data_dir, sets):
 
 @cli.group("storage")
 def storage_group() -> None:
-    """A local PostgreSQL server for studies (data under storage/postgres/)."""
+    """A local PostgreSQL server for studies (data under storage/postgres/), and the storage proxy."""
 
 
 @storage_group.command("up")
@@ -198,6 +198,31 @@ def storage_url():
     from cnnopt.pgserver import PgServer
 
     click.echo(PgServer().url())
+
+
+@storage_group.command("proxy")
+@click.option(
+    "--storage",
+    envvar="CNNOPT_STORAGE",
+    required=True,
+    help="The database to serve: postgresql+psycopg2://... [env CNNOPT_STORAGE]",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
+@click.option(
+    "--pool-size",
+    type=click.IntRange(1),
+    default=None,
+    help="Database connections the proxy may open [default: 8].",
+)
+def storage_proxy(storage, host, port, pool_size):
+    """Serve a database to many workers over gRPC (Optuna's storage proxy; blocks).
+
+    Workers use --storage grpc://HOST:PORT; the database then sees only the proxy's pool of
+    connections, however many workers there are."""
+    from cnnopt.storage import PROXY_POOL_SIZE, run_proxy
+
+    run_proxy(storage, host, port, pool_size or PROXY_POOL_SIZE)
 
 
 @storage_group.command("overhead")

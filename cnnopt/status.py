@@ -4,8 +4,9 @@ Also the helpers every inspecting command shares: open an *existing* study (neve
 journal by looking at it) and list the studies of a storage.
 
 Worker liveness:
-- RDB storages: Optuna's ``trial_heartbeats`` table; a RUNNING trial's worker is alive while its
-  last heartbeat is younger than the storage's grace period.
+- RDB storages: Optuna's ``trial_heartbeats`` table (through the storage proxy: the trial's
+  heartbeat attribute, see storage.RetryingGrpcStorageProxy); a RUNNING trial's worker is alive
+  while its last heartbeat is younger than the storage's grace period.
 - journal files (no heartbeats): each RUNNING trial carries the ``worker`` user attribute
   ``host:pid`` (objective.worker_tag); on this host the pid is checked, elsewhere it is unknown.
 """
@@ -162,7 +163,10 @@ def worker_status(ostudy: optuna.Study, url: str) -> list[WorkerStatus]:
         inner = getattr(storage, "_backend", storage)  # _CachedStorage wraps the RDBStorage
         grace = getattr(inner, "grace_period", None) or grace
         try:
-            ages = _rdb_heartbeat_ages(inner, [t._trial_id for t in running])
+            if hasattr(inner, "heartbeat_ages"):  # the storage proxy: a trial attribute
+                ages = inner.heartbeat_ages(running)
+            else:
+                ages = _rdb_heartbeat_ages(inner, [t._trial_id for t in running])
         except Exception:  # noqa: BLE001 - liveness is best effort; the table may be absent
             ages = {}
     here = socket.gethostname()

@@ -8,6 +8,11 @@
   Server databases (PostgreSQL, MySQL) get a ``RetryingRDBStorage``: every storage call rides out a
   lost connection (a database restart, a failover, a dropped idle connection) by retrying with
   exponential backoff for up to ``RETRY_SECONDS``.
+- ``grpc://host:port``: a ``RetryingGrpcStorageProxy``, the client of an Optuna storage proxy
+  (``run_proxy``: ``optuna.storages.run_grpc_proxy_server`` in front of a database). Every worker
+  then talks to the proxy, and only the proxy's pool of ``PROXY_POOL_SIZE`` connections reaches
+  the database, however many workers there are. The client retries a lost proxy like a lost
+  database connection, and records heartbeats through the proxy (Optuna's proxy has none).
 
 Connections. Each process holds at most ``POOL_SIZE`` = 2 connections (``max_overflow=0``): one for
 its main thread and one for the heartbeat thread that Optuna runs beside a trial. ``cnnopt run
@@ -19,7 +24,8 @@ its main thread and one for the heartbeat thread that Optuna runs beside a trial
 Every further ``cnnopt run`` (e.g. one per docker container: 1 runner + 1 worker = 4), ``status``
 or ``dashboard`` process adds its own 2 * (its processes). Connections are checked with
 ``pool_pre_ping`` before use (PostgreSQL and proxies drop idle ones, optuna#5600) and recycled after
-``POOL_RECYCLE`` seconds.
+``POOL_RECYCLE`` seconds. Through the proxy: ``PROXY_POOL_SIZE`` per proxy, whatever the number
+of clients.
 
 Passwords never leave this module unmasked: use ``mask_url`` for anything printed.
 """
@@ -33,12 +39,19 @@ import random
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import (
+    BaseStorage,
+    GrpcStorageProxy,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+)
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -60,6 +73,11 @@ POOL_RECYCLE = 300
 RETRY_SECONDS = 60.0
 RETRY_FIRST_DELAY = 0.5
 RETRY_MAX_DELAY = 8.0
+# The storage proxy: its database pool is the study's whole connection budget; gRPC threads beyond
+# it wait for a free connection (``pool_timeout``) instead of opening more.
+PROXY_PORT = 13000
+PROXY_POOL_SIZE = 8
+PROXY_THREADS_PER_CONNECTION = 2
 
 
 def max_connections(n_workers: int) -> int:
@@ -79,6 +97,10 @@ def is_file_storage(url: str) -> bool:
     return url.startswith("journal://") or "://" not in url
 
 
+def is_proxy_storage(url: str) -> bool:
+    return url.startswith("grpc://")
+
+
 def mask_url(url: str) -> str:
     """postgresql://user:secret@host/db -> postgresql://user:***@host/db (also inside messages,
     and ``password=...`` query or DSN parameters)."""
@@ -86,11 +108,11 @@ def mask_url(url: str) -> str:
     return re.sub(r"(password=)[^&\s]+", r"\1***", url, flags=re.IGNORECASE)
 
 
-def engine_kwargs(url: str) -> dict:
+def engine_kwargs(url: str, pool_size: int = POOL_SIZE) -> dict:
     if url.startswith("sqlite"):
         return {}
     return {
-        "pool_size": POOL_SIZE,
+        "pool_size": pool_size,
         "max_overflow": 0,
         # PostgreSQL and proxies drop idle connections (optuna#5600); Optuna sets this only for MySQL.
         "pool_pre_ping": True,
@@ -112,6 +134,8 @@ def is_connection_error(e: BaseException) -> bool:
     seen = 0
     err: BaseException | None = e
     while err is not None and seen < 4:
+        if _is_grpc_unavailable(err):
+            return True
         if isinstance(err, exc.DBAPIError) and err.connection_invalidated:
             return True
         if isinstance(err, exc.OperationalError | exc.InterfaceError | exc.TimeoutError):
@@ -121,30 +145,95 @@ def is_connection_error(e: BaseException) -> bool:
     return False
 
 
+def _is_grpc_unavailable(e: BaseException) -> bool:
+    """The storage proxy is down, restarting or unreachable (gRPC status UNAVAILABLE)."""
+    import sys
+
+    grpc = sys.modules.get("grpc")  # never import gRPC for a database or file storage
+    if grpc is None or not isinstance(e, grpc.RpcError) or not hasattr(e, "code"):
+        return False
+    return e.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def _one_line(e: BaseException) -> str:
+    details = getattr(e, "details", None)  # a gRPC error's str() is a multi-line debug dump
+    if callable(details) and details():
+        return mask_url(str(details()).strip().splitlines()[0])
     text = str(e).strip().splitlines()
     return mask_url(text[0] if text else type(e).__name__)
 
 
-class RetryingRDBStorage(RDBStorage):
-    """RDBStorage whose storage calls retry lost connections with exponential backoff.
-
-    Writes that are not idempotent are made safe to repeat (the first attempt may have committed
-    before the connection broke):
+class _RepeatSafe:
+    """Storage calls that retry lost connections, with the writes that are not idempotent made
+    safe to repeat (the first attempt may have committed before the connection broke):
     - ``set_trial_state_values``: a repeat that finds the trial already finished with exactly the
       state and values we wrote is a success (not UpdateFinishedTrialError; optuna#5582);
     - ``create_new_study``: a repeat that finds the study is a success.
     Attribute, parameter, intermediate-value and heartbeat writes are upserts (repeatable as is).
     Calls nested inside a retried call are not retried again (the outer call repeats them).
-    """
+    Mixed in before the storage class whose calls it retries (``super()`` is that class)."""
 
     retry_seconds = RETRY_SECONDS
+    _local: threading.local
+
+    def _retry_url(self) -> str:
+        raise NotImplementedError
+
+    def _retry(self, name: str, fn: Callable[[int], Any]) -> Any:
+        if getattr(self._local, "depth", 0):
+            return fn(0)
+        self._local.depth = 1
+        try:
+            return retry_call(fn, what=name, url=self._retry_url(), seconds=self.retry_seconds)
+        finally:
+            self._local.depth = 0
+
+    # the non-idempotent writes
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        base = super().set_trial_state_values  # type: ignore[misc]
+
+        def attempt(n: int) -> bool:
+            try:
+                return base(trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if n > 0 and _already_written(self.get_trial(trial_id), state, values):  # type: ignore[attr-defined]
+                    log.info(
+                        "trial %d: the write before the lost connection was committed", trial_id
+                    )
+                    return True
+                raise
+
+        return self._retry("set_trial_state_values", attempt)
+
+    def create_new_study(self, directions: Sequence[Any], study_name: str | None = None) -> int:
+        base = super().create_new_study  # type: ignore[misc]
+
+        def attempt(n: int) -> int:
+            try:
+                return base(directions, study_name)
+            except optuna.exceptions.DuplicatedStudyError:
+                if n > 0 and study_name is not None:
+                    return self.get_study_id_from_name(study_name)  # type: ignore[attr-defined]
+                raise
+
+        return self._retry("create_new_study", attempt)
+
+
+class RetryingRDBStorage(_RepeatSafe, RDBStorage):
+    """RDBStorage whose storage calls retry lost connections with exponential backoff
+    (see ``_RepeatSafe``)."""
 
     def __init__(self, url: str, *args: Any, retry_seconds: float | None = None, **kwargs: Any):
         self._local = threading.local()
         if retry_seconds is not None:
             self.retry_seconds = retry_seconds
         super().__init__(url, *args, **kwargs)
+
+    def _retry_url(self) -> str:
+        return self.url
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -154,15 +243,6 @@ class RetryingRDBStorage(RDBStorage):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         self._local = threading.local()
         super().__setstate__(state)
-
-    def _retry(self, name: str, fn: Callable[[int], Any]) -> Any:
-        if getattr(self._local, "depth", 0):
-            return fn(0)
-        self._local.depth = 1
-        try:
-            return retry_call(fn, what=name, url=self.url, seconds=self.retry_seconds)
-        finally:
-            self._local.depth = 0
 
     def record_heartbeat(self, trial_id: int) -> None:
         """Never raises. Optuna's heartbeat thread has no error handling: one exception ends it
@@ -184,35 +264,6 @@ class RetryingRDBStorage(RDBStorage):
                 "storage %s: heartbeat of trial id %d not recorded (%s); next in %s s",
                 mask_url(self.url), trial_id, _one_line(e), self.heartbeat_interval,
             )  # fmt: skip
-
-    # the non-idempotent writes
-
-    def set_trial_state_values(
-        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
-    ) -> bool:
-        def attempt(n: int) -> bool:
-            try:
-                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                if n > 0 and _already_written(self.get_trial(trial_id), state, values):
-                    log.info(
-                        "trial %d: the write before the lost connection was committed", trial_id
-                    )
-                    return True
-                raise
-
-        return self._retry("set_trial_state_values", attempt)
-
-    def create_new_study(self, directions: Sequence[Any], study_name: str | None = None) -> int:
-        def attempt(n: int) -> int:
-            try:
-                return RDBStorage.create_new_study(self, directions, study_name)
-            except optuna.exceptions.DuplicatedStudyError:
-                if n > 0 and study_name is not None:
-                    return self.get_study_id_from_name(study_name)
-                raise
-
-        return self._retry("create_new_study", attempt)
 
 
 def _already_written(t: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> bool:
@@ -287,18 +338,293 @@ _RETRIED = (
 )
 
 
-def _retrying(name: str) -> Callable:
-    base = getattr(RDBStorage, name)
+def _retrying(cls: type, name: str) -> Callable:
+    base = getattr(cls, name)
 
     @functools.wraps(base)
-    def method(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+    def method(self: _RepeatSafe, *args: Any, **kwargs: Any) -> Any:
         return self._retry(name, lambda _n: base(self, *args, **kwargs))
 
     return method
 
 
 for _name in _RETRIED:
-    setattr(RetryingRDBStorage, _name, _retrying(_name))
+    setattr(RetryingRDBStorage, _name, _retrying(RDBStorage, _name))
+
+
+# -- the storage proxy ---------------------------------------------------------------------------
+
+# A trial system attribute: the worker's clock at its last heartbeat (written through the proxy).
+HEARTBEAT_KEY = "cnnopt:heartbeat"
+# A trial system attribute: a random token that makes creating a trial safe to repeat.
+CREATE_TOKEN_KEY = "cnnopt:create_token"
+# gRPC reconnects with exponential backoff up to 120 s by default; keep a restarted proxy found
+# within a second or two.
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def parse_proxy_url(url: str) -> tuple[str, int]:
+    """grpc://host:port -> (host, port); the port defaults to PROXY_PORT."""
+    found = re.fullmatch(r"grpc://([^:/\s]+)(?::(\d+))?/?", url)
+    if not found:
+        raise StorageError(f"storage {mask_url(url)}: expected grpc://HOST:PORT")
+    return found.group(1), int(found.group(2) or PROXY_PORT)
+
+
+class RetryingGrpcStorageProxy(_RepeatSafe, GrpcStorageProxy, BaseHeartbeat):
+    """Optuna's GrpcStorageProxy (the client of ``run_proxy``) made as robust as
+    RetryingRDBStorage, plus heartbeats.
+
+    - A proxy that is down or restarting (gRPC UNAVAILABLE) is retried with exponential backoff
+      for ``retry_seconds``, like a lost database connection; any other gRPC failure, or a proxy
+      gone for longer, becomes Optuna's StorageInternalError with one line.
+    - Creating a trial is made safe to repeat: the trial carries a random token, and a repeat
+      first looks for a trial with that token (the proxy may have created it just before it
+      died), so a restart never leaves a stray RUNNING trial behind.
+    - Heartbeats. Optuna's proxy forwards no heartbeats (GrpcStorageProxy is no heartbeat
+      storage, so Optuna would neither send them nor find stale trials). This client is one:
+      Optuna's heartbeat thread writes the worker's clock into the trial system attribute
+      ``HEARTBEAT_KEY`` every ``heartbeat_interval`` s, and ``fail_stale_trials`` fails a RUNNING
+      trial whose heartbeat this process has seen *unchanged* for ``grace_period`` s. Judging by
+      what this process saw, not by comparing clocks, needs no clock sync between machines; a
+      check after a long pause (the proxy was down, nobody looked) starts the watch afresh, so an
+      outage never fails live trials.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        retry_seconds: float | None = None,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        heartbeat_stale_trial_callback: Callable | None = None,
+    ) -> None:
+        self._local = threading.local()
+        self._seen_lock = threading.Lock()
+        if retry_seconds is not None:
+            self.retry_seconds = retry_seconds
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period or GRACE_PERIOD
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+        # trial_id -> (heartbeat value, when this process first saw that value); last check time
+        self._seen: dict[int, tuple[Any, float]] = {}
+        self._last_check = 0.0
+        super().__init__(host=host, port=port)
+
+    @property
+    def url(self) -> str:
+        return f"grpc://{self._host}:{self._port}"
+
+    def _retry_url(self) -> str:
+        return self.url
+
+    def _setup(self) -> None:
+        import grpc
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc
+        from optuna.storages._grpc.client import GrpcClientCache
+
+        self._channel = grpc.insecure_channel(f"{self._host}:{self._port}", _CHANNEL_OPTIONS)
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        for key in ("_local", "_seen_lock", "_seen"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        self._local = threading.local()
+        self._seen_lock = threading.Lock()
+        self._seen = {}
+        super().__setstate__(state)
+
+    def _retry(self, name: str, fn: Callable[[int], Any]) -> Any:
+        import grpc
+
+        try:
+            return super()._retry(name, fn)
+        except grpc.RpcError as e:
+            if getattr(self._local, "depth", 0):
+                raise  # the outer call decides
+            raise optuna.exceptions.StorageInternalError(
+                f"storage proxy {self.url}: {name}: {_one_line(e)}"
+            ) from e
+
+    # creating a trial, safe to repeat
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        import copy
+        import datetime
+        import uuid
+
+        token = uuid.uuid4().hex
+        if template_trial is None:  # what the database would create: a RUNNING trial, now
+            template = FrozenTrial(
+                number=-1, state=TrialState.RUNNING, value=None,
+                datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
+                distributions={}, user_attrs={}, system_attrs={}, intermediate_values={},
+                trial_id=-1,
+            )  # fmt: skip
+        else:
+            template = copy.deepcopy(template_trial)
+        template.system_attrs = {**template.system_attrs, CREATE_TOKEN_KEY: token}
+
+        def attempt(n: int) -> int:
+            if n > 0:
+                for t in self.get_all_trials(study_id, deepcopy=False):
+                    if t.system_attrs.get(CREATE_TOKEN_KEY) == token:
+                        return t._trial_id
+            return GrpcStorageProxy.create_new_trial(self, study_id, template)
+
+        return self._retry("create_new_trial", attempt)
+
+    # heartbeats (BaseHeartbeat)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # finished meanwhile
+        except Exception as e:  # noqa: BLE001 - a raise here would end Optuna's heartbeat thread
+            log.warning("trial id %d: heartbeat not recorded: %s", trial_id, _one_line(e))
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.monotonic()
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        with self._seen_lock:
+            fresh_watch = now - self._last_check > self.grace_period / 2
+            self._last_check = now
+            stale = []
+            seen: dict[int, tuple[Any, float]] = {}
+            for t in running:
+                beat = t.system_attrs.get(HEARTBEAT_KEY)
+                if beat is None:
+                    continue  # not sending heartbeats (a plain Optuna client): never stale
+                old = self._seen.get(t._trial_id)
+                since = old[1] if old and old[0] == beat and not fresh_watch else now
+                seen[t._trial_id] = (beat, since)
+                if now - since > self.grace_period:
+                    stale.append(t._trial_id)
+            self._seen = seen
+        return stale
+
+    def heartbeat_ages(self, trials: Sequence[FrozenTrial]) -> dict[int, float]:
+        """Seconds since each trial's last heartbeat, by the worker's clock against ours."""
+        now = time.time()
+        return {
+            t._trial_id: max(0.0, now - float(t.system_attrs[HEARTBEAT_KEY]))
+            for t in trials
+            if isinstance(t.system_attrs.get(HEARTBEAT_KEY), int | float)
+        }
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable | None:
+        return self.heartbeat_stale_trial_callback
+
+
+# every call the client sends (Optuna's other storage methods are built on these)
+_GRPC_CALLS = [
+    name
+    for name in _RETRIED
+    if name in GrpcStorageProxy.__dict__ and name not in RetryingGrpcStorageProxy.__dict__
+]
+for _name in _GRPC_CALLS:
+    setattr(RetryingGrpcStorageProxy, _name, _retrying(GrpcStorageProxy, _name))
+
+
+def open_proxy(url: str, connect_retry: float = 0.0, **kwargs: Any) -> RetryingGrpcStorageProxy:
+    """The client of the storage proxy at ``grpc://host:port``, once the proxy answers.
+
+    ``connect_retry`` as for ``open_rdb``; a CLI command waits a few seconds at most."""
+    host, port = parse_proxy_url(url)
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        raise StorageError(
+            f"storage {url}: the storage proxy needs grpcio: pip install grpcio protobuf"
+        ) from None
+    with warnings.catch_warnings():  # experimental since Optuna 4.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RetryingGrpcStorageProxy(host, port, **kwargs)
+    try:
+        storage.wait_server_ready(timeout=max(connect_retry, 5.0))
+    except ConnectionError:
+        storage.close()
+        raise StorageError(
+            f"cannot reach the storage proxy at {url} (start it with `cnnopt storage proxy "
+            f"--storage DATABASE_URL --host {host} --port {port}`)"
+        ) from None
+    return storage
+
+
+def _proxy_cache(backend: RDBStorage) -> BaseStorage:
+    """Optuna's ``_CachedStorage`` (what ``optuna.storages.get_storage`` puts over an RDBStorage;
+    finished trials are read once), made to serve trials it did not create.
+
+    ``_CachedStorage.set_trial_param`` looks the trial up in what this process created or read,
+    and raises KeyError otherwise. Behind a proxy that is restarted, the clients' running trials
+    were created by the proxy that died: their params go to the database directly."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    class _ProxyCache(_CachedStorage):
+        def set_trial_param(self, trial_id, param_name, param_value_internal, distribution):
+            with self._lock:
+                known = trial_id in self._trial_id_to_study_id_and_number
+            if known:
+                super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            else:
+                self._backend.set_trial_param(
+                    trial_id, param_name, param_value_internal, distribution
+                )
+
+    return _ProxyCache(backend)
+
+
+def run_proxy(
+    url: str,
+    host: str = "127.0.0.1",
+    port: int = PROXY_PORT,
+    pool_size: int = PROXY_POOL_SIZE,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve the database at ``url`` to ``grpc://host:port`` clients (blocks until killed).
+
+    Behind the proxy: Optuna's cache (``_proxy_cache``) over a RetryingRDBStorage whose pool
+    of ``pool_size`` connections is all the database ever sees. A database restart is ridden out
+    by its retries; the proxy's own restart by the clients' retries."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from optuna.storages import run_grpc_proxy_server
+
+    if is_file_storage(url) or is_proxy_storage(url) or url.startswith("sqlite"):
+        raise StorageError(
+            f"storage {mask_url(url)}: the storage proxy serves a database server "
+            "(postgresql+psycopg2://... or mysql+pymysql://...)"
+        )
+    backend = open_rdb(url, connect_retry=RETRY_SECONDS, pool_size=pool_size)
+    storage = _proxy_cache(backend)
+    threads = ThreadPoolExecutor(max_workers=pool_size * PROXY_THREADS_PER_CONNECTION)
+    log.warning(
+        "storage proxy for %s on grpc://%s:%d (at most %d database connections)",
+        mask_url(url), host, port, pool_size,
+    )  # fmt: skip
+    if on_ready is not None:
+        on_ready()
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        run_grpc_proxy_server(storage, host=host, port=port, thread_pool=threads)
+    except RuntimeError as e:  # gRPC: "Failed to bind to address"
+        raise StorageError(f"storage proxy: cannot listen on {host}:{port}: {e}") from None
 
 
 # -- opening a storage ---------------------------------------------------------------------------
@@ -314,6 +640,12 @@ class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
 
         trial = copy.copy(trial)
         trial.user_attrs = {}
+        # nor the failed run's heartbeat and creation token (the storage proxy's bookkeeping)
+        trial.system_attrs = {
+            k: v
+            for k, v in trial.system_attrs.items()
+            if k not in (HEARTBEAT_KEY, CREATE_TOKEN_KEY)
+        }
         super().__call__(study, trial)
 
 
@@ -346,7 +678,9 @@ def _is_creation_race(e: BaseException) -> bool:
     return False
 
 
-def open_rdb(url: str, connect_retry: float = 0.0, **kwargs: Any) -> RDBStorage:
+def open_rdb(
+    url: str, connect_retry: float = 0.0, pool_size: int = POOL_SIZE, **kwargs: Any
+) -> RDBStorage:
     """RDBStorage (RetryingRDBStorage for server databases), with one-line errors.
 
     ``connect_retry``: seconds to keep retrying a refused connection while opening (workers use
@@ -357,7 +691,7 @@ def open_rdb(url: str, connect_retry: float = 0.0, **kwargs: Any) -> RDBStorage:
     for race in range(6):
         try:
             return retry_call(
-                lambda _n: cls(url, engine_kwargs=engine_kwargs(url), **kwargs),
+                lambda _n: cls(url, engine_kwargs=engine_kwargs(url, pool_size), **kwargs),
                 what="open",
                 url=url,
                 seconds=max(0.0, connect_retry - (time.monotonic() - start)),
@@ -393,6 +727,8 @@ def get_storage(
             if retry_failed
             else None,
         )
+    if is_proxy_storage(url):
+        return open_proxy(url, connect_retry=connect_retry, **kwargs)
     return open_rdb(url, connect_retry=connect_retry, **kwargs)
 
 

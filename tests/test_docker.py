@@ -1,5 +1,5 @@
 """docker/compose.yaml: valid for `docker compose config` (where the client has compose), and
-the worker runs exactly the command the README shows."""
+the proxy, worker and dashboard run exactly the commands the README shows."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 # The README shows these commands; keep them identical to the images' commands.
-WORKER_COMMAND = (
-    "cnnopt run studies/fashion_cnn_bn.py --workers 1 "
-    "--storage postgresql+psycopg2://cnnopt:cnnopt@postgres:5432/cnnopt"
-)
-DASHBOARD_COMMAND = (
-    "cnnopt dashboard --host 0.0.0.0 "
+WORKER_COMMAND = "cnnopt run studies/fashion_cnn_bn.py --workers 1 --storage grpc://proxy:13000"
+DASHBOARD_COMMAND = "cnnopt dashboard --host 0.0.0.0 --storage grpc://proxy:13000"
+PROXY_COMMAND = (
+    "cnnopt storage proxy --host 0.0.0.0 --port 13000 "
     "--storage postgresql+psycopg2://cnnopt:cnnopt@postgres:5432/cnnopt"
 )
 
@@ -26,9 +24,15 @@ DASHBOARD_COMMAND = (
 def test_compose_services_and_commands():
     spec = yaml.safe_load(COMPOSE.read_text())
     services = spec["services"]
-    assert set(services) >= {"postgres", "worker", "dashboard"}
+    assert set(services) >= {"postgres", "proxy", "worker", "dashboard"}
     assert services["worker"]["command"] == WORKER_COMMAND
     assert services["dashboard"]["command"] == DASHBOARD_COMMAND
+    assert services["proxy"]["command"] == PROXY_COMMAND
+    # workers and dashboard wait for the proxy, which waits for the database
+    for name in ("worker", "dashboard"):
+        assert services[name]["depends_on"]["proxy"]["condition"] == "service_healthy"
+    assert services["proxy"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["proxy"]
     assert "pgdata" in spec["volumes"]
     # workers and dashboard share the artifact folder (the default storage/artifacts/<study>)
     for name in ("worker", "dashboard"):
@@ -58,7 +62,10 @@ def test_compose_config_is_valid():
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     services = yaml.safe_load(out.stdout)["services"]
-    for name, expected in (("worker", WORKER_COMMAND), ("dashboard", DASHBOARD_COMMAND)):
+    commands = (
+        ("worker", WORKER_COMMAND), ("dashboard", DASHBOARD_COMMAND), ("proxy", PROXY_COMMAND)
+    )  # fmt: skip
+    for name, expected in commands:
         command = services[name]["command"]  # compose v2 gives a list, v1 the string
         assert (command if isinstance(command, str) else " ".join(command)) == expected
     assert services["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"
@@ -68,3 +75,4 @@ def test_readme_shows_the_images_commands():
     readme = (ROOT / "README.md").read_text()
     assert f"`{WORKER_COMMAND}`" in readme
     assert f"`{DASHBOARD_COMMAND}`" in readme
+    assert f"`{PROXY_COMMAND}`" in readme

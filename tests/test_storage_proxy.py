@@ -1,0 +1,488 @@
+"""The storage proxy (`cnnopt storage proxy`, `--storage grpc://HOST:PORT`) against a real
+PostgreSQL, as real processes: 64 clients through one proxy with the database's connections
+counted, the proxy SIGKILLed and restarted mid-run, 8 `cnnopt run` workers, heartbeats of a
+SIGKILLed client, and one-line errors."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import grpc  # noqa: F401 - imported before the forks, as the clients use it
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from cnnopt.errors import StorageError
+from cnnopt.status import worker_status
+from cnnopt.storage import (
+    CREATE_TOKEN_KEY,
+    HEARTBEAT_KEY,
+    RetryingGrpcStorageProxy,
+    RetryStaleTrialCallback,
+    get_storage,
+)
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "pw-PR0XY-s3cret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proxy:
+    """`cnnopt storage proxy` as a real process that a test can SIGKILL and start again."""
+
+    def __init__(self, db_url: str, pool_size: int, tmp: Path):
+        self.db_url = db_url
+        self.pool_size = pool_size
+        self.port = free_port()
+        self.url = f"grpc://127.0.0.1:{self.port}"
+        self.log = tmp / "proxy.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = [
+            sys.executable, "-m", "cnnopt.cli", "storage", "proxy", "--storage", self.db_url,
+            "--port", str(self.port), "--pool-size", str(self.pool_size),
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+        end = time.time() + 60
+        while time.time() < end:  # a TCP probe: no gRPC channel in this process before forks
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        pytest.fail("the proxy did not start:\n" + self.log.read_text())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def proxy(postgres_url, tmp_path):
+    """A proxy with a pool of 4 in front of a fresh database (its URL carries a password that
+    trust auth ignores, so the log can be checked for it)."""
+    db_url = sqlalchemy.engine.make_url(postgres_url).set(password=SECRET)
+    p = Proxy(db_url.render_as_string(hide_password=False), 4, tmp_path)
+    p.start()
+    yield p
+    p.stop()
+
+
+def _db_name(proxy: Proxy) -> str:
+    return sqlalchemy.engine.make_url(proxy.db_url).database
+
+
+TEST_APP = "cnnopt-test-probe"  # the test's own connections, not counted
+
+
+def probe_engine(db_url: str) -> sqlalchemy.Engine:
+    return sqlalchemy.create_engine(
+        db_url,
+        poolclass=sqlalchemy.pool.NullPool,
+        connect_args={"application_name": TEST_APP},
+    )
+
+
+class ConnectionWatch:
+    """Peak number of connections to one database, from pg_stat_activity every 20 ms."""
+
+    def __init__(self, db_url: str):
+        self.db = sqlalchemy.engine.make_url(db_url).database
+        self.engine = probe_engine(db_url)
+        self.peak = 0
+        self.samples = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        q = sqlalchemy.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND application_name <> :app"
+        )
+        with self.engine.connect() as conn:
+            while not self._done.is_set():
+                n = conn.execute(q, {"db": self.db, "app": TEST_APP}).scalar()
+                self.peak = max(self.peak, n)
+                self.samples += 1
+                conn.commit()
+                time.sleep(0.02)
+
+    def __enter__(self) -> ConnectionWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.engine.dispose()
+
+
+def _create_study(db_url: str, name: str) -> None:
+    """Directly on the database, so that this process opens no gRPC channel before forking."""
+    storage = get_storage(db_url, heartbeat=False)
+    optuna.create_study(storage=storage, study_name=name)
+    storage.engine.dispose()
+
+
+def _client(url: str, name: str, n: int, go, errors, pause: float = 0.0) -> None:
+    """Plain Optuna ask/tell of instant trials, through cnnopt's storage factory."""
+    try:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.filterwarnings("ignore")
+        study = optuna.load_study(
+            study_name=name,
+            storage=get_storage(url, heartbeat=False, connect_retry=60),
+            sampler=optuna.samplers.RandomSampler(),
+        )
+        go.wait(60)
+        for _ in range(n):
+            trial = study.ask()
+            x = trial.suggest_float("x", 0, 1)
+            time.sleep(pause)
+            study.tell(trial, x)
+    except BaseException as e:  # noqa: BLE001
+        errors.put(f"{type(e).__name__}: {str(e)[:300]}")
+        raise
+
+
+def _run_clients(proxy, name, n_clients, per_client, pause=0.0, during=None):
+    ctx = mp.get_context("fork")  # optuna and grpc are imported once, here: 64 fit in 2 cores
+    go, errors = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_client, args=(proxy.url, name, per_client, go, errors, pause))
+        for _ in range(n_clients)
+    ]
+    for p in procs:
+        p.start()
+    t0 = time.time()
+    with ConnectionWatch(proxy.db_url) as watch:
+        go.set()
+        if during is not None:
+            during()
+        for p in procs:
+            p.join(timeout=240)
+    seconds = time.time() - t0
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    errs = []
+    while not errors.empty():
+        errs.append(errors.get())
+    assert not errs, errs[:3]
+    assert [p.exitcode for p in procs] == [0] * n_clients
+    return watch, seconds
+
+
+def _trials(proxy: Proxy, name: str) -> list[optuna.trial.FrozenTrial]:
+    storage = get_storage(proxy.db_url, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    finally:
+        storage.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_64_clients_640_trials_through_one_proxy(proxy):
+    """640 trials, exactly, from 64 client processes; the database sees at most the proxy's pool
+    (4 connections), not one or two per client."""
+    _create_study(proxy.db_url, "many")
+    watch, seconds = _run_clients(proxy, "many", n_clients=64, per_client=10)
+    trials = _trials(proxy, "many")
+    assert len(trials) == 640
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(t.number for t in trials) == list(range(640))
+    assert watch.samples > 5
+    assert 1 <= watch.peak <= proxy.pool_size < 64, watch.peak
+    print(
+        f"64 clients, 640 trials through one proxy: {seconds:.1f} s, peak {watch.peak} "
+        f"database connections (proxy pool {proxy.pool_size}; direct: 1 or 2 per client, 64-128)"
+    )
+    log = proxy.log.read_text()
+    assert "***@" in log and SECRET not in log
+
+
+@pytest.mark.postgres
+def test_clients_ride_out_proxy_restarts(proxy):
+    """The proxy is SIGKILLed twice mid-run and started again: the clients retry, and the study
+    ends with exactly the trials asked for (a repeated trial creation leaves no stray trial)."""
+    _create_study(proxy.db_url, "restart")
+    n_clients, per_client = 8, 25
+    db = probe_engine(proxy.db_url)
+
+    def n_complete() -> int:
+        with db.connect() as conn:
+            return conn.execute(
+                sqlalchemy.text("SELECT count(*) FROM trials WHERE state = 'COMPLETE'")
+            ).scalar()
+
+    def restart_twice() -> None:
+        for at in (40, 120):
+            end = time.time() + 120
+            while n_complete() < at and time.time() < end:
+                time.sleep(0.05)
+            proxy.kill()
+            time.sleep(1.5)  # clients find it gone and back off
+            proxy.start()
+
+    _run_clients(proxy, "restart", n_clients, per_client, pause=0.02, during=restart_twice)
+    db.dispose()
+    trials = _trials(proxy, "restart")
+    assert len(trials) == n_clients * per_client, [t.state for t in trials]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(t.system_attrs.get(CREATE_TOKEN_KEY) for t in trials)
+    assert proxy.log.read_text().count("storage proxy for") == 3
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
+    """A real `cnnopt run --workers 8` through the proxy, which is SIGKILLed and restarted while
+    trials run: exactly the 16 trials asked for, all finished; `cnnopt status` reads it too."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    study = str(ROOT / "studies" / "quick_synthetic.py")
+    cmd = [
+        sys.executable, "-m", "cnnopt.cli", "run", study, "--workers", "8", "--n-trials", "16",
+        "--set", "epochs=2", "--storage", proxy.url, "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    t0 = time.time()
+    with ConnectionWatch(proxy.db_url) as watch:
+        run = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+        db = probe_engine(proxy.db_url)
+        end = time.time() + 240
+        started = 0
+        while time.time() < end and run.poll() is None and started < 4:
+            time.sleep(0.5)
+            try:
+                with db.connect() as conn:
+                    started = conn.execute(
+                        sqlalchemy.text("SELECT count(*) FROM trial_values")
+                    ).scalar()
+            except sqlalchemy.exc.ProgrammingError:
+                pass  # tables not created yet
+        db.dispose()
+        assert run.poll() is None, run.communicate()[0]
+        t_kill = time.time()
+        proxy.kill()
+        time.sleep(2)
+        proxy.start()
+        try:
+            out, _ = run.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            pytest.fail("cnnopt run did not finish:\n" + run.communicate()[0])
+    assert run.returncode == 0, out
+    trials = _trials(proxy, "quick_synthetic")
+    assert len(trials) == 16, out
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), out
+    assert all(HEARTBEAT_KEY in t.system_attrs for t in trials)  # heartbeats went through
+    # 9 processes (runner + 8 workers) would hold up to 18 connections without the proxy
+    assert 1 <= watch.peak <= proxy.pool_size, watch.peak
+    status = subprocess.run(
+        [sys.executable, "-m", "cnnopt.cli", "status", "quick_synthetic", "--storage", proxy.url],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert "quick_synthetic" in status.stdout
+    print(
+        f"8 cnnopt workers through the proxy: peak {watch.peak} database connections; "
+        f"{t_kill - t0:.0f} s to the kill, {time.time() - t_kill:.0f} s after it"
+    )
+    print(out[-3000:])
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_sigkill_worker_through_the_proxy(proxy, tmp_path):
+    """A `cnnopt run` worker SIGKILLed mid-trial through the proxy: its runner fails the trial
+    at once (by the trial's worker tag) and re-runs its params, as with the other storages."""
+    from tests.test_runner_faults import FINISHED, finish, load, start_run, wait_mid_trial
+
+    proc = start_run(proxy.url, tmp_path, n_trials=4, epochs=10)
+    victim = wait_mid_trial(proxy.url, proc)
+    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    trials = load(proxy.url).get_trials()
+    assert sum(t.state in FINISHED for t in trials) == 4, out
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert f"pid {pid}) died" in killed.user_attrs["fail_reason"]
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state in FINISHED and retry.params == victim.params
+
+
+def _dying_client(url: str, name: str) -> None:
+    """Starts a trial with heartbeats every second, then hangs until it is killed."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore")
+    storage = get_storage(url, connect_retry=30)
+    storage.heartbeat_interval = 1
+    study = optuna.load_study(study_name=name, storage=storage)
+
+    def objective(trial):
+        trial.suggest_float("x", 0, 1)
+        time.sleep(600)
+
+    study.optimize(objective, n_trials=1)
+
+
+@pytest.mark.postgres
+def test_dead_client_trial_failed_by_heartbeat_through_the_proxy(proxy):
+    """A client SIGKILLed mid-trial: its heartbeat (a trial attribute written through the proxy)
+    stops; fail_stale_trials in another process fails the trial once it has seen the heartbeat
+    unchanged for the grace period, and re-enqueues its params."""
+    _create_study(proxy.db_url, "dead")
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=_dying_client, args=(proxy.url, "dead"))
+    p.start()
+    watcher = get_storage(proxy.url, retry_failed=1)
+    assert isinstance(watcher, RetryingGrpcStorageProxy)
+    watcher.grace_period = 3
+    study = optuna.load_study(study_name="dead", storage=watcher)
+    end = time.time() + 60
+    beats = set()
+    while time.time() < end and len(beats) < 3:  # the heartbeat moves while the client lives
+        running = study.get_trials(states=(TrialState.RUNNING,))
+        beats |= {t.system_attrs.get(HEARTBEAT_KEY) for t in running} - {None}
+        optuna.storages.fail_stale_trials(study)  # alive: never stale
+        time.sleep(0.5)
+    assert len(beats) >= 3, beats
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
+    [alive] = worker_status(study, proxy.url)  # `cnnopt status` reads the same heartbeat
+    assert alive.alive is True and alive.how.startswith("heartbeat"), alive
+    p.kill()
+    p.join()
+    end = time.time() + 30
+    while time.time() < end and study.get_trials()[0].state == TrialState.RUNNING:
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(0.5)
+    first, retry = study.get_trials()
+    assert first.state == TrialState.FAIL
+    assert retry.state == TrialState.WAITING
+    assert retry.params == first.params and retry.system_attrs["failed_trial"] == first.number
+    assert HEARTBEAT_KEY in first.system_attrs and HEARTBEAT_KEY not in retry.system_attrs
+    assert isinstance(watcher.get_heartbeat_stale_trial_callback(), RetryStaleTrialCallback)
+
+
+class _LostReply(grpc.RpcError):
+    """What the client sees when the proxy dies after doing the work, before replying."""
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "Socket closed"
+
+
+@pytest.mark.postgres
+def test_repeated_trial_creation_after_the_proxy_did_it_creates_one_trial(proxy):
+    """The proxy created the trial, then the reply was lost: the retry finds the trial by its
+    token instead of creating a second one. The same for the final state write."""
+    storage = get_storage(proxy.url, heartbeat=False)
+    study = optuna.create_study(storage=storage, study_name="token")
+    real_create, real_state = storage._stub.CreateNewTrial, storage._stub.SetTrialStateValues
+    calls = []
+
+    def lost_after(real):
+        def call(request):
+            calls.append(request)
+            reply = real(request)
+            if len(calls) in (1, 2):  # the first creation and the first state write
+                raise _LostReply()
+            return reply
+
+        return call
+
+    storage._stub.CreateNewTrial = lost_after(real_create)
+    storage._stub.SetTrialStateValues = lost_after(real_state)
+    trial = study.ask()
+    assert len(calls) == 1  # not sent again: found by its token
+    study.tell(trial, 0.5)
+    assert len(calls) == 3  # repeated; the proxy said 'finished', and it was our write: success
+    trials = study.get_trials()
+    assert [(t.number, t.state, t.value) for t in trials] == [(0, TrialState.COMPLETE, 0.5)]
+    storage.close()
+
+
+@pytest.mark.postgres
+def test_dashboard_reads_through_the_proxy(proxy):
+    """optuna-dashboard (what `cnnopt dashboard` serves) on the storage `cnnopt dashboard` opens
+    for a grpc:// URL: the study and its trials come through the proxy."""
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna_dashboard
+
+    from cnnopt.status import open_storage
+
+    storage = get_storage(proxy.url, heartbeat=False)
+    study = optuna.create_study(storage=storage, study_name="dash")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    app = optuna_dashboard.wsgi(open_storage(proxy.url))
+
+    def get(path: str) -> dict:
+        environ: dict = {"PATH_INFO": path}
+        setup_testing_defaults(environ)
+        status = []
+        body = b"".join(app(environ, lambda s, _h, _e=None: status.append(s)))
+        assert status[0].startswith("200"), (status, body[:200])
+        return json.loads(body)
+
+    [summary] = get("/api/studies")["study_summaries"]
+    assert summary["study_name"] == "dash"
+    detail = get(f"/api/studies/{summary['study_id']}")
+    assert [t["state"] for t in detail["trials"]] == ["Complete"] * 3
+    storage.close()
+
+
+def test_unreachable_proxy_is_one_line():
+    port = free_port()
+    with pytest.raises(StorageError) as e:
+        get_storage(f"grpc://127.0.0.1:{port}")
+    assert "\n" not in str(e.value)
+    assert f"grpc://127.0.0.1:{port}" in str(e.value) and "cnnopt storage proxy" in str(e.value)
+    with pytest.raises(StorageError, match="expected grpc://HOST:PORT"):
+        get_storage("grpc://host:port:x")
+
+
+def test_proxy_needs_a_database_server(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "cnnopt.cli", "storage", "proxy", "--storage", "x.journal"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "cnnopt: error: storage x.journal: the storage proxy serves a database server "
+        "(postgresql+psycopg2://... or mysql+pymysql://...)"
+    ]
