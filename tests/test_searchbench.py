@@ -192,3 +192,43 @@ def test_tabulation_resumes_and_skips_what_the_table_has(tmp_path):
     assert len(second["runs"]) == 4
     t = R.Table(second)
     assert t.seeds == [0, 1] and t.n_configs == 2
+
+
+def test_ray_results_are_cut_at_the_budget_like_a_replay():
+    """Ray's results (in arrival order) become a Replay with the same accounting: a trial
+    stopped early is pruned, a repeat costs its epochs, the trial the budget cuts never completes."""
+    from cnnopt.searchbench.ray_asha import _to_replay
+
+    def rows(trial, key, accs):
+        return [(trial, {"config_key": key, "val_accuracy": a, "seconds": 2.0}) for a in accs]
+
+    results = (
+        rows("t0", "a", [0.5 + 0.01 * e for e in range(10)])  # complete: 0.59
+        + rows("t1", "b", [0.3])  # stopped by ASHA after one epoch
+        + rows("t2", "a", [0.6 + 0.01 * e for e in range(10)])  # a repeat, complete: 0.69
+        + rows("t3", "c", [0.9] * 4)  # cut by the budget
+    )
+    r = _to_replay(results, seed=0, budget=25, epochs=10)
+    assert [s for _k, s, _n in r.log] == ["COMPLETE", "PRUNED", "COMPLETE", "FAIL"]
+    assert (r.epochs, r.seconds, r.pruned, r.duplicates, r.duplicate_epochs) == (25, 50.0, 1, 1, 10)
+    assert r.best == pytest.approx(0.69) and r.best_key == "a"
+    assert r.epochs_to(0.6) == 21
+
+
+def test_search_section_rows_choice_and_outputs(tmp_path):
+    from cnnopt.searchbench import section
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(synth_table()))
+    rows, d = section.bench_search(
+        path, seeds=3, ray_seeds=0, quick=True, out_dir=tmp_path / "out", log=lambda m: None
+    )
+    fields = {"section", "name", "value", "unit", "baseline", "baseline_value", "ratio", "better"}
+    assert all(fields | {"note", "extra"} <= set(r) for r in rows)
+    assert d["chosen"] in {v.name for v in section.CANDIDATES}
+    assert d["choose_seeds"] == [0, 2] and d["fresh_seeds"] == [3, 5]
+    assert "SMOKE RUN" in d["markdown"] and "SMOKE RUN" in rows[0]["note"]
+    for name in ("search.md", "search.json", "search.html"):
+        assert (tmp_path / "out" / name).stat().st_size > 100
+    dedup = [r for r in rows if r["name"].split(": ")[1].split(" ")[0].endswith("+dedup")]
+    assert dedup and all(r["extra"]["duplicate_epochs_mean"] == 0 for r in dedup)

@@ -18,6 +18,7 @@ replay uses the replay's own training seed), and costs its epochs.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,13 @@ class Table:
                 continue
             self.curves.setdefault(key, {})[int(run["seed"])] = [e[metric] for e in eps]
             self.seconds.setdefault(key, {})[int(run["seed"])] = [e["seconds"] for e in eps]
+        # An epoch's price on the seconds axis: the configuration's median tabulated epoch time
+        # (over its epochs and seeds). Wall-clock epochs on a shared CPU vary 10x with the load
+        # of the moment; the median keeps what the configuration costs (batch size, width).
+        for by_seed in self.seconds.values():
+            med = statistics.median(x for secs in by_seed.values() for x in secs)
+            for s in by_seed:
+                by_seed[s] = [med] * self.epochs
         n_configs = math.prod(len(v) for v in self.grid.values())
         # only seeds tabulated for the whole grid: a replay must be able to draw any configuration
         self.seeds = sorted(
