@@ -227,6 +227,7 @@ def test_search_section_rows_choice_and_outputs(tmp_path):
     assert all(fields | {"note", "extra"} <= set(r) for r in rows)
     assert d["chosen"] in {v.name for v in section.CANDIDATES}
     assert d["choose_seeds"] == [0, 2] and d["fresh_seeds"] == [3, 5]
+    assert d["choose_train_seeds"] == [0] and d["fresh_train_seeds"] == [1, 2]
     assert "SMOKE RUN" in d["markdown"] and "SMOKE RUN" in rows[0]["note"]
     for name in ("search.md", "search.json", "search.html"):
         assert (tmp_path / "out" / name).stat().st_size > 100

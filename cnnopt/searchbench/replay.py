@@ -33,7 +33,9 @@ MAX_TRIALS = 2000  # a guard only: a deduplicated study stops when its grid is e
 class Table:
     """The tabulated curves, indexed by configuration and training seed."""
 
-    def __init__(self, data: dict[str, Any], metric: str = "val_accuracy"):
+    def __init__(
+        self, data: dict[str, Any], metric: str = "val_accuracy", seeds: list[int] | None = None
+    ):
         self.meta = data.get("meta", {})
         self.grid: dict[str, list] = {k: list(v) for k, v in self.meta["grid"].items()}
         self.epochs: int = int(self.meta["epochs"])
@@ -61,6 +63,8 @@ class Table:
             for s in {s for c in self.curves.values() for s in c}
             if sum(s in c for c in self.curves.values()) == n_configs
         )
+        if seeds is not None:  # replay on these training seeds only (e.g. held-out curves)
+            self.seeds = [s for s in self.seeds if s in seeds]
         if not self.seeds:
             raise ValueError("the table has no training seed complete for the whole grid")
         self.n_configs = n_configs
