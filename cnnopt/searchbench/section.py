@@ -85,7 +85,6 @@ def bench_search(
         seeds, ray_seeds = min(seeds, 8), min(ray_seeds, 2)
     data = json.loads(Path(table_path).read_text())
     table = Table(data)
-    target = table.default_target()
     # Fresh seeds are fresh twice over where the table allows: the pruner is chosen on the first
     # training seed's curves and reported on the others' (a choice fitted to one seed's curve
     # shapes would not carry over), with different replay seeds as well.
@@ -94,6 +93,10 @@ def bench_search(
         fresh_table = Table(data, seeds=table.seeds[1:])
     else:
         choose_table = fresh_table = table
+    # the target is near the ceiling of the curves replayed (one seed's ceiling can lie below
+    # the seed-mean of another set), so each set of seeds gets its own
+    target = fresh_table.default_target()
+    targets = {"choose": choose_table.default_target(), "fresh": target}
     choose_seeds = list(range(seeds))
     fresh_seeds = list(range(seeds, 2 * seeds))
     t0 = time.perf_counter()
@@ -189,7 +192,8 @@ def bench_search(
         "choose_train_seeds": choose_table.seeds,
         "fresh_train_seeds": fresh_table.seeds,
         "target": target,
-        "ceiling": table.ceiling(),
+        "choose_target": targets["choose"],
+        "ceiling": fresh_table.ceiling(),
         "budget": budget,
         "choose_seeds": [choose_seeds[0], choose_seeds[-1]],
         "fresh_seeds": [fresh_seeds[0], fresh_seeds[-1]],
@@ -216,7 +220,8 @@ def to_markdown(d: dict[str, Any]) -> str:
         lines += [f"**{SMOKE}**", ""]
     lines += [
         f"Replays on R2's tabulated grid ({d['table']}, training seeds {d['table_seeds']}), "
-        f"budget {d['budget']} epochs, target {d['target']:.4f} (grid ceiling {d['ceiling']:.4f}). "
+        f"budget {d['budget']} epochs, target {d['target']:.4f} (the third-best configuration; "
+        f"grid ceiling {d['ceiling']:.4f}; on the choice seeds {d['choose_target']:.4f}). "
         f"Default chosen on replay seeds {d['choose_seeds'][0]}..{d['choose_seeds'][1]} "
         f"(training seeds {d['choose_train_seeds']}): **{d['chosen']}**; figures below on fresh "
         f"replay seeds {d['fresh_seeds'][0]}..{d['fresh_seeds'][1]} (training seeds "
