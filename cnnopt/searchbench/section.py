@@ -1,0 +1,315 @@
+"""The search section of ``cnnopt bench``: replays on R2's tabulated grid, the pruner chosen on
+one set of replay seeds and the headline reported on fresh seeds, real Ray Tune ASHA on the same
+table, rows, a Markdown table and an anytime-performance figure.
+
+    python -m cnnopt.searchbench.section --out-dir bench-search            # the evidence
+    python -m cnnopt.searchbench.section --out-dir bench-search --quick    # a smoke run
+
+Rows are plain dicts with the fields of ``cnnopt bench``'s ``Row`` (section, name, value, unit,
+baseline, baseline_value, ratio, better, note, extra), so the bench report takes them as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnopt.searchbench import ray_asha, stats
+from cnnopt.searchbench.replay import PRUNERS, Replay, Table, Variant, replay
+
+TABLE = Path(__file__).with_name("tables") / "r2_grid.json"
+SECTION = "search"
+SMOKE = "SMOKE RUN (--quick): too few seeds to compare anything; not evidence"
+
+RANDOM = Variant("random", "none", dedup=False)  # R2's method: random search, full trials
+TPE = Variant("tpe", "none", dedup=False)
+TODAY = Variant("tpe", "sh1", dedup=False)  # cnnopt's default before deduplication
+# The candidates for the default: TPE with deduplication and each pruner.
+CANDIDATES = [Variant("tpe", p, dedup=True) for p in PRUNERS]
+EXTRA = [Variant("random", "none", dedup=True), Variant("random", "sh1", dedup=False)]
+
+
+def variants() -> list[Variant]:
+    seen: dict[str, Variant] = {}
+    for v in [RANDOM, TPE, TODAY, *CANDIDATES, *EXTRA]:
+        seen.setdefault(v.name, v)
+    return list(seen.values())
+
+
+def _figures(rs: list[Replay], target: float, budget: int, epochs: int) -> dict[str, list[float]]:
+    cap = budget + epochs  # 'never within the budget' counts as one more full trial
+    return {
+        "best": [r.best if math.isfinite(r.best) else 0.0 for r in rs],
+        # anytime: the best after half the budget (0 where no trial has completed by then)
+        "best_half": [max(r.best_at(budget // 2), 0.0) for r in rs],
+        "epochs_to_target": stats.capped([r.epochs_to(target) for r in rs], cap),
+        "reached": [float(math.isfinite(r.epochs_to(target))) for r in rs],
+        "duplicate_epochs": [float(r.duplicate_epochs) for r in rs],
+        "duplicates": [float(r.duplicates) for r in rs],
+        "epochs": [float(r.epochs) for r in rs],
+        "seconds": [r.seconds for r in rs],
+    }
+
+
+def _ci(a: list[float], b: list[float]) -> dict[str, float]:
+    ci = stats.paired(a, b)
+    return {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n}
+
+
+def _fmt_ci(d: dict[str, float], digits: int = 4) -> str:
+    return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+
+
+def bench_search(
+    table_path: Path | str = TABLE,
+    *,
+    seeds: int = 100,
+    budget: int = 120,
+    ray_seeds: int = 30,
+    quick: bool = False,
+    out_dir: Path | str | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Choose the pruner on replay seeds 0..seeds-1, report on seeds..2*seeds-1 (fresh).
+
+    Returns (rows, details); with ``out_dir`` also writes search.json, search.md, search.html.
+    """
+    if quick:
+        seeds, ray_seeds = min(seeds, 8), min(ray_seeds, 2)
+    data = json.loads(Path(table_path).read_text())
+    table = Table(data)
+    # Fresh seeds are fresh twice over where the table allows: the pruner is chosen on the first
+    # training seed's curves and reported on the others' (a choice fitted to one seed's curve
+    # shapes would not carry over), with different replay seeds as well.
+    if len(table.seeds) > 1:
+        choose_table = Table(data, seeds=table.seeds[:1])
+        fresh_table = Table(data, seeds=table.seeds[1:])
+    else:
+        choose_table = fresh_table = table
+    # the target is near the ceiling of the curves replayed (one seed's ceiling can lie below
+    # the seed-mean of another set), so each set of seeds gets its own
+    target = fresh_table.default_target()
+    targets = {"choose": choose_table.default_target(), "fresh": target}
+    choose_seeds = list(range(seeds))
+    fresh_seeds = list(range(seeds, 2 * seeds))
+    t0 = time.perf_counter()
+    all_variants = variants()
+    on: dict[str, dict[str, list[Replay]]] = {"choose": {}, "fresh": {}}
+    timing: dict[str, float] = {}
+    for v in all_variants:
+        t = time.perf_counter()
+        on["choose"][v.name] = [replay(choose_table, v, s, budget) for s in choose_seeds]
+        on["fresh"][v.name] = [replay(fresh_table, v, s, budget) for s in fresh_seeds]
+        timing[v.name] = (time.perf_counter() - t) / (2 * seeds)
+        log(f"{v.name}: {timing[v.name] * 1000:.0f} ms per replay")
+    fig = {
+        part: {name: _figures(rs, target, budget, table.epochs) for name, rs in by_variant.items()}
+        for part, by_variant in on.items()
+    }
+    cand = {v.name: fig["choose"][v.name]["best"] for v in CANDIDATES}
+    tie = {v.name: fig["choose"][v.name]["epochs_to_target"] for v in CANDIDATES}
+    chosen = stats.choose(cand, tie)
+    log(f"chosen on seeds 0..{seeds - 1}: {chosen}")
+
+    # Real Ray Tune on the first fresh seeds
+    ray_note = ""
+    ray_replays: list[Replay] = []
+    ray_timing: dict[str, float] = {}
+    if ray_seeds and ray_asha.available():
+        ray_replays, ray_timing = ray_asha.run_asha(
+            data, fresh_seeds[:ray_seeds], budget=budget, table_seeds=fresh_table.seeds, log=log
+        )
+        fig["fresh"][ray_asha.NAME] = _figures(ray_replays, target, budget, table.epochs)
+        on["fresh"][ray_asha.NAME] = ray_replays
+    elif ray_seeds:
+        ray_note = "Ray Tune is not installed (pip install 'cnnopt[bench]'): its rows are skipped"
+        log(ray_note)
+
+    baselines = {"random search, no pruning (R2)": RANDOM.name, "TPE, no pruning": TPE.name}
+    if ray_replays:
+        baselines["Ray Tune random + ASHA"] = ray_asha.NAME
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    base_best = float(np.mean(fig["fresh"][RANDOM.name]["best"]))
+    for name, f in fig["fresh"].items():
+        n = len(f["best"])
+        entry: dict[str, Any] = {
+            "best_mean": float(np.mean(f["best"])),
+            "best_ci": _ci(f["best"], [0.0] * n) if n > 1 else None,
+            "best_half_mean": float(np.mean(f["best_half"])),
+            "epochs_to_target_mean": float(np.mean(f["epochs_to_target"])),
+            "reached_fraction": float(np.mean(f["reached"])),
+            "duplicate_epochs_mean": float(np.mean(f["duplicate_epochs"])),
+            "duplicates_mean": float(np.mean(f["duplicates"])),
+            "epochs_mean": float(np.mean(f["epochs"])),
+            "seconds_mean": float(np.mean(f["seconds"])),
+            "seeds": n,
+            "ms_per_replay": 1000 * (ray_timing.get("seconds_per_replay", 0) if name == ray_asha.NAME else timing[name]),
+            "vs": {},
+        }  # fmt: skip
+        for label, base in baselines.items():
+            if base == name or n < 2:
+                continue
+            b = fig["fresh"][base]
+            m = min(n, len(b["best"]))  # Ray ran on the first fresh seeds only: pair those
+            entry["vs"][label] = {
+                "best": _ci(f["best"][:m], b["best"][:m]),
+                "epochs_to_target": _ci(f["epochs_to_target"][:m], b["epochs_to_target"][:m]),
+            }
+        summary[name] = entry
+        vs = entry["vs"].get("random search, no pruning (R2)")
+        rows.append(
+            {
+                "section": SECTION,
+                "name": f"best val accuracy in {budget} epochs: {name}"
+                + (" (chosen default)" if name == chosen else ""),
+                "value": entry["best_mean"],
+                "unit": "val acc",
+                "baseline": "random search, no pruning (R2's method), same seeds",
+                "baseline_value": base_best,
+                "ratio": None,
+                "better": "higher",
+                "note": (
+                    f"paired diff {_fmt_ci(vs['best'])} (95% bootstrap, {vs['best']['n']} fresh seeds)"
+                    if vs
+                    else ""
+                )
+                + (f"; {SMOKE}" if quick else ""),
+                "extra": entry,
+            }
+        )
+    details = {
+        "smoke": quick,
+        "table": str(table_path),
+        "table_seeds": table.seeds,
+        "choose_train_seeds": choose_table.seeds,
+        "fresh_train_seeds": fresh_table.seeds,
+        "target": target,
+        "choose_target": targets["choose"],
+        "ceiling": fresh_table.ceiling(),
+        "budget": budget,
+        "choose_seeds": [choose_seeds[0], choose_seeds[-1]],
+        "fresh_seeds": [fresh_seeds[0], fresh_seeds[-1]],
+        "chosen": chosen,
+        "choice_means": {k: float(np.mean(v)) for k, v in cand.items()},
+        "summary": summary,
+        "ray": {"note": ray_note, **ray_timing, "seeds": len(ray_replays)},
+        "seconds": time.perf_counter() - t0,
+    }
+    details["markdown"] = to_markdown(details)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "search.json").write_text(json.dumps({"rows": rows, **details}, indent=1) + "\n")
+        (out / "search.md").write_text(details["markdown"])
+        write_figure(on["fresh"], budget, out / "search.html", quick)
+        log(f"wrote {out / 'search.md'}, {out / 'search.json'}, {out / 'search.html'}")
+    return rows, details
+
+
+def to_markdown(d: dict[str, Any]) -> str:
+    lines = []
+    if d["smoke"]:
+        lines += [f"**{SMOKE}**", ""]
+    lines += [
+        f"Replays on R2's tabulated grid ({d['table']}, training seeds {d['table_seeds']}), "
+        f"budget {d['budget']} epochs, target {d['target']:.4f} (the third-best configuration; "
+        f"grid ceiling {d['ceiling']:.4f}; on the choice seeds {d['choose_target']:.4f}). "
+        f"Default chosen on replay seeds {d['choose_seeds'][0]}..{d['choose_seeds'][1]} "
+        f"(training seeds {d['choose_train_seeds']}): **{d['chosen']}**; figures below on fresh "
+        f"replay seeds {d['fresh_seeds'][0]}..{d['fresh_seeds'][1]} (training seeds "
+        f"{d['fresh_train_seeds']}). Intervals: paired per-seed differences, 95% bootstrap. "
+        "Best 0 = no trial completed within the budget.",
+        "",
+        "| variant | best val acc | at half budget | vs random (R2) | vs TPE no pruning | vs Ray ASHA | epochs to target "
+        "(never = budget + 10) | reached | repeat epochs trained | ms / replay |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in d["summary"].items():
+
+        def vs(label: str, e=e) -> str:
+            v = e["vs"].get(label)
+            return _fmt_ci(v["best"]) if v else "-"
+
+        lines.append(
+            f"| {name}{' **(chosen)**' if name == d['chosen'] else ''} | {e['best_mean']:.4f} "
+            f"| {e['best_half_mean']:.4f} | {vs('random search, no pruning (R2)')} | {vs('TPE, no pruning')} "
+            f"| {vs('Ray Tune random + ASHA')} | {e['epochs_to_target_mean']:.1f} "
+            f"| {e['reached_fraction']:.0%} | {e['duplicate_epochs_mean']:.1f} "
+            f"| {e['ms_per_replay']:.0f} ({e['seeds']} seeds) |"
+        )
+    if d["ray"]["note"]:
+        lines += ["", d["ray"]["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def _anytime(rs: list[Replay], xs: np.ndarray, seconds: bool) -> np.ndarray:
+    # before a study's first complete trial its best counts as chance (0.1, ten classes)
+    f = (lambda r, x: r.best_at_seconds(x)) if seconds else (lambda r, x: r.best_at(x))
+    return np.array([[max(f(r, x), 0.1) for x in xs] for r in rs])
+
+
+def write_figure(by_variant: dict[str, list[Replay]], budget: int, path: Path, quick: bool) -> None:
+    """Best-so-far against epochs and against seconds: the mean of the replays with a 95%
+    bootstrap band, one line per variant."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("vs epochs trained", "vs seconds"))
+    max_s = max(r.seconds for rs in by_variant.values() for r in rs)
+    axes = [(np.arange(1, budget + 1, dtype=float), False), (np.linspace(0, max_s, 120), True)]
+    palette = qualitative.Dark24
+    for i, (name, rs) in enumerate(by_variant.items()):
+        color = palette[i % len(palette)]
+        for col, (xs, secs) in enumerate(axes, 1):
+            mean, low, high = stats.band(_anytime(rs, xs, secs))
+            fig.add_trace(
+                go.Scatter(
+                    x=np.concatenate([xs, xs[::-1]]), y=np.concatenate([high, low[::-1]]),
+                    fill="toself", line={"width": 0}, fillcolor=color, opacity=0.15,
+                    legendgroup=name, showlegend=False, hoverinfo="skip",
+                ),
+                row=1, col=col,
+            )  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=xs, y=mean, name=name, legendgroup=name, showlegend=col == 1,
+                    line={"color": color},
+                ),
+                row=1, col=col,
+            )  # fmt: skip
+    title = "Best validation accuracy so far (mean of replays, 95% bootstrap band)"
+    if quick:
+        title += f" - {SMOKE}"
+    fig.update_layout(title=title, height=550, yaxis={"range": [0.85, None]})
+    fig.update_xaxes(title_text="epochs trained", row=1, col=1)
+    fig.update_xaxes(title_text="tabulated seconds", row=1, col=2)
+    fig.write_html(path, include_plotlyjs="cdn")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m cnnopt.searchbench.section", description=__doc__)
+    p.add_argument("--table", default=str(TABLE))
+    p.add_argument("--seeds", type=int, default=100, help="replay seeds per set (choose, fresh)")
+    p.add_argument("--ray-seeds", type=int, default=30, help="fresh seeds replayed by Ray Tune")
+    p.add_argument("--budget", type=int, default=120)
+    p.add_argument("--out-dir", default="bench-search")
+    p.add_argument("--quick", action="store_true", help=SMOKE)
+    a = p.parse_args(argv)
+    _rows, details = bench_search(
+        a.table, seeds=a.seeds, budget=a.budget, ray_seeds=a.ray_seeds, quick=a.quick,
+        out_dir=a.out_dir,
+    )  # fmt: skip
+    print(details["markdown"])
+
+
+if __name__ == "__main__":
+    main()

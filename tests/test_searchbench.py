@@ -1,0 +1,235 @@
+"""The search benchmark on tiny synthetic tables: budget accounting, deduplication, pruner
+semantics as Optuna's own, the bootstrap interval, and the tabulation's resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+
+from cnnopt.searchbench import replay as R
+from cnnopt.searchbench import stats, tabulate
+
+GRID = {"batch_size": (32, 64), "lr": (1e-3, 1e-2), "l1": (64, 128)}  # 8 configurations
+
+
+def synth_table(grid=GRID, epochs=10, seeds=(0, 1, 2)) -> dict:
+    """Curves that rise to a per-configuration ceiling at a per-configuration rate; the training
+    seed shifts the curve slightly, so a repeat on another seed is distinguishable."""
+    runs = {}
+    for i, c in enumerate(tabulate.grid_configs(grid)):
+        for s in seeds:
+            top, rate = 0.80 + 0.01 * i + 0.001 * s, 0.2 + 0.3 * (i % 3)
+            runs[tabulate.run_key(c, s)] = {
+                "config": c,
+                "seed": s,
+                "epochs": [
+                    {
+                        "epoch": e,
+                        "val_accuracy": top * (1 - math.exp(-rate * e)),
+                        "val_loss": 1 / e,
+                        "train_loss": 1 / e,
+                        "seconds": c["batch_size"] / 32,
+                    }
+                    for e in range(1, epochs + 1)
+                ],
+            }
+    meta = {"grid": {k: list(v) for k, v in grid.items()}, "epochs": epochs, "seeds": list(seeds)}
+    return {"meta": meta, "runs": runs}
+
+
+@pytest.fixture
+def table() -> R.Table:
+    return R.Table(synth_table())
+
+
+def test_no_pruning_without_dedup_spends_the_whole_budget_on_full_trials(table):
+    r = R.replay(table, R.Variant("random", "none", dedup=False), seed=0, budget=120)
+    assert (r.trials, r.epochs, r.pruned) == (12, 120, 0)
+    assert r.trace[-1][0] == 120 and r.trace[0][0] == 10
+    # 12 draws from 8 configurations repeat at least 4 times, each costing its 10 epochs
+    assert r.duplicates >= 4 and r.duplicate_epochs == 10 * r.duplicates
+    assert r.seconds > r.epochs * 0.99  # tabulated seconds (1 or 2 per epoch here) add up
+
+
+def test_a_trial_cut_by_the_budget_never_completes(table):
+    r = R.replay(table, R.Variant("random", "none", dedup=False), seed=0, budget=25)
+    assert r.epochs == 25 and r.trials == 3
+    assert len([e for e, _s, _b in r.trace]) == 3
+    assert r.best == max(r.best_at(20), r.best)  # the third trial (5 epochs) adds nothing
+    assert r.best_at(20) == r.best
+
+
+def test_dedup_never_trains_a_configuration_twice_and_stops_when_the_grid_is_exhausted(table):
+    for seed in range(5):
+        r = R.replay(table, R.Variant("random", "none", dedup=True), seed=seed, budget=120)
+        assert r.duplicate_epochs == 0
+        assert r.exhausted and r.epochs == 80  # 8 configurations x 10 epochs, budget left over
+        assert r.best == pytest.approx(max(table.final(k, seed % 3) for k in table.curves))
+
+
+CONFIG = {"batch_size": 32, "lr": 1e-3, "l1": 64}
+
+
+@pytest.fixture
+def always_same(monkeypatch):
+    """A sampler that proposes the same configuration every time (what TPE does too often)."""
+
+    class Same(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, dist):
+            return CONFIG[name]
+
+    monkeypatch.setattr(R, "make_sampler", lambda name, seed: Same(seed=seed))
+
+
+def test_without_dedup_a_repeat_trains_with_the_next_training_seed(table, always_same):
+    r = R.replay(table, R.Variant("random", "none", dedup=False), seed=1, budget=30)
+    key = tabulate.config_key(CONFIG)
+    assert (r.trials, r.epochs, r.duplicates, r.duplicate_epochs) == (3, 30, 2, 20)
+    # seeds 1, 2, 0 in turn: the best so far follows seed 1's value, then seed 2's (higher)
+    assert [b for _e, _s, b in r.trace] == [
+        table.final(key, 1),
+        table.final(key, 2),
+        table.final(key, 2),
+    ]
+
+
+def test_dedup_reuses_the_earlier_outcome_at_no_cost(table, always_same):
+    """The first trial trains; every later one copies it (same value, no epochs)."""
+    r = R.replay(table, R.Variant("random", "none", dedup=True), seed=0, budget=30)
+    assert r.trials == R.MAX_TRIALS and r.epochs == 10 and r.duplicate_epochs == 0
+    assert r.duplicates == R.MAX_TRIALS - 1
+    assert r.best == table.final(tabulate.config_key(CONFIG), 0)
+
+
+class _PruneAt(optuna.pruners.BasePruner):
+    def __init__(self, step: int):
+        self.step = step
+
+    def prune(self, study, trial) -> bool:
+        return trial.last_step is not None and trial.last_step >= self.step
+
+
+def test_dedup_copies_a_pruned_outcome_as_pruned(table, always_same, monkeypatch):
+    """A configuration pruned once is pruned again at the same step when proposed again."""
+    monkeypatch.setitem(R.PRUNERS, "always", lambda epochs: _PruneAt(3))
+    r = R.replay(table, R.Variant("random", "always", dedup=True), seed=0, budget=30)
+    assert r.epochs == 3 and r.pruned == r.trials == R.MAX_TRIALS and r.best == -math.inf
+
+
+def test_pruned_replay_matches_optuna_on_the_same_curves(table):
+    """The replay's pruning decisions are Optuna's own: a plain study that reports the same
+    curves through study.optimize prunes the same trials at the same steps."""
+    v = R.Variant("random", "sh1", dedup=False)
+    r = R.replay(table, v, seed=3, budget=400)  # compare trial by trial
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=3),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+    )
+    trained: dict[str, int] = {}
+
+    def objective(trial):
+        key = tabulate.config_key(R._suggest(trial, table.grid))
+        n = trained.get(key, 0)
+        trained[key] = n + 1
+        curve = table.curves[key][table.seeds[(0 + n) % 3]]
+        for step, v in enumerate(curve, 1):
+            trial.report(v, step)
+            if step < table.epochs and trial.should_prune():
+                raise optuna.TrialPruned()
+        return curve[-1]
+
+    study.optimize(objective, n_trials=r.trials)
+    optuna_log = [
+        (tabulate.config_key(t.params), t.state.name, len(t.intermediate_values))
+        for t in study.trials
+    ]
+    assert r.log[-1][1] == "FAIL"  # the last trial was cut by the budget, Optuna's went on
+    assert r.log[:-1] == optuna_log[:-1]
+    assert r.pruned == sum(s == "PRUNED" for _k, s, _n in r.log) > 10
+    assert r.epochs == sum(n for _k, _s, n in r.log) == 400
+
+
+def test_epochs_to_target_and_anytime_lookups(table):
+    r = R.replay(table, R.Variant("random", "none", dedup=False), seed=0, budget=120)
+    assert r.epochs_to(-1.0) == 10
+    assert r.epochs_to(2.0) == math.inf
+    assert r.best_at(9) == -math.inf and r.best_at(10) > 0
+    assert r.best_at(120) == r.best
+    assert r.best_at_seconds(r.seconds) == r.best
+
+
+def test_bootstrap_interval_covers_the_mean_and_detects_a_shift():
+    ci = stats.bootstrap_mean([0.01] * 50 + [0.03] * 50)
+    assert ci.low < 0.02 < ci.high and ci.mean == pytest.approx(0.02) and ci.excludes_zero()
+    noise = stats.paired([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5])
+    assert noise.mean == 0 and not noise.excludes_zero()
+    with pytest.raises(ValueError, match="length"):
+        stats.paired([1, 2], [1])
+    assert stats.choose({"a": [0.8, 0.9], "b": [0.85, 0.85]}, {"a": [10, 10], "b": [5, 5]}) == "b"
+
+
+def test_tabulation_resumes_and_skips_what_the_table_has(tmp_path):
+    out = tmp_path / "t.json"
+    grid = {"batch_size": (64,), "lr": (1e-3, 1e-2), "l1": (16,)}
+    kw = dict(dataset="synthetic", epochs=2, train_subset=None, grid=grid, command="cmd")
+    logs: list[str] = []
+    tabulate.tabulate(out, seeds=(0, 1), limit=3, log=logs.append, **kw)
+    first = json.loads(out.read_text())
+    assert len(first["runs"]) == 3 and first["meta"]["command"] == "cmd"
+    assert all(len(r["epochs"]) == 2 for r in first["runs"].values())
+    # seed-major: the first seed's grid is complete before the second seed starts
+    assert {r["seed"] for r in first["runs"].values()} == {0, 1}
+    assert sum(r["seed"] == 0 for r in first["runs"].values()) == 2
+    tabulate.tabulate(out, seeds=(0, 1), log=logs.append, **kw)
+    second = json.loads(out.read_text())
+    assert logs[-2].startswith("1 runs to train (3 already")
+    for k, run in first["runs"].items():  # kept, not retrained
+        assert second["runs"][k] == run
+    assert len(second["runs"]) == 4
+    t = R.Table(second)
+    assert t.seeds == [0, 1] and t.n_configs == 2
+
+
+def test_ray_results_are_cut_at_the_budget_like_a_replay():
+    """Ray's results (in arrival order) become a Replay with the same accounting: a trial
+    stopped early is pruned, a repeat costs its epochs, the trial the budget cuts never completes."""
+    from cnnopt.searchbench.ray_asha import _to_replay
+
+    def rows(trial, key, accs):
+        return [(trial, {"config_key": key, "val_accuracy": a, "seconds": 2.0}) for a in accs]
+
+    results = (
+        rows("t0", "a", [0.5 + 0.01 * e for e in range(10)])  # complete: 0.59
+        + rows("t1", "b", [0.3])  # stopped by ASHA after one epoch
+        + rows("t2", "a", [0.6 + 0.01 * e for e in range(10)])  # a repeat, complete: 0.69
+        + rows("t3", "c", [0.9] * 4)  # cut by the budget
+    )
+    r = _to_replay(results, seed=0, budget=25, epochs=10)
+    assert [s for _k, s, _n in r.log] == ["COMPLETE", "PRUNED", "COMPLETE", "FAIL"]
+    assert (r.epochs, r.seconds, r.pruned, r.duplicates, r.duplicate_epochs) == (25, 50.0, 1, 1, 10)
+    assert r.best == pytest.approx(0.69) and r.best_key == "a"
+    assert r.epochs_to(0.6) == 21
+
+
+def test_search_section_rows_choice_and_outputs(tmp_path):
+    from cnnopt.searchbench import section
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(synth_table()))
+    rows, d = section.bench_search(
+        path, seeds=3, ray_seeds=0, quick=True, out_dir=tmp_path / "out", log=lambda m: None
+    )
+    fields = {"section", "name", "value", "unit", "baseline", "baseline_value", "ratio", "better"}
+    assert all(fields | {"note", "extra"} <= set(r) for r in rows)
+    assert d["chosen"] in {v.name for v in section.CANDIDATES}
+    assert d["choose_seeds"] == [0, 2] and d["fresh_seeds"] == [3, 5]
+    assert d["choose_train_seeds"] == [0] and d["fresh_train_seeds"] == [1, 2]
+    assert "SMOKE RUN" in d["markdown"] and "SMOKE RUN" in rows[0]["note"]
+    for name in ("search.md", "search.json", "search.html"):
+        assert (tmp_path / "out" / name).stat().st_size > 100
+    dedup = [r for r in rows if r["name"].split(": ")[1].split(" ")[0].endswith("+dedup")]
+    assert dedup and all(r["extra"]["duplicate_epochs_mean"] == 0 for r in dedup)
