@@ -9,7 +9,7 @@ The table is written after every finished run (atomically), so an interrupted ta
 where it stopped: runs already in the table are skipped. Seeds are the outer loop, so every finished
 seed is a complete grid that replays can use on its own.
 
-    python -m cnnopt.searchbench.tabulate --out cnnopt/searchbench/tables/r2_grid.json \
+    python -m cnnopt.bench.search.tabulate --out cnnopt/bench/search/tables/r2_grid.json \
         --data-dir /work/shared/data/fashion-mnist --seeds 0 1 2 --threads 2
 """
 
@@ -195,8 +195,8 @@ def tabulate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cnnopt.searchbench.tabulate", description=__doc__)
-    p.add_argument("--out", default="cnnopt/searchbench/tables/r2_grid.json")
+    p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.tabulate", description=__doc__)
+    p.add_argument("--out", default="cnnopt/bench/search/tables/r2_grid.json")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    command = "python -m cnnopt.searchbench.tabulate " + " ".join(
+    command = "python -m cnnopt.bench.search.tabulate " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(a).items()
         if v is not None and k not in ("limit",)

@@ -9,8 +9,8 @@ import math
 import optuna
 import pytest
 
-from cnnopt.searchbench import replay as R
-from cnnopt.searchbench import stats, tabulate
+from cnnopt.bench.search import replay as R
+from cnnopt.bench.search import stats, tabulate
 
 GRID = {"batch_size": (32, 64), "lr": (1e-3, 1e-2), "l1": (64, 128)}  # 8 configurations
 
@@ -197,7 +197,7 @@ def test_tabulation_resumes_and_skips_what_the_table_has(tmp_path):
 def test_ray_results_are_cut_at_the_budget_like_a_replay():
     """Ray's results (in arrival order) become a Replay with the same accounting: a trial
     stopped early is pruned, a repeat costs its epochs, the trial the budget cuts never completes."""
-    from cnnopt.searchbench.ray_asha import _to_replay
+    from cnnopt.bench.search.ray_asha import _to_replay
 
     def rows(trial, key, accs):
         return [(trial, {"config_key": key, "val_accuracy": a, "seconds": 2.0}) for a in accs]
@@ -216,7 +216,7 @@ def test_ray_results_are_cut_at_the_budget_like_a_replay():
 
 
 def test_search_section_rows_choice_and_outputs(tmp_path):
-    from cnnopt.searchbench import section
+    from cnnopt.bench.search import section
 
     path = tmp_path / "table.json"
     path.write_text(json.dumps(synth_table()))

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnopt.searchbench.replay import Replay, Table
-from cnnopt.searchbench.tabulate import config_key
+from cnnopt.bench.search.replay import Replay, Table
+from cnnopt.bench.search.tabulate import config_key
 
 NAME = "ray_random+asha"
 

@@ -2,8 +2,8 @@
 one set of replay seeds and the headline reported on fresh seeds, real Ray Tune ASHA on the same
 table, rows, a Markdown table and an anytime-performance figure.
 
-    python -m cnnopt.searchbench.section --out-dir bench-search            # the evidence
-    python -m cnnopt.searchbench.section --out-dir bench-search --quick    # a smoke run
+    python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results            # the evidence
+    python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results --quick    # a smoke run
 
 Rows are plain dicts with the fields of ``cnnopt bench``'s ``Row`` (section, name, value, unit,
 baseline, baseline_value, ratio, better, note, extra), so the bench report takes them as they are.
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from cnnopt.searchbench import ray_asha, stats
-from cnnopt.searchbench.replay import PRUNERS, Replay, Table, Variant, replay
+from cnnopt.bench.search import ray_asha, stats
+from cnnopt.bench.search.replay import PRUNERS, Replay, Table, Variant, replay
 
 TABLE = Path(__file__).with_name("tables") / "r2_grid.json"
 SECTION = "search"
@@ -296,12 +296,12 @@ def write_figure(by_variant: dict[str, list[Replay]], budget: int, path: Path, q
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cnnopt.searchbench.section", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.section", description=__doc__)
     p.add_argument("--table", default=str(TABLE))
     p.add_argument("--seeds", type=int, default=100, help="replay seeds per set (choose, fresh)")
     p.add_argument("--ray-seeds", type=int, default=30, help="fresh seeds replayed by Ray Tune")
     p.add_argument("--budget", type=int, default=120)
-    p.add_argument("--out-dir", default="bench-search")
+    p.add_argument("--out-dir", default="runs/bench-search")
     p.add_argument("--quick", action="store_true", help=SMOKE)
     a = p.parse_args(argv)
     _rows, details = bench_search(
