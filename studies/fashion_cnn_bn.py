@@ -5,7 +5,7 @@ Ray Tune random search over batch {32,64,128} x lr {1e-4,1e-3,1e-2} x dense widt
 topped out at 87.4% validation. Here TPE searches that space and everything R2 held fixed: the
 optimizer (all nine families), conv depth and width, kernel size, BN placement, activation, init,
 dropout schedule, weight decay, global pooling; successive halving stops hopeless trials from their
-first epoch on. Same data protocol as R2: 20% of the training set held out (seeded) for validation.
+third epoch on, and no configuration is trained twice. Same data protocol as R2: 20% of the training set held out (seeded) for validation.
 
     cnnopt run studies/fashion_cnn_bn.py --workers 4
     cnnopt run studies/fashion_cnn_bn.py --workers 2 --n-trials 6 --set epochs=2 --set train_subset=6000
@@ -22,8 +22,12 @@ val_fraction = 0.2
 metric = "val_accuracy"
 direction = "maximize"
 sampler = "tpe"
-pruner = "successive_halving"  # cnnopt's default: rungs at epochs 1, 2, 4, 8; the top half goes on
-min_resource = 1  # as Ray Tune's ASHA (grace_period=1), which R2 followed
+# cnnopt's default pruner: successive halving with rungs at epochs 3 and 6, the top half goes on.
+# Not from epoch 1 as Ray Tune's ASHA (grace_period=1), which R2 followed: replayed on tabulated
+# learning curves of R2's grid, epoch-1 pruning lost 0.27 points of best validation accuracy
+# within 120 epochs, and this study's own all-conv warm start trails at epoch 1 and ends level.
+pruner = "successive_halving"
+min_resource = 3
 reduction_factor = 2
 n_startup_trials = 5  # random trials before TPE models the space
 n_trials = 40

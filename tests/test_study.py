@@ -182,3 +182,21 @@ def test_error_in_space_names_file_and_line(write_study, body, error):
     with pytest.raises(StudyFileError) as e:
         study.resolve(optuna.create_study().ask())
     assert str(e.value).startswith(f"{path}:4: space() failed: {error}")
+
+
+@pytest.mark.parametrize(
+    "source, overrides, rung",
+    [
+        ("epochs = 10\n", {}, 3),  # the default: 30% of epochs
+        ("epochs = 30\n", {}, 9),
+        ("epochs = 2\n", {}, 1),  # never below 1
+        ("epochs = 10\nmin_resource = 1\n", {}, 1),  # as set
+        ("epochs = 10\nmin_resource = 1\n", {"min_resource": None}, 3),  # --set min_resource=none
+        ("epochs = 10\n", {"epochs": 20}, 6),  # follows --set epochs
+    ],
+)
+def test_successive_halving_first_rung(write_study, source, overrides, rung):
+    study = Study.load(write_study(source), overrides)
+    pruner = study.make_pruner()
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    assert pruner._min_resource == rung
