@@ -52,6 +52,7 @@ def multilabel_set(root, n=24, size=24):
 CASES = {
     "fashion_cnn_bn": (lambda d: make_fashion_dir(d, n=200), []),
     "fashion_mlp_vs_cnn": (lambda d: make_fashion_dir(d, n=200), []),
+    "r2_grid": (lambda d: make_fashion_dir(d, n=200), ["--set", "train_subset=none"]),
     "sign_mnist_hyperband": (sign_csvs, []),
     "cifar10_vgg": (None, ["--set", "dataset=synthetic_rgb"]),
     "asl_transfer": (image_tree, ["--set", "image_size=32"]),
