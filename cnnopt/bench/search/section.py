@@ -70,6 +70,15 @@ def _ci(a: list[float], b: list[float]) -> dict[str, float]:
     return {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n}
 
 
+def _shown(path: Path) -> str:
+    """The table's path as the output shows it: relative to the working directory where it can be
+    (so that results written from a checkout name the same file on every machine)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _fmt_ci(d: dict[str, float], digits: int = 4) -> str:
     return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
 
@@ -194,7 +203,7 @@ def bench_search(
         )
     details = {
         "smoke": quick,
-        "table": str(table_path),
+        "table": _shown(Path(table_path)),
         "table_seeds": table.seeds,
         "choose_train_seeds": choose_table.seeds,
         "fresh_train_seeds": fresh_table.seeds,
