@@ -471,10 +471,10 @@ def dashboard(study, storage, host, port, artifacts):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
 @click.option(
     "--seeds",
-    type=click.IntRange(1),
-    default=3,
-    show_default=True,
-    help="Seeds per study variant (median and spread over them).",
+    type=click.IntRange(2),
+    default=None,
+    help="search section: replay seeds per set (one set chooses the pruner, a fresh set reports) "
+    "[default: 100; --quick: a smoke run of 8].",
 )
 @click.option(
     "--postgres",
@@ -518,7 +518,11 @@ def bench(
     dataset,
     threads,
 ):
-    """Measure cnnopt against R2's training loop and random search, side by side."""
+    """Measure cnnopt against R2's training loop, random search and Ray Tune, side by side.
+
+    Sections: throughput, search (replays on R2's tabulated grid; --quick is a smoke run, not
+    evidence), scaling, gpu.
+    """
     from cnnopt.bench import run_bench
     from cnnopt.bench.common import PLANS, BenchOptions, print_report, to_markdown, write_json
 
@@ -532,6 +536,8 @@ def bench(
         threads=threads,
         postgres=postgres,
         sections=tuple(sections),  # empty: every registered section
+        # files a section keeps beside the report (search.md/.json/.html): next to --markdown
+        out_dir=str(Path(md_path or json_path).parent) if (md_path or json_path) else None,
         log=lambda msg: click.echo(f"cnnopt bench: {msg}", err=True),
     )
     report = run_bench(opts)

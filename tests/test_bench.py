@@ -4,6 +4,7 @@ synthetic data (no timing assertions)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ from cnnopt.bench import SECTIONS, section_function
 from cnnopt.bench.common import TINY, BenchOptions, Row
 from cnnopt.cli import cli
 
-KEYS = ("machine", "throughput_ratio", "epochs_to_target_ratio", "epochs_to_target_ratio_vs_asha")
+KEYS = ("machine", "throughput_ratio", "search_default", "search_best_val_diff_vs_random",
+        "search_best_val_diff_vs_ray_asha")  # fmt: skip
 
 
 @pytest.mark.slow  # spawns worker processes: ~30 s on a busy 2-core CPU
@@ -24,7 +26,7 @@ def test_bench_runs_on_tiny_data_and_writes_every_row_with_a_baseline(tmp_path, 
     md = tmp_path / "bench.md"
     result = CliRunner().invoke(
         cli,
-        ["bench", "--plan", "tiny", "--dataset", "synthetic", "--seeds", "1", "--threads", "1",
+        ["bench", "--plan", "tiny", "--dataset", "synthetic", "--threads", "1",
          "--json", str(out), "--markdown", str(md)],
         catch_exceptions=False,
     )  # fmt: skip
@@ -36,22 +38,36 @@ def test_bench_runs_on_tiny_data_and_writes_every_row_with_a_baseline(tmp_path, 
     for key in ("cpu", "cores", "torch", "bf16", "gpu"):
         assert key in machine
     rows = report["rows"]
-    assert {r["section"] for r in rows} == {"throughput", "study", "scaling", "gpu"}
+    assert {r["section"] for r in rows} == {"throughput", "search", "scaling", "gpu"}
     for r in rows:
         assert r["baseline"], r  # every measurement names its baseline
         assert "baseline_value" in r
         assert not r["note"].startswith("failed"), r
     # the three measured sections produced numbers, not just skip rows
-    for section in ("throughput", "study", "scaling"):
+    for section in ("throughput", "search", "scaling"):
         assert any(r["value"] is not None for r in rows if r["section"] == section), section
     assert isinstance(report["throughput_ratio"], float)
-    assert isinstance(report["epochs_to_target_ratio"], float)
-    assert isinstance(report["epochs_to_target_ratio_vs_asha"], float)
-    assert "| section |" in md.read_text()
+    # the search section replays the committed table with the tiny plan's 2 seeds, no Ray: a
+    # smoke run that says so in its rows, the console and the report notes
+    search = [r for r in rows if r["section"] == "search"]
+    assert all("SMOKE RUN" in r["note"] for r in search)
+    assert "SMOKE RUN" in result.output
+    assert report["plan"]["search"]["fresh_seeds"] == [2, 3]
+    diff = report["search_best_val_diff_vs_random"]
+    assert report["search_default"] == report["plan"]["search"]["chosen"]
+    assert diff["n"] == 2 and diff["low"] <= diff["mean"] <= diff["high"]
+    assert report["search_best_val_diff_vs_ray_asha"] is None  # Ray not run in the tiny plan
+    # the search files and the anytime figure lie next to the Markdown report
+    for name in ("search.md", "search.json", "search.html"):
+        assert (tmp_path / name).stat().st_size > 100, name
+    text = md.read_text()
+    assert "| section |" in text
+    assert re.search(r"search_best_val_diff_vs_random [+-]0\.\d{4} \[", text), text
+    assert str(tmp_path / "search.html") in text
 
 
 def test_every_registered_section_resolves_to_a_function_and_the_cli_offers_exactly_them():
-    assert list(SECTIONS) == ["throughput", "study", "scaling", "gpu"]  # the order a run uses
+    assert list(SECTIONS) == ["throughput", "search", "scaling", "gpu"]  # the order a run uses
     for name in SECTIONS:
         assert callable(section_function(name))
     section_opt = next(p for p in cli.commands["bench"].params if p.name == "sections")
@@ -93,6 +109,7 @@ def test_help_names_no_issue_and_importing_the_cli_imports_no_torch():
     result = CliRunner().invoke(cli, ["bench", "--help"])
     assert result.exit_code == 0
     assert "issue" not in result.output.lower()
+    assert "search" in result.output  # --section's choices come from the registry
     # the CLI reads the section names from the registry without importing torch (fast --help)
     code = "import sys, cnnopt.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,5 +1,6 @@
 """The search benchmark on tiny synthetic tables: budget accounting, deduplication, pruner
-semantics as Optuna's own, the bootstrap interval, and the tabulation's resume."""
+semantics as Optuna's own, the bootstrap interval, the tabulation's resume; and the `cnnopt bench`
+adapter on the committed table."""
 
 from __future__ import annotations
 
@@ -71,6 +72,15 @@ def test_dedup_never_trains_a_configuration_twice_and_stops_when_the_grid_is_exh
 
 
 CONFIG = {"batch_size": 32, "lr": 1e-3, "l1": 64}
+
+
+def test_every_variant_replays_identically_with_the_same_seed(table):
+    """Replays are evidence only if rerunning them gives the same figures: HyperbandPruner
+    brackets trials by a hash of the study name, so the replay's study name must not be random."""
+    for pruner in R.PRUNERS:
+        v = R.Variant("tpe", pruner, dedup=True)
+        a, b = (R.replay(table, v, seed=4, budget=60) for _ in range(2))
+        assert a.log == b.log and a.best == b.best, pruner
 
 
 @pytest.fixture
@@ -233,3 +243,25 @@ def test_search_section_rows_choice_and_outputs(tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 100
     dedup = [r for r in rows if r["name"].split(": ")[1].split(" ")[0].endswith("+dedup")]
     assert dedup and all(r["extra"]["duplicate_epochs_mean"] == 0 for r in dedup)
+
+
+def test_bench_section_adapter_sets_the_headline_and_writes_beside_the_report(tmp_path):
+    """``cnnopt bench --section search``: the plan's seeds (``--seeds`` overrides them), the
+    chosen default's paired difference as the report headline, search.* in ``opts.out_dir``."""
+    import torch
+
+    from cnnopt.bench.common import TINY, BenchOptions, Context, Report
+    from cnnopt.bench.search import section
+
+    logs: list[str] = []
+    opts = BenchOptions(plan=TINY, seeds=3, out_dir=str(tmp_path), log=logs.append)
+    report = Report(machine={}, plan={})
+    rows = section.run(opts, Context(workdir=tmp_path, device=torch.device("cpu"), report=report))
+    assert {r.section for r in rows} == {"search"} and all(r.unit == "accuracy" for r in rows)
+    assert report.plan["search"]["fresh_seeds"] == [3, 5]  # --seeds 3 over the tiny plan's 2
+    assert report.search_default == report.plan["search"]["chosen"]
+    assert report.search_best_val_diff_vs_random["n"] == 3
+    assert report.search_best_val_diff_vs_ray_asha is None  # the tiny plan runs no Ray
+    assert any("SMOKE RUN" in m for m in logs) and any("SMOKE RUN" in n for n in report.notes)
+    assert str(tmp_path / "search.html") in report.notes[0]
+    assert (tmp_path / "search.html").stat().st_size > 100

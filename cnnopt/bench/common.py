@@ -20,12 +20,12 @@ import torch
 
 from cnnopt.config import RunConfig
 
-# The study file the study and scaling sections run (loaded with Study.load, never imported).
+# The study file the scaling section runs (loaded with Study.load, never imported).
 BENCH_STUDY = Path(__file__).with_name("bench_study.py")
 R2_EPOCH_IMAGES = 48_000  # R2 trained on 80% of FashionMNIST's 60k training images
 
-# One mid-size point of the bench study's space: the study section warms up on it, and scaling runs
-# N copies of the same trial, so that trials per hour compare worker counts and nothing else.
+# One mid-size point of the bench study's space: scaling runs N copies of the same trial, so that
+# trials per hour compare worker counts and nothing else.
 FIXED_PARAMS: dict[str, Any] = {
     "optimizer": "adam", "lr": 1e-3, "batch_size": 128, "base_filters": 16, "kernel_size": 3,
     "batchnorm": "before", "activation": "relu", "dropout": 0.1, "l1": 64,
@@ -46,12 +46,10 @@ class Plan:
     accuracy_subset: int  # bf16-vs-fp32 check: images (train + val) and epochs
     accuracy_epochs: int
     compile_variant: bool  # also time torch.compile (costly to compile: full mode only)
-    # 2. study
-    study_subset: int
-    study_epochs: int  # epochs per trial (the max a pruner lets a trial run)
-    study_target: float  # validation accuracy to reach
-    study_cap: int  # epochs per study before giving up (the run counts as censored)
-    study_extra_variants: bool  # also run EXTRA_STUDY_VARIANTS (full suite)
+    # 2. search (replays of the committed table: seconds, whatever the plan)
+    search_seeds: int  # replay seeds per set (one set chooses the pruner, a fresh one reports)
+    search_ray_seeds: int  # fresh seeds Ray Tune replays (0: no Ray rows)
+    search_smoke: bool  # too few seeds to compare anything: every output says it is a smoke run
     # 3. scaling
     scaling_trials: int  # identical trials per worker count
     scaling_epochs: int
@@ -66,7 +64,7 @@ QUICK = Plan(
     "quick",
     throughput_images=20_480, chunk_images=2_560, accuracy_subset=10_000, accuracy_epochs=1,
     compile_variant=False,
-    study_subset=5_000, study_epochs=4, study_target=0.84, study_cap=48, study_extra_variants=False,
+    search_seeds=8, search_ray_seeds=2, search_smoke=True,
     scaling_trials=4, scaling_epochs=2, scaling_subset=4_000, overhead_trials=3,
     gpu_max_workers=4, gpu_window_s=10.0,
 )  # fmt: skip
@@ -74,7 +72,7 @@ FULL = Plan(
     "full",
     throughput_images=48_000, chunk_images=4_000, accuracy_subset=20_000, accuracy_epochs=2,
     compile_variant=True,
-    study_subset=10_000, study_epochs=6, study_target=0.88, study_cap=120, study_extra_variants=True,
+    search_seeds=100, search_ray_seeds=30, search_smoke=False,
     scaling_trials=8, scaling_epochs=3, scaling_subset=10_000, overhead_trials=5,
     gpu_max_workers=8, gpu_window_s=30.0,
 )  # fmt: skip
@@ -82,7 +80,7 @@ TINY = Plan(
     "tiny",
     throughput_images=256, chunk_images=128, accuracy_subset=512, accuracy_epochs=1,
     compile_variant=False,
-    study_subset=512, study_epochs=2, study_target=0.6, study_cap=4, study_extra_variants=True,
+    search_seeds=2, search_ray_seeds=0, search_smoke=True,
     scaling_trials=2, scaling_epochs=1, scaling_subset=512, overhead_trials=1,
     gpu_max_workers=2, gpu_window_s=2.0,
 )  # fmt: skip
@@ -95,11 +93,14 @@ class BenchOptions:
     dataset: str = "fashion_mnist"  # the smoke test uses "synthetic"
     data_dir: str | None = None
     device: str = "auto"
-    seeds: int = 3
+    seeds: int | None = None  # search replay seeds per set; None: the plan's search_seeds
     threads: int | None = None  # None: all cores this process may use
     postgres: str | None = None
     sections: tuple[str, ...] = ()  # empty: every registered section (cnnopt.bench.SECTIONS)
     workdir: str | None = None  # temp files (torchvision layout, journals); None: a temp dir
+    # where a section writes files meant to be kept next to the report (the search section's
+    # search.md, search.json and anytime figure search.html); None: runs/bench-search
+    out_dir: str | None = None
     log: Callable[[str], None] = lambda msg: None
 
 
@@ -129,8 +130,11 @@ class Report:
     plan: dict[str, Any]
     rows: list[Row] = field(default_factory=list)
     throughput_ratio: float | None = None
-    epochs_to_target_ratio: float | None = None
-    epochs_to_target_ratio_vs_asha: float | None = None
+    # the search section's headline: the chosen default's best validation accuracy within the
+    # budget minus the baseline's, paired over fresh replay seeds: {mean, low, high, n} (95% CI)
+    search_default: str | None = None
+    search_best_val_diff_vs_random: dict[str, float] | None = None
+    search_best_val_diff_vs_ray_asha: dict[str, float] | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -269,11 +273,17 @@ def _headline(report: Report) -> str:
     def show(v: float | None) -> str:
         return f"{v:.2f}" if v is not None else "n/a"
 
+    def diff(d: dict[str, float] | None) -> str:
+        if d is None:
+            return "n/a"
+        return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] (n={d['n']})"
+
     m = report.machine
     return (
-        f"throughput_ratio {show(report.throughput_ratio)} | epochs_to_target_ratio "
-        f"{show(report.epochs_to_target_ratio)} (vs random search) | vs ASHA "
-        f"{show(report.epochs_to_target_ratio_vs_asha)} | {report.seconds:.0f} s, load average "
+        f"throughput_ratio {show(report.throughput_ratio)} | search_best_val_diff_vs_random "
+        f"{diff(report.search_best_val_diff_vs_random)} | vs Ray ASHA "
+        f"{diff(report.search_best_val_diff_vs_ray_asha)} (default {report.search_default or 'n/a'})"
+        f" | {report.seconds:.0f} s, load average "
         f"{m.get('load_average_start')} -> {m.get('load_average_end')}"
     )
 

@@ -215,6 +215,9 @@ def replay(
     training of each configuration uses training seed ``table.seeds[seed % len(table.seeds)]``."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
+        # a fixed name: HyperbandPruner assigns brackets by a hash of the study name and trial
+        # number, and Optuna's default name is a fresh UUID, which made its replays irreproducible
+        study_name=f"replay-{variant.name}-{seed}",
         direction="maximize",
         sampler=make_sampler(variant.sampler, seed),
         pruner=PRUNERS[variant.pruner](table.epochs),

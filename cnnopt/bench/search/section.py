@@ -2,11 +2,13 @@
 one set of replay seeds and the headline reported on fresh seeds, real Ray Tune ASHA on the same
 table, rows, a Markdown table and an anytime-performance figure.
 
-    python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results            # the evidence
+    cnnopt bench --section search --markdown runs/bench.md     # the evidence, in the bench report
+    python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results            # the same
     python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results --quick    # a smoke run
 
 Rows are plain dicts with the fields of ``cnnopt bench``'s ``Row`` (section, name, value, unit,
-baseline, baseline_value, ratio, better, note, extra), so the bench report takes them as they are.
+baseline, baseline_value, ratio, better, note, extra), so the bench report takes them as they are;
+``run`` is the section as ``cnnopt bench`` calls it.
 """
 
 from __future__ import annotations
@@ -17,16 +19,21 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnnopt.bench.search import ray_asha, stats
 from cnnopt.bench.search.replay import PRUNERS, Replay, Table, Variant, replay
 
+if TYPE_CHECKING:
+    from cnnopt.bench.common import BenchOptions, Context, Row
+
 TABLE = Path(__file__).with_name("tables") / "r2_grid.json"
 SECTION = "search"
 SMOKE = "SMOKE RUN (--quick): too few seeds to compare anything; not evidence"
+BASELINE_RANDOM = "random search, no pruning (R2)"  # the labels of the paired comparisons
+BASELINE_RAY = "Ray Tune random + ASHA"
 
 RANDOM = Variant("random", "none", dedup=False)  # R2's method: random search, full trials
 TPE = Variant("tpe", "none", dedup=False)
@@ -61,6 +68,15 @@ def _figures(rs: list[Replay], target: float, budget: int, epochs: int) -> dict[
 def _ci(a: list[float], b: list[float]) -> dict[str, float]:
     ci = stats.paired(a, b)
     return {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n}
+
+
+def _shown(path: Path) -> str:
+    """The table's path as the output shows it: relative to the working directory where it can be
+    (so that results written from a checkout name the same file on every machine)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _fmt_ci(d: dict[str, float], digits: int = 4) -> str:
@@ -132,9 +148,9 @@ def bench_search(
         ray_note = "Ray Tune is not installed (pip install 'cnnopt[bench]'): its rows are skipped"
         log(ray_note)
 
-    baselines = {"random search, no pruning (R2)": RANDOM.name, "TPE, no pruning": TPE.name}
+    baselines = {BASELINE_RANDOM: RANDOM.name, "TPE, no pruning": TPE.name}
     if ray_replays:
-        baselines["Ray Tune random + ASHA"] = ray_asha.NAME
+        baselines[BASELINE_RAY] = ray_asha.NAME
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     base_best = float(np.mean(fig["fresh"][RANDOM.name]["best"]))
@@ -164,14 +180,14 @@ def bench_search(
                 "epochs_to_target": _ci(f["epochs_to_target"][:m], b["epochs_to_target"][:m]),
             }
         summary[name] = entry
-        vs = entry["vs"].get("random search, no pruning (R2)")
+        vs = entry["vs"].get(BASELINE_RANDOM)
         rows.append(
             {
                 "section": SECTION,
                 "name": f"best val accuracy in {budget} epochs: {name}"
                 + (" (chosen default)" if name == chosen else ""),
                 "value": entry["best_mean"],
-                "unit": "val acc",
+                "unit": "accuracy",
                 "baseline": "random search, no pruning (R2's method), same seeds",
                 "baseline_value": base_best,
                 "ratio": None,
@@ -187,7 +203,7 @@ def bench_search(
         )
     details = {
         "smoke": quick,
-        "table": str(table_path),
+        "table": _shown(Path(table_path)),
         "table_seeds": table.seeds,
         "choose_train_seeds": choose_table.seeds,
         "fresh_train_seeds": fresh_table.seeds,
@@ -212,6 +228,43 @@ def bench_search(
         write_figure(on["fresh"], budget, out / "search.html", quick)
         log(f"wrote {out / 'search.md'}, {out / 'search.json'}, {out / 'search.html'}")
     return rows, details
+
+
+DEFAULT_OUT = Path("runs/bench-search")
+
+
+def run(opts: BenchOptions, ctx: Context) -> list[Row]:
+    """The section as ``cnnopt bench`` calls it. The plan sets the seeds (full: 100 replay seeds
+    per set and 30 Ray Tune seeds; --quick and tiny: a smoke run that says so everywhere) and
+    ``--seeds`` overrides the replay seeds. It always replays the committed table (R2's grid on
+    FashionMNIST): ``--dataset``/``--data-dir`` do not apply. search.md, search.json and the
+    anytime figure search.html go to ``opts.out_dir`` (the folder of --markdown/--json)."""
+    from cnnopt.bench.common import Row
+
+    plan = opts.plan
+    out_dir = Path(opts.out_dir) if opts.out_dir else DEFAULT_OUT
+    if plan.search_smoke:
+        opts.log(f"search: {SMOKE}")
+    rows, details = bench_search(
+        TABLE, seeds=opts.seeds or plan.search_seeds, ray_seeds=plan.search_ray_seeds,
+        quick=plan.search_smoke, out_dir=out_dir, log=lambda m: opts.log(f"search: {m}"),
+    )  # fmt: skip
+    report = ctx.report
+    chosen = details["chosen"]
+    vs = details["summary"][chosen]["vs"]
+    report.search_default = chosen
+    report.search_best_val_diff_vs_random = (vs.get(BASELINE_RANDOM) or {}).get("best")
+    report.search_best_val_diff_vs_ray_asha = (vs.get(BASELINE_RAY) or {}).get("best")
+    report.plan["search"] = {k: v for k, v in details.items() if k not in ("markdown", "summary")}
+    report.plan["search"]["out_dir"] = str(out_dir)
+    report.notes.append(
+        f"search: the anytime-performance figure is {out_dir / 'search.html'}, every variant's "
+        f"figures and intervals in {out_dir / 'search.md'}"
+        + (f" ({SMOKE})" if plan.search_smoke else "")
+    )
+    if details["ray"]["note"]:
+        report.notes.append(f"search: {details['ray']['note']}")
+    return [Row(**r) for r in rows]
 
 
 def to_markdown(d: dict[str, Any]) -> str:
