@@ -29,6 +29,9 @@ def _scaling_overrides(opts: BenchOptions, name: str) -> dict[str, Any]:
         "epochs": plan.scaling_epochs,
         "sampler": "random",
         "pruner": "none",
+        # the section times identical trials: with deduplication every repeat would copy the first
+        # trial's result in milliseconds instead of training (repeats train with a new seed each)
+        "deduplicate": False,
     }
 
 
