@@ -10,7 +10,7 @@ where it stopped: runs already in the table are skipped. Seeds are the outer loo
 seed is a complete grid that replays can use on its own.
 
     python -m cnnopt.bench.search.tabulate --out cnnopt/bench/search/tables/r2_grid.json \
-        --data-dir /work/shared/data/fashion-mnist --seeds 0 1 2 --threads 2
+        --data-dir ../shared/data/fashion-mnist --seeds 0 1 2 --threads 2
 """
 
 from __future__ import annotations
