@@ -23,7 +23,7 @@ from cnnopt.checkpoint import origin_number
 from cnnopt.config import RunConfig
 from cnnopt.data import load_split
 from cnnopt.errors import CnnoptError, ConfigError, TrialFailed
-from cnnopt.study import Study
+from cnnopt.study import WARM_START, Study
 from cnnopt.train import EpochStats, Interrupted, TrainResult, fit
 
 Event = Callable[[dict[str, Any]], None]
@@ -96,6 +96,11 @@ class Objective:
         trial.set_user_attr("config", cfg.to_dict())
         self.emit({"event": "start", "trial": trial.number})
         history: list[dict[str, Any]] = []
+        # A warm start (the study file's `enqueue`) is trained to the end: the user wrote it down
+        # because its full result is the evidence, and at an early rung a net built for a long
+        # schedule (high-lr SGD) can trail one that fits fast and then levels off. It still
+        # reports every epoch, so later trials are compared with it at each rung.
+        warm_start = bool(trial.user_attrs.get(WARM_START))
 
         def on_epoch(stats: EpochStats) -> None:
             value = stats.metrics[self.metric]
@@ -111,7 +116,7 @@ class Objective:
                 raise Interrupted()
             # the last epoch is never pruned: the work is done, and a complete value teaches the
             # sampler more than a pruned one
-            if stats.epoch < cfg.train.epochs and trial.should_prune():
+            if stats.epoch < cfg.train.epochs and not warm_start and trial.should_prune():
                 raise optuna.TrialPruned(
                     f"pruned at epoch {stats.epoch} ({self.metric}={value:.4f})"
                 )

@@ -42,7 +42,7 @@ from cnnopt.storage import (
     mask_url,
     resolve_url,
 )
-from cnnopt.study import Study
+from cnnopt.study import WARM_START, Study
 
 log = logging.getLogger("cnnopt")
 
@@ -131,8 +131,9 @@ def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
     if create and study.settings.enqueue and not ostudy.get_trials(deepcopy=False):
         # Warm start, once, when the study is new: the report's own configuration goes first,
         # so the search starts from what the user already had and can only improve on it.
+        # Tagged WARM_START: the objective trains them to the end (never pruned), see there.
         for params in study.settings.enqueue:
-            ostudy.enqueue_trial(params, skip_if_exists=True)
+            ostudy.enqueue_trial(params, user_attrs={WARM_START: True}, skip_if_exists=True)
     attrs = ostudy.user_attrs
     recorded = [("study_file", study.describe()), ("metric", study.settings.metric)]
     location = resolve_location(study.settings.artifacts, study.name)

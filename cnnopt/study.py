@@ -76,10 +76,13 @@ class StudySettings:
     deduplicate: bool = True
     # where trial artifacts go: a folder or s3://bucket/prefix; "none": off (cnnopt/artifacts.py)
     artifacts: str | None = None  # default: storage/artifacts/<study>/
-    enqueue: tuple[
-        dict, ...
-    ] = ()  # params of trials to run first (warm start), when the study is new
+    # params of trials to run first (warm starts), when the study is new; they are trained to
+    # the end, never pruned
+    enqueue: tuple[dict, ...] = ()
 
+
+# user attr of the trials `enqueue` puts first: the objective never prunes them
+WARM_START = "warm_start"
 
 STUDY_TYPES: dict[str, Any] = typing.get_type_hints(StudySettings)
 STUDY_CHOICES = {

@@ -317,6 +317,8 @@ def test_two_workers_never_train_the_same_configuration(write_study, tmp_path):
     assert r.returncode == 0, r.stderr
     trials = optuna.load_study(study_name="race", storage=get_storage(storage)).trials
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+    # the study file's enqueue: tagged as warm starts (the objective never prunes them)
+    assert [t.user_attrs.get("warm_start") for t in trials[:3]] == [True, True, None]
     done = trained(trials)
     originals = [t for t in done if "duplicate_of" not in t.user_attrs]
     assert len(originals) == len({t.user_attrs["config_hash"] for t in originals}) == 2

@@ -205,3 +205,20 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory():
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: not enough memory: you tried"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_warm_start_is_never_pruned(write_study):
+    """A trial the study file enqueued (tagged warm_start) trains to the end even when the
+    pruner would stop it; the same configuration without the tag is pruned."""
+    study, ostudy = make(write_study, "successive_halving")
+    objective = Objective(study)
+    for lr, attrs in [(0.05, {}), (0.04, {}), (1e-6, {"warm_start": True}), (1.1e-6, {})]:
+        ostudy.enqueue_trial({"lr": lr}, user_attrs=attrs)
+        trial = ostudy.ask()
+        try:
+            ostudy.tell(trial, objective(trial))
+        except optuna.TrialPruned:
+            ostudy.tell(trial, state=TrialState.PRUNED)
+    warm, cold = ostudy.trials[2], ostudy.trials[3]
+    assert warm.state == TrialState.COMPLETE and len(warm.intermediate_values) == 4
+    assert cold.state == TrialState.PRUNED
