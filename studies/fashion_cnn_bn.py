@@ -48,6 +48,7 @@ seed = 0
 # l1 64, 2 conv blocks with BN after each), so the search starts from the report and improves on it;
 # the second is a small all-conv net (3 blocks of 2 conv-BN-ReLU, 32/64/128 filters, global average
 # pooling, 288k params) of the kind that reaches 94% on FashionMNIST with a longer final training.
+# Warm starts are trained to the end, never pruned: high-lr SGD trails Adam at an early rung.
 enqueue = [
     {
         "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-6, "batch_size": 128,
