@@ -265,3 +265,121 @@ def test_bench_section_adapter_sets_the_headline_and_writes_beside_the_report(tm
     assert any("SMOKE RUN" in m for m in logs) and any("SMOKE RUN" in n for n in report.notes)
     assert str(tmp_path / "search.html") in report.notes[0]
     assert (tmp_path / "search.html").stat().st_size > 100
+
+
+# -- the random pool -----------------------------------------------------------------------------
+
+POOL_BAD = {2, 5, 7}  # pool indices whose curves stay near chance: any pruner should stop them
+
+
+def synth_pool(n: int = 8, epochs: int = 4, size: int = 10, unfinished: bool = True) -> dict:
+    """A hand-made pool table as pool.py writes it: ``n`` configurations in sampling order (of a
+    planned ``size``), one training seed; good curves rise towards 0.85..0.92, bad ones stay near
+    0.1; an epoch of configuration i costs i + 1 seconds (the median of 3 raw values). With
+    ``unfinished``, one more pooled configuration has only half its epochs (still training)."""
+    configs = [{"lr": 10.0 ** -(1 + i % 4), "width": 16 * (i + 1)} for i in range(n + 1)]
+    runs = {}
+    for i, c in enumerate(configs):
+        if i == n and not unfinished:
+            break
+        if i in POOL_BAD:
+            accs = [0.10 + 0.001 * e for e in range(1, epochs + 1)]
+        else:
+            top = 0.85 + 0.01 * i  # reached at the last epoch
+            accs = [top - 0.4 * (epochs - e) / epochs for e in range(1, epochs + 1)]
+        raw_seconds = [i + 1, 100.0, i + 1, 0.5] * epochs  # an outlier or two: the median holds
+        runs[tabulate.run_key(c, 0)] = {
+            "config": c,
+            "seed": 0,
+            "index": i,
+            "params": 1000 * (i + 1),
+            "flops": 1e6,
+            "epochs": [
+                {"epoch": e, "val_accuracy": a, "val_loss": 1.0, "train_loss": 1.0,
+                 "seconds": raw_seconds[e - 1]}
+                for e, a in enumerate(accs[: epochs if i < n else epochs // 2], 1)
+            ],
+        }  # fmt: skip
+    meta = {
+        "kind": "pool", "pool": [tabulate.config_key(c) for c in configs], "epochs": epochs,
+        "seeds": [0], "size": size, "study_file": "studies/tiny.py",
+    }  # fmt: skip
+    return {"meta": meta, "runs": runs}
+
+
+@pytest.fixture
+def pool():
+    from cnnopt.bench.search.pool_replay import PoolTable
+
+    return PoolTable(synth_pool())
+
+
+def test_pool_table_keeps_finished_runs_in_pool_order(pool):
+    from cnnopt.bench.search.pool_replay import PoolTable
+
+    data = synth_pool()
+    assert pool.n_configs == 8 and not pool.complete  # 8 of 10 planned; the 9th still training
+    assert pool.order == data["meta"]["pool"][:8]
+    assert pool.seconds[pool.order[3]] == 4  # median epoch seconds, not the 100 s outlier
+    assert pool.ceiling() == pytest.approx(0.85 + 0.06)  # pool #6: #7 is a bad one
+    assert sum(f >= pool.target() for f in pool.finals()) == 1  # 90th percentile of 8
+    assert PoolTable(synth_pool(size=8, unfinished=False)).complete
+    data["meta"]["kind"] = "grid"
+    with pytest.raises(ValueError, match=r"^pool\.json: meta\.kind is 'grid', not 'pool'$"):
+        PoolTable(data, source="pool.json")
+
+
+def test_pool_replay_spends_the_budget_and_cuts_the_last_trial(pool):
+    from cnnopt.bench.search.pool_replay import replay_pool
+
+    r = replay_pool(pool, "none", order_seed=0, budget=10)
+    assert (r.trials, r.epochs, r.pruned) == (3, 10, 0)
+    assert [s for _k, s, _n in r.log] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert [n for _k, _s, n in r.log] == [4, 4, 2]
+    assert r.best == max(pool.curves[k][-1] for k, _s, _n in r.log[:2])  # the cut trial: nothing
+    secs = [pool.seconds[k] for k, _s, _n in r.log]
+    assert r.seconds == pytest.approx(4 * secs[0] + 4 * secs[1] + 2 * secs[2])
+    # a big budget: every configuration is tried once, then the study stops
+    big = replay_pool(pool, "none", order_seed=0, budget=120)
+    assert big.exhausted and big.epochs == 32 and big.trials == 8
+    assert big.best == pool.ceiling()
+
+
+def test_pool_replay_is_deterministic_and_paired_per_order_seed(pool):
+    """The same order seed gives the same study; every pruner plays the same permutation (so the
+    differences between pruners are paired), and other seeds play other permutations."""
+    from cnnopt.bench.search.pool_replay import replay_pool
+
+    for pruner in R.PRUNERS:
+        a, b = (replay_pool(pool, pruner, order_seed=3, budget=20) for _ in range(2))
+        assert a.log == b.log and a.trace == b.trace, pruner
+        keys = [k for k, _s, _n in a.log]
+        assert keys == pool.permutation(3)[: len(keys)], pruner
+    assert len({tuple(pool.permutation(s)) for s in range(10)}) > 5
+
+
+def test_pool_pruned_trials_stop_early_and_cost_only_their_epochs(pool):
+    from cnnopt.bench.search.pool_replay import ASHA_LIKE, DEFAULT_PRUNER, replay_pool
+
+    bad = {pool.order[i] for i in POOL_BAD}
+    for seed in range(6):
+        for pruner in (ASHA_LIKE, DEFAULT_PRUNER):
+            r = replay_pool(pool, pruner, order_seed=seed, budget=120)
+            assert r.exhausted and r.epochs == sum(n for _k, _s, n in r.log) < 32
+            assert all(n < pool.epochs for _k, s, n in r.log if s == "PRUNED")
+            assert r.pruned == sum(s == "PRUNED" for _k, s, _n in r.log) >= 2
+            # At the first rung every earlier trial competes (pruned ones too) and the top half
+            # goes on: a bad curve is pruned there once good trials are at least as many as
+            # the bad ones (itself included).
+            good_before = bad_so_far = 0
+            for k, s, _n in r.log:
+                if k in bad:
+                    bad_so_far += 1
+                    if good_before >= bad_so_far:
+                        assert s == "PRUNED", (pruner, seed, r.log)
+                else:
+                    good_before += 1
+            if pruner == DEFAULT_PRUNER:  # first rung at epoch 3: bad curves stop there
+                assert {n for k, s, n in r.log if k in bad and s == "PRUNED"} == {3}
+            # the trace's best never counts a pruned trial's value
+            assert r.best in {pool.curves[k][-1] for k, s, _n in r.log if s == "COMPLETE"}
