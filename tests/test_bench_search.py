@@ -231,8 +231,9 @@ def test_search_section_rows_choice_and_outputs(tmp_path):
     path = tmp_path / "table.json"
     path.write_text(json.dumps(synth_table()))
     rows, d = section.bench_search(
-        path, seeds=3, ray_seeds=0, quick=True, out_dir=tmp_path / "out", log=lambda m: None
-    )
+        path, seeds=3, ray_seeds=0, quick=True, out_dir=tmp_path / "out", log=lambda m: None,
+        pool_path=tmp_path / "no_pool.json",
+    )  # fmt: skip
     fields = {"section", "name", "value", "unit", "baseline", "baseline_value", "ratio", "better"}
     assert all(fields | {"note", "extra"} <= set(r) for r in rows)
     assert d["chosen"] in {v.name for v in section.CANDIDATES}
@@ -243,6 +244,11 @@ def test_search_section_rows_choice_and_outputs(tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 100
     dedup = [r for r in rows if r["name"].split(": ")[1].split(" ")[0].endswith("+dedup")]
     assert dedup and all(r["extra"]["duplicate_epochs_mean"] == 0 for r in dedup)
+    # no pool table: one line says so, the grid part stands alone
+    assert not (tmp_path / "out" / "search_pool.html").exists()
+    assert not any(r["name"].startswith("pool:") for r in rows)
+    missing = [line for line in d["markdown"].splitlines() if "random pool" in line]
+    assert len(missing) == 1 and "no table at" in missing[0] and "no_pool.json" in missing[0]
 
 
 def test_bench_section_adapter_sets_the_headline_and_writes_beside_the_report(tmp_path):
@@ -383,3 +389,37 @@ def test_pool_pruned_trials_stop_early_and_cost_only_their_epochs(pool):
                 assert {n for k, s, n in r.log if k in bad and s == "PRUNED"} == {3}
             # the trace's best never counts a pruned trial's value
             assert r.best in {pool.curves[k][-1] for k, s, _n in r.log if s == "COMPLETE"}
+
+
+def test_search_section_reports_the_pool_beside_the_real_grid(tmp_path):
+    """--quick on the committed grid and a tiny, incomplete pool: the pool part's rows, paired
+    comparisons of the default pruner, its figure, and the provisional warning everywhere."""
+    from cnnopt.bench.search import section
+    from cnnopt.bench.search.pool_replay import DEFAULT_PRUNER
+
+    pool_path = tmp_path / "pool.json"
+    pool_path.write_text(json.dumps(synth_pool()))
+    out = tmp_path / "out"
+    rows, d = section.bench_search(
+        section.TABLE, seeds=3, ray_seeds=0, quick=True, out_dir=out, log=lambda m: None,
+        pool_path=pool_path,
+    )  # fmt: skip
+    p = d["pool"]
+    assert (p["configs"], p["size"], p["complete"]) == (8, 10, False)
+    assert p["choose_seeds"] == [0, 2] and p["fresh_seeds"] == [3, 5]
+    assert p["default"] == f"random+{DEFAULT_PRUNER}" and p["chosen"] in p["summary"]
+    assert p["ceiling"] == pytest.approx(0.91) and p["reaching_target"] == 1
+    default = p["summary"][p["default"]]
+    assert set(default["vs"]) == set(section.POOL_BASELINES)
+    assert default["vs"]["no pruning"]["best"]["n"] == 3
+    assert default["pruned_mean"] > 0 and p["summary"]["random+none"]["pruned_mean"] == 0
+    pool_rows = [r for r in rows if r["name"].startswith("pool:")]
+    assert len(pool_rows) == len(R.PRUNERS)
+    assert all("provisional" in r["note"] and "SMOKE RUN" in r["note"] for r in pool_rows)
+    assert sum("(cnnopt default" in r["name"] for r in pool_rows) == 1
+    md = d["markdown"]
+    assert "### Random pool" in md and "Incomplete pool: 8 of 10 configurations" in md
+    assert "90th-percentile" in md and "cnnopt's default pruner (random+sh3): vs no pruning" in md
+    assert md.count("SMOKE RUN") >= 2  # the grid's and the pool's part
+    assert (out / "search_pool.html").stat().st_size > 100
+    assert json.loads((out / "search.json").read_text())["pool"]["configs"] == 8
