@@ -251,13 +251,20 @@ def test_search_section_rows_choice_and_outputs(tmp_path):
     assert len(missing) == 1 and "no table at" in missing[0] and "no_pool.json" in missing[0]
 
 
-def test_bench_section_adapter_sets_the_headline_and_writes_beside_the_report(tmp_path):
+def test_bench_section_adapter_sets_the_headline_and_writes_beside_the_report(
+    tmp_path, monkeypatch
+):
     """``cnnopt bench --section search``: the plan's seeds (``--seeds`` overrides them), the
-    chosen default's paired difference as the report headline, search.* in ``opts.out_dir``."""
+    chosen default's paired difference as the report headline, search.* in ``opts.out_dir``,
+    the pool part where its table is."""
     import torch
 
     from cnnopt.bench.common import TINY, BenchOptions, Context, Report
     from cnnopt.bench.search import section
+
+    pool_path = tmp_path / "pool.json"
+    pool_path.write_text(json.dumps(synth_pool()))
+    monkeypatch.setattr(section, "POOL_TABLE", pool_path)
 
     logs: list[str] = []
     opts = BenchOptions(plan=TINY, seeds=3, out_dir=str(tmp_path), log=logs.append)
@@ -271,6 +278,10 @@ def test_bench_section_adapter_sets_the_headline_and_writes_beside_the_report(tm
     assert any("SMOKE RUN" in m for m in logs) and any("SMOKE RUN" in n for n in report.notes)
     assert str(tmp_path / "search.html") in report.notes[0]
     assert (tmp_path / "search.html").stat().st_size > 100
+    assert report.plan["search"]["pool"]["configs"] == 8  # the plan's copy, without the summary
+    assert "summary" not in report.plan["search"]["pool"]
+    assert sum(r.name.startswith("pool:") for r in rows) == len(R.PRUNERS)
+    assert any("search_pool.html" in n and "provisional" in n for n in report.notes)
 
 
 # -- the random pool -----------------------------------------------------------------------------

@@ -413,6 +413,7 @@ def run(opts: BenchOptions, ctx: Context) -> list[Row]:
     rows, details = bench_search(
         TABLE, seeds=opts.seeds or plan.search_seeds, ray_seeds=plan.search_ray_seeds,
         quick=plan.search_smoke, out_dir=out_dir, log=lambda m: opts.log(f"search: {m}"),
+        pool_path=POOL_TABLE,
     )  # fmt: skip
     report = ctx.report
     chosen = details["chosen"]
