@@ -434,3 +434,63 @@ def test_search_section_reports_the_pool_beside_the_real_grid(tmp_path):
     assert md.count("SMOKE RUN") >= 2  # the grid's and the pool's part
     assert (out / "search_pool.html").stat().st_size > 100
     assert json.loads((out / "search.json").read_text())["pool"]["configs"] == 8
+
+
+POOL_STUDY = """
+name = "pool_tiny"
+dataset = "synthetic"
+family = "cnn"
+conv_blocks = 2
+filters = [4, 8]
+hidden = []
+global_pool = True
+epochs = 2
+
+
+def space(trial):
+    return {"batch_size": trial.suggest_categorical("batch_size", [64, 128])}
+"""
+
+
+def test_sample_pool_is_seeded_and_draws_distinct_configurations():
+    """Sampling only (no training, no data): the real study's space, deterministic in the pool
+    seed, every configuration once."""
+    from cnnopt.bench.search import pool
+    from cnnopt.dedup import config_hash
+
+    study = pool.load_study(pool.STUDY_FILE, epochs=10, train_subset=15000)
+    a, b = (pool.sample_pool(study, 6, pool_seed=0) for _ in range(2))
+    assert a == b and len(a) == 6
+    assert len({config_hash(study.config_from_params(p)) for p in a}) == 6
+    assert pool.sample_pool(study, 6, pool_seed=1) != a
+    assert pool.sample_pool(study, 3, pool_seed=0) == a[:3]  # a smaller pool is a prefix
+
+
+def test_tabulate_pool_writes_runs_in_pool_order_and_resumes_without_retraining(
+    tmp_path, write_study
+):
+    from cnnopt.bench.search import pool
+    from cnnopt.bench.search.pool_replay import PoolTable
+
+    study_file = write_study(POOL_STUDY)
+    out = tmp_path / "pool.json"
+    kw = dict(study_file=study_file, size=3, epochs=2, train_subset=None, command="cmd")
+    logs: list[str] = []
+    first = pool.tabulate_pool(out, limit=1, log=logs.append, **kw)
+    # a 2-value space: the pool has the 2 configurations there are, not 3
+    assert len(first["meta"]["pool"]) == 2 and first["meta"]["kind"] == "pool"
+    assert len(first["runs"]) == 1 and first["meta"]["command"] == "cmd"
+    (run,) = first["runs"].values()
+    assert run["index"] == 0 and tabulate.config_key(run["config"]) == first["meta"]["pool"][0]
+    assert len(run["epochs"]) == 2 and run["params"] > 0
+    t = PoolTable.load(out)
+    assert t.n_configs == 1 and not t.complete  # the first run alone: a smaller pool
+    pool.tabulate_pool(out, log=logs.append, **kw)
+    assert logs[-2].startswith("1 runs to train (1 already")
+    second = json.loads(out.read_text())
+    assert second["runs"][tabulate.run_key(run["config"], 0)] == run  # kept, not retrained
+    assert len(second["runs"]) == 2
+    pool.tabulate_pool(out, log=logs.append, **kw)
+    assert logs[-1].startswith("0 runs to train (2 already")
+    assert json.loads(out.read_text())["runs"] == second["runs"]
+    assert PoolTable.load(out).order == second["meta"]["pool"]
