@@ -511,12 +511,13 @@ def pool_markdown(p: dict[str, Any], smoke: bool) -> list[str]:
             )
     lines += [
         f"Random search over a seeded random pool of {p['study_file'] or 'the study'}'s space "
-        f"({p['table']}: {p['configs']} configurations, training seed {p['train_seed']}, "
+        f"({p['table']}: {_count(p['configs'], 'configuration')}, training seed {p['train_seed']}, "
         f"{p['epochs']} epochs each): an order seed plays a random permutation of the pool as a "
         "study with the real pruner, every pruner the same permutation. Budget "
         f"{p['budget']} epochs. Pool ceiling (best final val accuracy) {p['ceiling']:.4f}; "
         f"target {p['target']:.4f}, the pool's {p['target_percentile']:.0f}th-percentile final "
-        f"val accuracy ({_count(p['reaching_target'], 'configuration')} reach it). Pruner chosen "
+        f"val accuracy ({_count(p['reaching_target'], 'configuration')} "
+        f"{'reaches' if p['reaching_target'] == 1 else 'reach'} it). Pruner chosen "
         f"on order "
         f"seeds {p['choose_seeds'][0]}..{p['choose_seeds'][1]}: **{p['chosen']}**; figures "
         f"below on fresh order seeds {p['fresh_seeds'][0]}..{p['fresh_seeds'][1]}, intervals: "
