@@ -344,6 +344,28 @@ def test_pool_table_keeps_finished_runs_in_pool_order(pool):
     data["meta"]["kind"] = "grid"
     with pytest.raises(ValueError, match=r"^pool\.json: meta\.kind is 'grid', not 'pool'$"):
         PoolTable(data, source="pool.json")
+    data["meta"] = {"kind": "pool", "pool": []}
+    with pytest.raises(ValueError, match=r"^pool\.json: meta\.epochs is missing$"):
+        PoolTable(data, source="pool.json")
+
+
+def test_search_section_skips_an_unusable_pool_in_one_line(tmp_path):
+    """A pool table whose first run is still training: the grid part stands, one line says why."""
+    from cnnopt.bench.search import section
+
+    grid_path, pool_path = tmp_path / "grid.json", tmp_path / "pool.json"
+    grid_path.write_text(json.dumps(synth_table()))
+    data = synth_pool(n=0)  # only the unfinished configuration
+    pool_path.write_text(json.dumps(data))
+    rows, d = section.bench_search(
+        grid_path, seeds=2, ray_seeds=0, quick=True, log=lambda m: None, pool_path=pool_path
+    )
+    assert rows and not any(r["name"].startswith("pool:") for r in rows)
+    assert d["pool"]["note"] == (
+        f"random pool: {pool_path}: no pooled configuration has all 4 epochs for training seed 0; "
+        "the pool part is skipped"
+    )
+    assert d["markdown"].rstrip().endswith(d["pool"]["note"])
 
 
 def test_pool_replay_spends_the_budget_and_cuts_the_last_trial(pool):

@@ -49,9 +49,15 @@ class PoolTable:
         self.meta = data.get("meta", {})
         if self.meta.get("kind") != "pool":
             raise ValueError(f"{source}: meta.kind is {self.meta.get('kind')!r}, not 'pool'")
+        for key in ("epochs", "pool"):
+            if key not in self.meta:
+                raise ValueError(f"{source}: meta.{key} is missing")
+        if "runs" not in data:
+            raise ValueError(f"{source}: runs is missing")
         self.epochs: int = int(self.meta["epochs"])
         self.size: int = int(self.meta.get("size", len(self.meta["pool"])))  # the pool planned
-        self.seed: int = int(self.meta.get("seeds", [0])[0] if seed is None else seed)
+        # the table's first training seed unless told (pool.py tabulates seed 0 alone by default)
+        self.seed: int = int((self.meta.get("seeds") or [0])[0] if seed is None else seed)
         self.metric = metric
         self.curves: dict[str, list[float]] = {}
         self.seconds: dict[str, float] = {}

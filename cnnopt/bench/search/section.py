@@ -288,7 +288,12 @@ def bench_pool(
         )
         log(note)
         return [], {"note": note}, {}
-    pool = PoolTable.load(pool_path)
+    try:
+        pool = PoolTable.load(pool_path)
+    except ValueError as e:  # e.g. no run finished yet: the grid part still stands
+        note = f"random pool: {e}; the pool part is skipped"
+        log(note)
+        return [], {"note": note}, {}
     target = pool.target(POOL_TARGET_PERCENTILE)
     names = [variant_name(p) for p in PRUNERS]
     choose_seeds, fresh_seeds = list(range(seeds)), list(range(seeds, 2 * seeds))
