@@ -231,8 +231,9 @@ def test_search_section_rows_choice_and_outputs(tmp_path):
     path = tmp_path / "table.json"
     path.write_text(json.dumps(synth_table()))
     rows, d = section.bench_search(
-        path, seeds=3, ray_seeds=0, quick=True, out_dir=tmp_path / "out", log=lambda m: None
-    )
+        path, seeds=3, ray_seeds=0, quick=True, out_dir=tmp_path / "out", log=lambda m: None,
+        pool_path=tmp_path / "no_pool.json",
+    )  # fmt: skip
     fields = {"section", "name", "value", "unit", "baseline", "baseline_value", "ratio", "better"}
     assert all(fields | {"note", "extra"} <= set(r) for r in rows)
     assert d["chosen"] in {v.name for v in section.CANDIDATES}
@@ -243,15 +244,27 @@ def test_search_section_rows_choice_and_outputs(tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 100
     dedup = [r for r in rows if r["name"].split(": ")[1].split(" ")[0].endswith("+dedup")]
     assert dedup and all(r["extra"]["duplicate_epochs_mean"] == 0 for r in dedup)
+    # no pool table: one line says so, the grid part stands alone
+    assert not (tmp_path / "out" / "search_pool.html").exists()
+    assert not any(r["name"].startswith("pool:") for r in rows)
+    missing = [line for line in d["markdown"].splitlines() if "random pool" in line]
+    assert len(missing) == 1 and "no table at" in missing[0] and "no_pool.json" in missing[0]
 
 
-def test_bench_section_adapter_sets_the_headline_and_writes_beside_the_report(tmp_path):
+def test_bench_section_adapter_sets_the_headline_and_writes_beside_the_report(
+    tmp_path, monkeypatch
+):
     """``cnnopt bench --section search``: the plan's seeds (``--seeds`` overrides them), the
-    chosen default's paired difference as the report headline, search.* in ``opts.out_dir``."""
+    chosen default's paired difference as the report headline, search.* in ``opts.out_dir``,
+    the pool part where its table is."""
     import torch
 
     from cnnopt.bench.common import TINY, BenchOptions, Context, Report
     from cnnopt.bench.search import section
+
+    pool_path = tmp_path / "pool.json"
+    pool_path.write_text(json.dumps(synth_pool()))
+    monkeypatch.setattr(section, "POOL_TABLE", pool_path)
 
     logs: list[str] = []
     opts = BenchOptions(plan=TINY, seeds=3, out_dir=str(tmp_path), log=logs.append)
@@ -265,3 +278,241 @@ def test_bench_section_adapter_sets_the_headline_and_writes_beside_the_report(tm
     assert any("SMOKE RUN" in m for m in logs) and any("SMOKE RUN" in n for n in report.notes)
     assert str(tmp_path / "search.html") in report.notes[0]
     assert (tmp_path / "search.html").stat().st_size > 100
+    assert report.plan["search"]["pool"]["configs"] == 8  # the plan's copy, without the summary
+    assert "summary" not in report.plan["search"]["pool"]
+    assert sum(r.name.startswith("pool:") for r in rows) == len(R.PRUNERS)
+    assert any("search_pool.html" in n and "provisional" in n for n in report.notes)
+
+
+# -- the random pool -----------------------------------------------------------------------------
+
+POOL_BAD = {2, 5, 7}  # pool indices whose curves stay near chance: any pruner should stop them
+
+
+def synth_pool(n: int = 8, epochs: int = 4, size: int = 10, unfinished: bool = True) -> dict:
+    """A hand-made pool table as pool.py writes it: ``n`` configurations in sampling order (of a
+    planned ``size``), one training seed; good curves rise towards 0.85..0.92, bad ones stay near
+    0.1; an epoch of configuration i costs i + 1 seconds (the median of 3 raw values). With
+    ``unfinished``, one more pooled configuration has only half its epochs (still training)."""
+    configs = [{"lr": 10.0 ** -(1 + i % 4), "width": 16 * (i + 1)} for i in range(n + 1)]
+    runs = {}
+    for i, c in enumerate(configs):
+        if i == n and not unfinished:
+            break
+        if i in POOL_BAD:
+            accs = [0.10 + 0.001 * e for e in range(1, epochs + 1)]
+        else:
+            top = 0.85 + 0.01 * i  # reached at the last epoch
+            accs = [top - 0.4 * (epochs - e) / epochs for e in range(1, epochs + 1)]
+        raw_seconds = [i + 1, 100.0, i + 1, 0.5] * epochs  # an outlier or two: the median holds
+        runs[tabulate.run_key(c, 0)] = {
+            "config": c,
+            "seed": 0,
+            "index": i,
+            "params": 1000 * (i + 1),
+            "flops": 1e6,
+            "epochs": [
+                {"epoch": e, "val_accuracy": a, "val_loss": 1.0, "train_loss": 1.0,
+                 "seconds": raw_seconds[e - 1]}
+                for e, a in enumerate(accs[: epochs if i < n else epochs // 2], 1)
+            ],
+        }  # fmt: skip
+    meta = {
+        "kind": "pool", "pool": [tabulate.config_key(c) for c in configs], "epochs": epochs,
+        "seeds": [0], "size": size, "study_file": "studies/tiny.py",
+    }  # fmt: skip
+    return {"meta": meta, "runs": runs}
+
+
+@pytest.fixture
+def pool():
+    from cnnopt.bench.search.pool_replay import PoolTable
+
+    return PoolTable(synth_pool())
+
+
+def test_pool_table_keeps_finished_runs_in_pool_order(pool):
+    from cnnopt.bench.search.pool_replay import PoolTable
+
+    data = synth_pool()
+    assert pool.n_configs == 8 and not pool.complete  # 8 of 10 planned; the 9th still training
+    assert pool.order == data["meta"]["pool"][:8]
+    assert pool.seconds[pool.order[3]] == 4  # median epoch seconds, not the 100 s outlier
+    assert pool.ceiling() == pytest.approx(0.85 + 0.06)  # pool #6: #7 is a bad one
+    assert sum(f >= pool.target() for f in pool.finals()) == 1  # 90th percentile of 8
+    assert PoolTable(synth_pool(size=8, unfinished=False)).complete
+    data["meta"]["kind"] = "grid"
+    with pytest.raises(ValueError, match=r"^pool\.json: meta\.kind is 'grid', not 'pool'$"):
+        PoolTable(data, source="pool.json")
+    data["meta"] = {"kind": "pool", "pool": []}
+    with pytest.raises(ValueError, match=r"^pool\.json: meta\.epochs is missing$"):
+        PoolTable(data, source="pool.json")
+
+
+def test_search_section_skips_an_unusable_pool_in_one_line(tmp_path):
+    """A pool table whose first run is still training: the grid part stands, one line says why."""
+    from cnnopt.bench.search import section
+
+    grid_path, pool_path = tmp_path / "grid.json", tmp_path / "pool.json"
+    grid_path.write_text(json.dumps(synth_table()))
+    data = synth_pool(n=0)  # only the unfinished configuration
+    pool_path.write_text(json.dumps(data))
+    rows, d = section.bench_search(
+        grid_path, seeds=2, ray_seeds=0, quick=True, log=lambda m: None, pool_path=pool_path
+    )
+    assert rows and not any(r["name"].startswith("pool:") for r in rows)
+    assert d["pool"]["note"] == (
+        f"random pool: {pool_path}: no pooled configuration has all 4 epochs for training seed 0; "
+        "the pool part is skipped"
+    )
+    assert d["markdown"].rstrip().endswith(d["pool"]["note"])
+
+
+def test_pool_replay_spends_the_budget_and_cuts_the_last_trial(pool):
+    from cnnopt.bench.search.pool_replay import replay_pool
+
+    r = replay_pool(pool, "none", order_seed=0, budget=10)
+    assert (r.trials, r.epochs, r.pruned) == (3, 10, 0)
+    assert [s for _k, s, _n in r.log] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert [n for _k, _s, n in r.log] == [4, 4, 2]
+    assert r.best == max(pool.curves[k][-1] for k, _s, _n in r.log[:2])  # the cut trial: nothing
+    secs = [pool.seconds[k] for k, _s, _n in r.log]
+    assert r.seconds == pytest.approx(4 * secs[0] + 4 * secs[1] + 2 * secs[2])
+    # a big budget: every configuration is tried once, then the study stops
+    big = replay_pool(pool, "none", order_seed=0, budget=120)
+    assert big.exhausted and big.epochs == 32 and big.trials == 8
+    assert big.best == pool.ceiling()
+
+
+def test_pool_replay_is_deterministic_and_paired_per_order_seed(pool):
+    """The same order seed gives the same study; every pruner plays the same permutation (so the
+    differences between pruners are paired), and other seeds play other permutations."""
+    from cnnopt.bench.search.pool_replay import replay_pool
+
+    for pruner in R.PRUNERS:
+        a, b = (replay_pool(pool, pruner, order_seed=3, budget=20) for _ in range(2))
+        assert a.log == b.log and a.trace == b.trace, pruner
+        keys = [k for k, _s, _n in a.log]
+        assert keys == pool.permutation(3)[: len(keys)], pruner
+    assert len({tuple(pool.permutation(s)) for s in range(10)}) > 5
+
+
+def test_pool_pruned_trials_stop_early_and_cost_only_their_epochs(pool):
+    from cnnopt.bench.search.pool_replay import ASHA_LIKE, DEFAULT_PRUNER, replay_pool
+
+    bad = {pool.order[i] for i in POOL_BAD}
+    for seed in range(6):
+        for pruner in (ASHA_LIKE, DEFAULT_PRUNER):
+            r = replay_pool(pool, pruner, order_seed=seed, budget=120)
+            assert r.exhausted and r.epochs == sum(n for _k, _s, n in r.log) < 32
+            assert all(n < pool.epochs for _k, s, n in r.log if s == "PRUNED")
+            assert r.pruned == sum(s == "PRUNED" for _k, s, _n in r.log) >= 2
+            # At the first rung every earlier trial competes (pruned ones too) and the top half
+            # goes on: a bad curve is pruned there once good trials are at least as many as
+            # the bad ones (itself included).
+            good_before = bad_so_far = 0
+            for k, s, _n in r.log:
+                if k in bad:
+                    bad_so_far += 1
+                    if good_before >= bad_so_far:
+                        assert s == "PRUNED", (pruner, seed, r.log)
+                else:
+                    good_before += 1
+            if pruner == DEFAULT_PRUNER:  # first rung at epoch 3: bad curves stop there
+                assert {n for k, s, n in r.log if k in bad and s == "PRUNED"} == {3}
+            # the trace's best never counts a pruned trial's value
+            assert r.best in {pool.curves[k][-1] for k, s, _n in r.log if s == "COMPLETE"}
+
+
+def test_search_section_reports_the_pool_beside_the_real_grid(tmp_path):
+    """--quick on the committed grid and a tiny, incomplete pool: the pool part's rows, paired
+    comparisons of the default pruner, its figure, and the provisional warning everywhere."""
+    from cnnopt.bench.search import section
+    from cnnopt.bench.search.pool_replay import DEFAULT_PRUNER
+
+    pool_path = tmp_path / "pool.json"
+    pool_path.write_text(json.dumps(synth_pool()))
+    out = tmp_path / "out"
+    rows, d = section.bench_search(
+        section.TABLE, seeds=3, ray_seeds=0, quick=True, out_dir=out, log=lambda m: None,
+        pool_path=pool_path,
+    )  # fmt: skip
+    p = d["pool"]
+    assert (p["configs"], p["size"], p["complete"]) == (8, 10, False)
+    assert p["choose_seeds"] == [0, 2] and p["fresh_seeds"] == [3, 5]
+    assert p["default"] == f"random+{DEFAULT_PRUNER}" and p["chosen"] in p["summary"]
+    assert p["ceiling"] == pytest.approx(0.91) and p["reaching_target"] == 1
+    default = p["summary"][p["default"]]
+    assert set(default["vs"]) == set(section.POOL_BASELINES)
+    assert default["vs"]["no pruning"]["best"]["n"] == 3
+    assert default["pruned_mean"] > 0 and p["summary"]["random+none"]["pruned_mean"] == 0
+    pool_rows = [r for r in rows if r["name"].startswith("pool:")]
+    assert len(pool_rows) == len(R.PRUNERS)
+    assert all("provisional" in r["note"] and "SMOKE RUN" in r["note"] for r in pool_rows)
+    assert sum("(cnnopt default" in r["name"] for r in pool_rows) == 1
+    md = d["markdown"]
+    assert "### Random pool" in md and "Incomplete pool: 8 of 10 configurations" in md
+    assert "90th-percentile" in md and "cnnopt's default pruner (random+sh3): vs no pruning" in md
+    assert md.count("SMOKE RUN") >= 2  # the grid's and the pool's part
+    assert (out / "search_pool.html").stat().st_size > 100
+    assert json.loads((out / "search.json").read_text())["pool"]["configs"] == 8
+
+
+POOL_STUDY = """
+name = "pool_tiny"
+dataset = "synthetic"
+family = "cnn"
+conv_blocks = 2
+filters = [4, 8]
+hidden = []
+global_pool = True
+epochs = 2
+
+
+def space(trial):
+    return {"batch_size": trial.suggest_categorical("batch_size", [64, 128])}
+"""
+
+
+def test_sample_pool_is_seeded_and_draws_distinct_configurations():
+    """Sampling only (no training, no data): the real study's space, deterministic in the pool
+    seed, every configuration once."""
+    from cnnopt.bench.search import pool
+    from cnnopt.dedup import config_hash
+
+    study = pool.load_study(pool.STUDY_FILE, epochs=10, train_subset=15000)
+    a, b = (pool.sample_pool(study, 6, pool_seed=0) for _ in range(2))
+    assert a == b and len(a) == 6
+    assert len({config_hash(study.config_from_params(p)) for p in a}) == 6
+    assert pool.sample_pool(study, 6, pool_seed=1) != a
+    assert pool.sample_pool(study, 3, pool_seed=0) == a[:3]  # a smaller pool is a prefix
+
+
+def test_tabulate_pool_writes_runs_in_pool_order_and_resumes_without_retraining(
+    tmp_path, write_study
+):
+    from cnnopt.bench.search import pool
+    from cnnopt.bench.search.pool_replay import PoolTable
+
+    study_file = write_study(POOL_STUDY)
+    out = tmp_path / "pool.json"
+    kw = dict(study_file=study_file, size=3, epochs=2, train_subset=None, command="cmd")
+    logs: list[str] = []
+    first = pool.tabulate_pool(out, limit=1, log=logs.append, **kw)
+    # a 2-value space: the pool has the 2 configurations there are, not 3
+    assert len(first["meta"]["pool"]) == 2 and first["meta"]["kind"] == "pool"
+    assert len(first["runs"]) == 1 and first["meta"]["command"] == "cmd"
+    (run,) = first["runs"].values()
+    assert run["index"] == 0 and tabulate.config_key(run["config"]) == first["meta"]["pool"][0]
+    assert len(run["epochs"]) == 2 and run["params"] > 0
+    t = PoolTable.load(out)
+    assert t.n_configs == 1 and not t.complete  # the first run alone: a smaller pool
+    pool.tabulate_pool(out, log=logs.append, **kw)
+    assert logs[-2].startswith("1 runs to train (1 already")
+    second = json.loads(out.read_text())
+    assert second["runs"][tabulate.run_key(run["config"], 0)] == run  # kept, not retrained
+    assert len(second["runs"]) == 2
+    pool.tabulate_pool(out, log=logs.append, **kw)
+    assert logs[-1].startswith("0 runs to train (2 already")
+    assert json.loads(out.read_text())["runs"] == second["runs"]
+    assert PoolTable.load(out).order == second["meta"]["pool"]

@@ -248,37 +248,56 @@ def replay(
         n = trained.get(key, 0)
         trained[key] = n + 1
         train_seed = table.seeds[(first_seed + n) % len(table.seeds)]
-        curve = table.curves[key][train_seed]
-        secs = table.seconds[key][train_seed]
-        values: list[float] = []
-        state = optuna.trial.TrialState.COMPLETE
-        for step, v in enumerate(curve, 1):
-            if out.epochs >= budget:
-                state = None  # cut by the budget: never completes
-                break
-            out.epochs += 1
-            out.seconds += secs[step - 1]
-            if n > 0:
-                out.duplicate_epochs += 1
-            values.append(v)
-            trial.report(v, step)
-            if step < table.epochs and trial.should_prune():
-                state = optuna.trial.TrialState.PRUNED
-                break
-        if state is None:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        elif state == optuna.trial.TrialState.PRUNED:
-            study.tell(trial, state=state)
-            out.pruned += 1
+        epochs_before = out.epochs
+        values, state = train_trial(
+            study, trial, key, table.curves[key][train_seed], table.seconds[key][train_seed], out
+        )
+        if n > 0:
+            out.duplicate_epochs += out.epochs - epochs_before
+        if state != optuna.trial.TrialState.FAIL:
             outcome.setdefault(key, (values, state))
-        else:
-            study.tell(trial, values[-1])
-            outcome.setdefault(key, (values, state))
-            if values[-1] > out.best:
-                out.best, out.best_key = values[-1], key
-        out.trace.append((out.epochs, out.seconds, out.best))
-        out.log.append((key, (state or optuna.trial.TrialState.FAIL).name, len(values)))
     return out
+
+
+def train_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    key: str,
+    curve: list[float],
+    seconds: list[float],
+    out: Replay,
+) -> tuple[list[float], optuna.trial.TrialState]:
+    """'Train' one asked trial on a tabulated curve, as cnnopt's objective trains: report every
+    epoch, ask the pruner after each but the last, stop where the budget ends (the trial then
+    never completes: FAIL, no value). Tells the study, updates ``out`` (cost, best, trace, log)
+    and returns the values reported and the final state. Every replay (grid, pool) goes through
+    here, so the budget and pruning rules cannot drift apart between them."""
+    epochs = len(curve)
+    values: list[float] = []
+    state = optuna.trial.TrialState.COMPLETE
+    for step, v in enumerate(curve, 1):
+        if out.epochs >= out.budget:
+            state = optuna.trial.TrialState.FAIL  # cut by the budget: never completes
+            break
+        out.epochs += 1
+        out.seconds += seconds[step - 1]
+        values.append(v)
+        trial.report(v, step)
+        if step < epochs and trial.should_prune():
+            state = optuna.trial.TrialState.PRUNED
+            break
+    if state == optuna.trial.TrialState.FAIL:
+        study.tell(trial, state=state)
+    elif state == optuna.trial.TrialState.PRUNED:
+        study.tell(trial, state=state)
+        out.pruned += 1
+    else:
+        study.tell(trial, values[-1])
+        if values[-1] > out.best:
+            out.best, out.best_key = values[-1], key
+    out.trace.append((out.epochs, out.seconds, out.best))
+    out.log.append((key, state.name, len(values)))
+    return values, state
 
 
 def replay_many(

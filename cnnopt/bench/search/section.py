@@ -1,6 +1,10 @@
 """The search section of ``cnnopt bench``: replays on R2's tabulated grid, the pruner chosen on
 one set of replay seeds and the headline reported on fresh seeds, real Ray Tune ASHA on the same
-table, rows, a Markdown table and an anytime-performance figure.
+table, rows, a Markdown table and an anytime-performance figure. Where the random pool of
+studies/fashion_cnn_bn.py's space is tabulated (``pool.py``), a second part replays random search
+over it with each pruner (``pool_replay.py``): the same choice on some order seeds and report on
+fresh ones, cnnopt's default pruner against no pruning and against ASHA-like epoch-1 rungs, and
+its own anytime figure (search_pool.html).
 
     cnnopt bench --section search --markdown runs/bench.md     # the evidence, in the bench report
     python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results            # the same
@@ -24,6 +28,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cnnopt.bench.search import ray_asha, stats
+from cnnopt.bench.search.pool import TABLE as POOL_TABLE
+from cnnopt.bench.search.pool_replay import (
+    ASHA_LIKE,
+    DEFAULT_PRUNER,
+    NO_PRUNING,
+    PoolTable,
+    replay_pool,
+    variant_name,
+)
 from cnnopt.bench.search.replay import PRUNERS, Replay, Table, Variant, replay
 
 if TYPE_CHECKING:
@@ -34,6 +47,12 @@ SECTION = "search"
 SMOKE = "SMOKE RUN (--quick): too few seeds to compare anything; not evidence"
 BASELINE_RANDOM = "random search, no pruning (R2)"  # the labels of the paired comparisons
 BASELINE_RAY = "Ray Tune random + ASHA"
+# the pool's paired comparisons: every pruner against these two, on the same permutations
+POOL_BASELINES = {
+    "no pruning": variant_name(NO_PRUNING),
+    "sh1 (ASHA-like, grace period 1)": variant_name(ASHA_LIKE),
+}
+POOL_TARGET_PERCENTILE = 90.0  # the pool's target: its 90th-percentile final val accuracy
 
 RANDOM = Variant("random", "none", dedup=False)  # R2's method: random search, full trials
 TPE = Variant("tpe", "none", dedup=False)
@@ -92,10 +111,13 @@ def bench_search(
     quick: bool = False,
     out_dir: Path | str | None = None,
     log: Callable[[str], None] = print,
+    pool_path: Path | str | None = POOL_TABLE,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Choose the pruner on replay seeds 0..seeds-1, report on seeds..2*seeds-1 (fresh).
+    """Choose the pruner on replay seeds 0..seeds-1, report on seeds..2*seeds-1 (fresh); the same
+    on the random pool at ``pool_path`` (order seeds) where that table exists.
 
-    Returns (rows, details); with ``out_dir`` also writes search.json, search.md, search.html.
+    Returns (rows, details); with ``out_dir`` also writes search.json, search.md, search.html
+    (and search_pool.html with the pool).
     """
     if quick:
         seeds, ray_seeds = min(seeds, 8), min(ray_seeds, 2)
@@ -219,6 +241,10 @@ def bench_search(
         "ray": {"note": ray_note, **ray_timing, "seeds": len(ray_replays)},
         "seconds": time.perf_counter() - t0,
     }
+    pool_rows, details["pool"], pool_replays = bench_pool(
+        pool_path, seeds=seeds, budget=budget, quick=quick, log=log
+    )
+    rows += pool_rows
     details["markdown"] = to_markdown(details)
     if out_dir is not None:
         out = Path(out_dir)
@@ -226,8 +252,151 @@ def bench_search(
         (out / "search.json").write_text(json.dumps({"rows": rows, **details}, indent=1) + "\n")
         (out / "search.md").write_text(details["markdown"])
         write_figure(on["fresh"], budget, out / "search.html", quick)
-        log(f"wrote {out / 'search.md'}, {out / 'search.json'}, {out / 'search.html'}")
+        written = [out / "search.md", out / "search.json", out / "search.html"]
+        if pool_replays:
+            n = details["pool"]["configs"]
+            write_figure(
+                pool_replays, budget, out / "search_pool.html", quick,
+                title=f"Random search over the pool ({n} configurations): best validation "
+                "accuracy so far (mean of order seeds, 95% bootstrap band)",
+            )  # fmt: skip
+            written.append(out / "search_pool.html")
+        log("wrote " + ", ".join(map(str, written)))
     return rows, details
+
+
+def bench_pool(
+    pool_path: Path | str | None,
+    *,
+    seeds: int,
+    budget: int,
+    quick: bool,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, list[Replay]]]:
+    """The pool part: every pruner plays random search over the pool on order seeds
+    0..seeds-1 (the pruner is chosen there) and seeds..2*seeds-1 (the figures); a given order
+    seed is the same permutation for every pruner, so differences are paired per order seed.
+
+    Returns (rows, details, the fresh replays by variant); without a table, no rows, details
+    with a one-line ``note`` and no replays."""
+    if pool_path is None or not Path(pool_path).is_file():
+        note = (
+            f"random pool: no table at {_shown(Path(pool_path))} (tabulate it with "
+            "`python -m cnnopt.bench.search.pool`); the pool part is skipped"
+            if pool_path is not None
+            else "random pool: not requested"
+        )
+        log(note)
+        return [], {"note": note}, {}
+    try:
+        pool = PoolTable.load(pool_path)
+    except ValueError as e:  # e.g. no run finished yet: the grid part still stands
+        note = f"random pool: {e}; the pool part is skipped"
+        log(note)
+        return [], {"note": note}, {}
+    target = pool.target(POOL_TARGET_PERCENTILE)
+    names = [variant_name(p) for p in PRUNERS]
+    choose_seeds, fresh_seeds = list(range(seeds)), list(range(seeds, 2 * seeds))
+    on: dict[str, dict[str, list[Replay]]] = {"choose": {}, "fresh": {}}
+    timing: dict[str, float] = {}
+    for p, name in zip(PRUNERS, names, strict=True):
+        t = time.perf_counter()
+        on["choose"][name] = [replay_pool(pool, p, s, budget) for s in choose_seeds]
+        on["fresh"][name] = [replay_pool(pool, p, s, budget) for s in fresh_seeds]
+        timing[name] = (time.perf_counter() - t) / (2 * seeds)
+        log(f"pool {name}: {timing[name] * 1000:.0f} ms per replay")
+    fig = {
+        part: {name: _figures(rs, target, budget, pool.epochs) for name, rs in by.items()}
+        for part, by in on.items()
+    }
+    chosen = stats.choose(
+        {n: fig["choose"][n]["best"] for n in names},
+        {n: fig["choose"][n]["epochs_to_target"] for n in names},
+    )
+    log(f"pool: chosen on order seeds 0..{seeds - 1}: {chosen}")
+    default = variant_name(DEFAULT_PRUNER)
+    provisional = (
+        f"provisional: the pool has {pool.n_configs} of {pool.size} configurations"
+        if not pool.complete
+        else ""
+    )
+    summary: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    base_best = float(np.mean(fig["fresh"][variant_name(NO_PRUNING)]["best"]))
+    for name in names:
+        f, rs = fig["fresh"][name], on["fresh"][name]
+        entry: dict[str, Any] = {
+            "best_mean": float(np.mean(f["best"])),
+            "best_half_mean": float(np.mean(f["best_half"])),
+            "epochs_to_target_mean": float(np.mean(f["epochs_to_target"])),
+            "reached_fraction": float(np.mean(f["reached"])),
+            "trials_mean": float(np.mean([r.trials for r in rs])),
+            "pruned_mean": float(np.mean([r.pruned for r in rs])),
+            "exhausted_fraction": float(np.mean([r.exhausted for r in rs])),
+            "epochs_mean": float(np.mean(f["epochs"])),
+            "seconds_mean": float(np.mean(f["seconds"])),
+            "seeds": len(rs),
+            "ms_per_replay": 1000 * timing[name],
+            "vs": {},
+        }
+        for label, base in POOL_BASELINES.items():
+            if base == name or len(rs) < 2:
+                continue
+            b = fig["fresh"][base]
+            entry["vs"][label] = {
+                "best": _ci(f["best"], b["best"]),
+                "epochs_to_target": _ci(f["epochs_to_target"], b["epochs_to_target"]),
+            }
+        summary[name] = entry
+        vs = entry["vs"].get("no pruning")
+        tags = [t for t, on_ in (("cnnopt default", name == default),
+                                 ("chosen on the pool", name == chosen)) if on_]  # fmt: skip
+        rows.append(
+            {
+                "section": SECTION,
+                "name": f"pool: best val accuracy in {budget} epochs: {name}"
+                + (f" ({', '.join(tags)})" if tags else ""),
+                "value": entry["best_mean"],
+                "unit": "accuracy",
+                "baseline": "random search over the pool, no pruning, same order seeds",
+                "baseline_value": base_best,
+                "ratio": None,
+                "better": "higher",
+                "note": "; ".join(
+                    x
+                    for x in (
+                        f"paired diff {_fmt_ci(vs['best'])} (95% bootstrap, {vs['best']['n']} "
+                        "fresh order seeds)" if vs else "",
+                        provisional,
+                        SMOKE if quick else "",
+                    )
+                    if x
+                ),
+                "extra": entry,
+            }
+        )  # fmt: skip
+    details = {
+        "table": _shown(Path(pool_path)),
+        "study_file": pool.meta.get("study_file", ""),
+        "configs": pool.n_configs,
+        "size": pool.size,
+        "complete": pool.complete,
+        "provisional": provisional,
+        "train_seed": pool.seed,
+        "epochs": pool.epochs,
+        "ceiling": pool.ceiling(),
+        "target": target,
+        "target_percentile": POOL_TARGET_PERCENTILE,
+        "reaching_target": sum(x >= target for x in pool.finals()),
+        "budget": budget,
+        "choose_seeds": [choose_seeds[0], choose_seeds[-1]],
+        "fresh_seeds": [fresh_seeds[0], fresh_seeds[-1]],
+        "default": default,
+        "chosen": chosen,
+        "choice_means": {n: float(np.mean(fig["choose"][n]["best"])) for n in names},
+        "summary": summary,
+    }
+    return rows, details, on["fresh"]
 
 
 DEFAULT_OUT = Path("runs/bench-search")
@@ -236,9 +405,10 @@ DEFAULT_OUT = Path("runs/bench-search")
 def run(opts: BenchOptions, ctx: Context) -> list[Row]:
     """The section as ``cnnopt bench`` calls it. The plan sets the seeds (full: 100 replay seeds
     per set and 30 Ray Tune seeds; --quick and tiny: a smoke run that says so everywhere) and
-    ``--seeds`` overrides the replay seeds. It always replays the committed table (R2's grid on
-    FashionMNIST): ``--dataset``/``--data-dir`` do not apply. search.md, search.json and the
-    anytime figure search.html go to ``opts.out_dir`` (the folder of --markdown/--json)."""
+    ``--seeds`` overrides the replay seeds (the pool's order seeds too). It always replays the
+    committed tables (R2's grid and, where tabulated, the random pool, both on FashionMNIST):
+    ``--dataset``/``--data-dir`` do not apply. search.md, search.json and the anytime figures
+    search.html (and search_pool.html) go to ``opts.out_dir`` (the folder of --markdown/--json)."""
     from cnnopt.bench.common import Row
 
     plan = opts.plan
@@ -248,6 +418,7 @@ def run(opts: BenchOptions, ctx: Context) -> list[Row]:
     rows, details = bench_search(
         TABLE, seeds=opts.seeds or plan.search_seeds, ray_seeds=plan.search_ray_seeds,
         quick=plan.search_smoke, out_dir=out_dir, log=lambda m: opts.log(f"search: {m}"),
+        pool_path=POOL_TABLE,
     )  # fmt: skip
     report = ctx.report
     chosen = details["chosen"]
@@ -255,7 +426,10 @@ def run(opts: BenchOptions, ctx: Context) -> list[Row]:
     report.search_default = chosen
     report.search_best_val_diff_vs_random = (vs.get(BASELINE_RANDOM) or {}).get("best")
     report.search_best_val_diff_vs_ray_asha = (vs.get(BASELINE_RAY) or {}).get("best")
-    report.plan["search"] = {k: v for k, v in details.items() if k not in ("markdown", "summary")}
+    report.plan["search"] = {
+        k: v for k, v in details.items() if k not in ("markdown", "summary", "pool")
+    }
+    report.plan["search"]["pool"] = {k: v for k, v in details["pool"].items() if k != "summary"}
     report.plan["search"]["out_dir"] = str(out_dir)
     report.notes.append(
         f"search: the anytime-performance figure is {out_dir / 'search.html'}, every variant's "
@@ -264,6 +438,15 @@ def run(opts: BenchOptions, ctx: Context) -> list[Row]:
     )
     if details["ray"]["note"]:
         report.notes.append(f"search: {details['ray']['note']}")
+    pool = details["pool"]
+    if "summary" in pool:
+        report.notes.append(
+            f"search: random search over the pool ({pool['configs']} configurations"
+            + (f", {pool['provisional']}" if pool["provisional"] else "")
+            + f"): the anytime figure is {out_dir / 'search_pool.html'}"
+        )
+    else:
+        report.notes.append(f"search: {pool['note']}")
     return [Row(**r) for r in rows]
 
 
@@ -300,7 +483,77 @@ def to_markdown(d: dict[str, Any]) -> str:
         )
     if d["ray"]["note"]:
         lines += ["", d["ray"]["note"]]
+    if "pool" in d:
+        lines += ["", *pool_markdown(d["pool"], d["smoke"])]
     return "\n".join(lines) + "\n"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def pool_markdown(p: dict[str, Any], smoke: bool) -> list[str]:
+    """The pool part's lines: one line when there is no table."""
+    if "summary" not in p:
+        return [p["note"]]
+    lines = ["### Random pool", ""]
+    if p["provisional"]:
+        lines += [
+            f"**Incomplete pool: {p['configs']} of {p['size']} configurations tabulated so far; "
+            "the pool figures below are provisional.**",
+            "",
+        ]
+    if smoke:
+        lines += [f"**{SMOKE}**", ""]
+    default = p["summary"][p["default"]]
+    head = []
+    for label in POOL_BASELINES:
+        v = default["vs"].get(label)
+        if v:
+            head.append(
+                f"vs {label} {_fmt_ci(v['best'])} best val acc, "
+                f"{_fmt_ci(v['epochs_to_target'], 1)} epochs to target"
+            )
+    lines += [
+        f"Random search over a seeded random pool of {p['study_file'] or 'the study'}'s space "
+        f"({p['table']}: {_count(p['configs'], 'configuration')}, training seed {p['train_seed']}, "
+        f"{p['epochs']} epochs each): an order seed plays a random permutation of the pool as a "
+        "study with the real pruner, every pruner the same permutation. Budget "
+        f"{p['budget']} epochs. Pool ceiling (best final val accuracy) {p['ceiling']:.4f}; "
+        f"target {p['target']:.4f}, the pool's {p['target_percentile']:.0f}th-percentile final "
+        f"val accuracy ({_count(p['reaching_target'], 'configuration')} "
+        f"{'reaches' if p['reaching_target'] == 1 else 'reach'} it). Pruner chosen "
+        f"on order "
+        f"seeds {p['choose_seeds'][0]}..{p['choose_seeds'][1]}: **{p['chosen']}**; figures "
+        f"below on fresh order seeds {p['fresh_seeds'][0]}..{p['fresh_seeds'][1]}, intervals: "
+        "paired per order seed, 95% bootstrap. Best 0 = no trial completed within the budget.",
+        "",
+        f"cnnopt's default pruner ({p['default']}): "
+        + ("; ".join(head) if head else "too few order seeds to pair")
+        + ".",
+        "",
+        "| variant | best val acc | at half budget | vs no pruning | vs sh1 (ASHA-like) "
+        f"| epochs to target (never = budget + {p['epochs']}) | reached | trials | pruned "
+        "| tabulated s | ms / replay |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in p["summary"].items():
+
+        def vs(label: str, e=e) -> str:
+            v = e["vs"].get(label)
+            return _fmt_ci(v["best"]) if v else "-"
+
+        tags = [t for t, on in (("default", name == p["default"]),
+                                ("chosen", name == p["chosen"])) if on]  # fmt: skip
+        labels = list(POOL_BASELINES)
+        lines.append(
+            f"| {name}{' **(' + ', '.join(tags) + ')**' if tags else ''} | {e['best_mean']:.4f} "
+            f"| {e['best_half_mean']:.4f} | {vs(labels[0])} | {vs(labels[1])} "
+            f"| {e['epochs_to_target_mean']:.1f} | {e['reached_fraction']:.0%} "
+            f"| {e['trials_mean']:.1f} | {e['pruned_mean']:.1f} | {e['seconds_mean']:.0f} "
+            f"| {e['ms_per_replay']:.0f} ({e['seeds']} seeds) |"
+        )
+    return lines
 
 
 def _anytime(rs: list[Replay], xs: np.ndarray, seconds: bool) -> np.ndarray:
@@ -309,7 +562,10 @@ def _anytime(rs: list[Replay], xs: np.ndarray, seconds: bool) -> np.ndarray:
     return np.array([[max(f(r, x), 0.1) for x in xs] for r in rs])
 
 
-def write_figure(by_variant: dict[str, list[Replay]], budget: int, path: Path, quick: bool) -> None:
+def write_figure(
+    by_variant: dict[str, list[Replay]], budget: int, path: Path, quick: bool,
+    title: str = "Best validation accuracy so far (mean of replays, 95% bootstrap band)",
+) -> None:  # fmt: skip
     """Best-so-far against epochs and against seconds: the mean of the replays with a 95%
     bootstrap band, one line per variant."""
     import plotly.graph_objects as go
@@ -339,7 +595,6 @@ def write_figure(by_variant: dict[str, list[Replay]], budget: int, path: Path, q
                 ),
                 row=1, col=col,
             )  # fmt: skip
-    title = "Best validation accuracy so far (mean of replays, 95% bootstrap band)"
     if quick:
         title += f" - {SMOKE}"
     fig.update_layout(title=title, height=550, yaxis={"range": [0.85, None]})
@@ -351,15 +606,21 @@ def write_figure(by_variant: dict[str, list[Replay]], budget: int, path: Path, q
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.section", description=__doc__)
     p.add_argument("--table", default=str(TABLE))
-    p.add_argument("--seeds", type=int, default=100, help="replay seeds per set (choose, fresh)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=100,
+        help="replay seeds per set (choose, fresh); the pool's order seeds too",
+    )
     p.add_argument("--ray-seeds", type=int, default=30, help="fresh seeds replayed by Ray Tune")
     p.add_argument("--budget", type=int, default=120)
     p.add_argument("--out-dir", default="runs/bench-search")
+    p.add_argument("--pool", default=str(POOL_TABLE), help="the random pool's table (pool.py)")
     p.add_argument("--quick", action="store_true", help=SMOKE)
     a = p.parse_args(argv)
     _rows, details = bench_search(
         a.table, seeds=a.seeds, budget=a.budget, ray_seeds=a.ray_seeds, quick=a.quick,
-        out_dir=a.out_dir,
+        out_dir=a.out_dir, pool_path=a.pool,
     )  # fmt: skip
     print(details["markdown"])
 
