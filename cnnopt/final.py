@@ -294,6 +294,10 @@ def train_final(
             if k in stats.metrics:
                 info += f"  {k.replace('val_', 'val ' if reproduce else 'holdout ')} {stats.metrics[k]:.4f}"
         bar.update(task, advance=1, info=info)
+        if progress and not bar.console.is_terminal:
+            # off a terminal (nohup, a CI log, a pipe) rich draws no bar: a line per epoch
+            # instead, so a half-hour training shows where it is
+            bar.console.print(f"epoch {stats.epoch}/{cfg.train.epochs}  {info}", highlight=False)
 
     t0 = time.perf_counter()
     with bar:

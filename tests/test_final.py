@@ -150,6 +150,15 @@ def test_train_cli_runs_and_prints_test_accuracy(best_json, tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "test accuracy" in r.output and (tmp_path / "c" / "results.json").is_file()
+    assert "epoch 1/1" not in r.output  # --no-progress: no per-epoch lines either
+
+
+def test_train_off_a_terminal_logs_a_line_per_epoch(best_json, tmp_path):
+    r = CliRunner().invoke(
+        cli, ["train", str(best_json), "--epochs", "2", "--out", str(tmp_path / "c")]
+    )
+    assert r.exit_code == 0, r.output
+    assert "epoch 1/2  loss" in r.output and "epoch 2/2  loss" in r.output
 
 
 def test_reproduce_mismatch_is_an_error_with_exit_code_1():
