@@ -37,6 +37,7 @@ from cnnopt.bench.search.tabulate import (
     load_table,
     run_key,
     save_table,
+    train_curve,
 )
 
 STUDY_FILE = "studies/fashion_cnn_bn.py"
@@ -86,33 +87,7 @@ def sample_pool(study, size: int, pool_seed: int = 0) -> list[dict[str, Any]]:
 
 def train_config(study, params: dict[str, Any], seed: int) -> dict[str, Any]:
     """Train one pooled configuration as a trial of the study would train it; return its curve."""
-    from cnnopt.data import load_split
-    from cnnopt.train import fit
-
-    cfg = study.config_from_params(params).replace(seed=seed)
-    ds, split = load_split(cfg.data, "cpu")
-    cfg = cfg.replace(
-        in_channels=ds.in_channels, input_size=ds.image_size, num_classes=ds.num_classes
-    )
-    result = fit(cfg, split, device="cpu")
-    return {
-        "config": params,
-        "seed": seed,
-        "params": result.params,
-        "flops": result.flops,
-        "n_train": int(split.x_train.shape[0]),
-        "n_val": int(split.x_val.shape[0]),
-        "epochs": [
-            {
-                "epoch": h.epoch,
-                "val_accuracy": h.metrics["val_accuracy"],
-                "val_loss": h.metrics["val_loss"],
-                "train_loss": h.train_loss,
-                "seconds": h.seconds,
-            }
-            for h in result.history
-        ],
-    }
+    return train_curve(study.config_from_params(params).replace(seed=seed), params, seed)
 
 
 def tabulate_pool(

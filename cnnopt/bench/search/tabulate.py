@@ -103,8 +103,6 @@ def train_run(
 ) -> dict[str, Any]:
     """Train one configuration with cnnopt's trainer, as a trial would; return its curve."""
     from cnnopt.config import RunConfig
-    from cnnopt.data import load_split
-    from cnnopt.train import fit
 
     cfg = RunConfig.from_flat(
         {
@@ -114,6 +112,15 @@ def train_run(
         },
         where="tabulate",
     )  # fmt: skip
+    return train_curve(cfg, config, seed)
+
+
+def train_curve(cfg, config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Train ``cfg`` (a RunConfig) on CPU with ``cnnopt.train.fit``; the table's run record, with
+    ``config`` (the table's identity of the configuration) and the training ``seed``."""
+    from cnnopt.data import load_split
+    from cnnopt.train import fit
+
     ds, split = load_split(cfg.data, "cpu")
     cfg = cfg.replace(
         in_channels=ds.in_channels, input_size=ds.image_size, num_classes=ds.num_classes
