@@ -99,7 +99,7 @@ class Objective:
         # A warm start (the study file's `enqueue`) is trained to the end: the user wrote it down
         # because its full result is the evidence, and at an early rung a net built for a long
         # schedule (high-lr SGD) can trail one that fits fast and then levels off. It still
-        # reports every epoch, so later trials are compared with it at each rung.
+        # reports every epoch and enters every rung, so later trials are compared with it.
         warm_start = bool(trial.user_attrs.get(WARM_START))
 
         def on_epoch(stats: EpochStats) -> None:
@@ -116,7 +116,10 @@ class Objective:
                 raise Interrupted()
             # the last epoch is never pruned: the work is done, and a complete value teaches the
             # sampler more than a pruned one
-            if stats.epoch < cfg.train.epochs and not warm_start and trial.should_prune():
+            # asked for a warm start too, and its answer ignored: successive halving and
+            # Hyperband record a trial's rung value inside should_prune(), and a trial that
+            # never asks is no competitor at any rung
+            if stats.epoch < cfg.train.epochs and trial.should_prune() and not warm_start:
                 raise optuna.TrialPruned(
                     f"pruned at epoch {stats.epoch} ({self.metric}={value:.4f})"
                 )

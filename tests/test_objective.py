@@ -222,3 +222,7 @@ def test_warm_start_is_never_pruned(write_study):
     warm, cold = ostudy.trials[2], ostudy.trials[3]
     assert warm.state == TrialState.COMPLETE and len(warm.intermediate_values) == 4
     assert cold.state == TrialState.PRUNED
+    # the warm start still entered the rungs (successive halving records them in should_prune),
+    # so later trials compete with its values
+    rungs = sorted(k for k in warm.system_attrs if k.startswith("completed_rung_"))
+    assert rungs == ["completed_rung_0", "completed_rung_1"], warm.system_attrs
