@@ -33,6 +33,7 @@ from cnnopt.bench.search.tabulate import (
     SPLIT_SEED,
     TRAIN_SUBSET,
     VAL_FRACTION,
+    command_line,
     config_key,
     load_table,
     run_key,
@@ -174,11 +175,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    command = "python -m cnnopt.bench.search.pool " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(a).items()
-        if v is not None and k not in ("limit",)
-    )
+    command = command_line("python -m cnnopt.bench.search.pool", a)
     tabulate_pool(
         Path(a.out), study_file=a.study, size=a.size, pool_seed=a.pool_seed, seeds=a.seeds,
         data_dir=a.data_dir, epochs=a.epochs, train_subset=a.train_subset, command=command,

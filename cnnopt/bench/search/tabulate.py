@@ -201,6 +201,16 @@ def tabulate(
     return table
 
 
+def command_line(prog: str, args: argparse.Namespace) -> str:
+    """The command that regenerates a table, as stored in its ``meta.command`` (``--limit`` left
+    out: it only splits the work)."""
+    return f"{prog} " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if v is not None and k != "limit"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.tabulate", description=__doc__)
     p.add_argument("--out", default="cnnopt/bench/search/tables/r2_grid.json")
@@ -216,11 +226,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    command = "python -m cnnopt.bench.search.tabulate " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(a).items()
-        if v is not None and k not in ("limit",)
-    )
+    command = command_line("python -m cnnopt.bench.search.tabulate", a)
     tabulate(
         Path(a.out), seeds=a.seeds, dataset=a.dataset, data_dir=a.data_dir, epochs=a.epochs,
         train_subset=a.train_subset, command=command, limit=a.limit,
