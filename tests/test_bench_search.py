@@ -358,8 +358,9 @@ def test_search_section_skips_an_unusable_pool_in_one_line(tmp_path):
     data = synth_pool(n=0)  # only the unfinished configuration
     pool_path.write_text(json.dumps(data))
     rows, d = section.bench_search(
-        grid_path, seeds=2, ray_seeds=0, quick=True, log=lambda m: None, pool_path=pool_path
-    )
+        grid_path, seeds=2, ray_seeds=0, quick=True, log=lambda m: None, pool_path=pool_path,
+        live_path=None,
+    )  # fmt: skip
     assert rows and not any(r["name"].startswith("pool:") for r in rows)
     assert d["pool"]["note"] == (
         f"random pool: {pool_path}: no pooled configuration has all 4 epochs for training seed 0; "

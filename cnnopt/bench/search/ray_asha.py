@@ -39,6 +39,37 @@ def available() -> bool:
     return True
 
 
+def quiet_ray() -> None:
+    """Ray settings for a benchmark: no new console output, no result files or loggers, no
+    duplicated logs, and one pending trial at a time (trials run in the order they are sampled)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
+
+
+def budget_stopper(budget: int):
+    """A Ray Tune stopper that ends the experiment once ``budget`` epochs have been reported and
+    keeps every result in the order Ray delivered it (the driver sees them all; no result files
+    needed)."""
+    from ray import tune
+
+    class Budget(tune.Stopper):
+        def __init__(self) -> None:
+            self.used = 0
+            self.results: list[tuple[str, dict]] = []
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            self.used += 1
+            self.results.append((trial_id, result))
+            return False
+
+        def stop_all(self) -> bool:
+            return self.used >= budget
+
+    return Budget()
+
+
 def _curves(data: dict[str, Any]) -> dict[str, dict[int, list[dict[str, float]]]]:
     """The table's runs by configuration and seed, each epoch priced at the configuration's
     median epoch time (as ``Table`` prices them, so both engines share one seconds axis)."""
@@ -92,10 +123,7 @@ def run_asha(
 ) -> tuple[list[Replay], dict[str, float]]:
     """One Ray Tune experiment per replay seed, all in one Ray session; returns the replays and
     timings (Ray start, seconds per replay)."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
+    quiet_ray()
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -105,22 +133,6 @@ def run_asha(
     epochs = int(data["meta"]["epochs"])
     curves = _curves(data)
     tseeds = table_seeds or Table(data).seeds
-
-    class Budget(tune.Stopper):
-        """Ends the experiment once ``budget`` epochs have been reported, and keeps every result
-        in the order Ray delivered it (the driver sees them all; no result files needed)."""
-
-        def __init__(self) -> None:
-            self.used = 0
-            self.results: list[tuple[str, dict]] = []
-
-        def __call__(self, trial_id: str, result: dict) -> bool:
-            self.used += 1
-            self.results.append((trial_id, result))
-            return False
-
-        def stop_all(self) -> bool:
-            return self.used >= budget
 
     t0 = time.perf_counter()
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -134,7 +146,7 @@ def run_asha(
                     _trainable, curves=curves, seeds=tseeds, first_seed=seed % len(tseeds),
                     grid_keys=list(grid), counts_path=str(Path(tmp) / f"counts-{seed}.json"),
                 )  # fmt: skip
-                stopper = Budget()
+                stopper = budget_stopper(budget)
                 tuner = tune.Tuner(
                     tune.with_resources(trainable, {"cpu": 1}),
                     param_space={k: tune.choice(v) for k, v in grid.items()},

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnnopt.bench.search import ray_asha, stats
+from cnnopt.bench.search import live, ray_asha, stats
+from cnnopt.bench.search.live import TABLE as LIVE_TABLE
 from cnnopt.bench.search.pool import TABLE as POOL_TABLE
 from cnnopt.bench.search.pool_replay import (
     ASHA_LIKE,
@@ -112,12 +113,14 @@ def bench_search(
     out_dir: Path | str | None = None,
     log: Callable[[str], None] = print,
     pool_path: Path | str | None = POOL_TABLE,
+    live_path: Path | str | None = LIVE_TABLE,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Choose the pruner on replay seeds 0..seeds-1, report on seeds..2*seeds-1 (fresh); the same
-    on the random pool at ``pool_path`` (order seeds) where that table exists.
+    on the random pool at ``pool_path`` (order seeds) where that table exists; and the live
+    studies of ``live_path`` (``live.py``), where that table exists.
 
     Returns (rows, details); with ``out_dir`` also writes search.json, search.md, search.html
-    (and search_pool.html with the pool).
+    (and search_pool.html with the pool, search_live.html with the live studies).
     """
     if quick:
         seeds, ray_seeds = min(seeds, 8), min(ray_seeds, 2)
@@ -245,6 +248,14 @@ def bench_search(
         pool_path, seeds=seeds, budget=budget, quick=quick, log=log
     )
     rows += pool_rows
+    live_replays: dict[str, list[Replay]] = {}
+    if live_path is not None:
+        details["live"], live_replays = live.summarize(live_path)
+        log(
+            details["live"].get("note")
+            or f"live studies: {details['live']['provisional'] or 'complete'}"
+        )
+        rows += live_rows(details["live"])
     details["markdown"] = to_markdown(details)
     if out_dir is not None:
         out = Path(out_dir)
@@ -261,6 +272,13 @@ def bench_search(
                 "accuracy so far (mean of order seeds, 95% bootstrap band)",
             )  # fmt: skip
             written.append(out / "search_pool.html")
+        if live_replays:
+            write_figure(
+                live_replays, budget, out / "search_live.html", quick=False,
+                title="Live studies on the full space: best validation accuracy so far (mean of "
+                "seeds, 95% bootstrap band)",
+            )  # fmt: skip
+            written.append(out / "search_live.html")
         log("wrote " + ", ".join(map(str, written)))
     return rows, details
 
@@ -427,7 +445,7 @@ def run(opts: BenchOptions, ctx: Context) -> list[Row]:
     report.search_best_val_diff_vs_random = (vs.get(BASELINE_RANDOM) or {}).get("best")
     report.search_best_val_diff_vs_ray_asha = (vs.get(BASELINE_RAY) or {}).get("best")
     report.plan["search"] = {
-        k: v for k, v in details.items() if k not in ("markdown", "summary", "pool")
+        k: v for k, v in details.items() if k not in ("markdown", "summary", "pool", "live")
     }
     report.plan["search"]["pool"] = {k: v for k, v in details["pool"].items() if k != "summary"}
     report.plan["search"]["out_dir"] = str(out_dir)
@@ -447,6 +465,16 @@ def run(opts: BenchOptions, ctx: Context) -> list[Row]:
         )
     else:
         report.notes.append(f"search: {pool['note']}")
+    lv = details.get("live", {})
+    if "summary" in lv:
+        report.notes.append(
+            "search: live studies on the full space"
+            + (f" ({lv['provisional']})" if lv["provisional"] else "")
+            + f": the anytime figure is {out_dir / 'search_live.html'}"
+        )
+    elif lv:
+        report.notes.append(f"search: {lv['note']}")
+    report.plan["search"]["live"] = {k: v for k, v in lv.items() if k != "summary"}
     return [Row(**r) for r in rows]
 
 
@@ -485,7 +513,44 @@ def to_markdown(d: dict[str, Any]) -> str:
         lines += ["", d["ray"]["note"]]
     if "pool" in d:
         lines += ["", *pool_markdown(d["pool"], d["smoke"])]
+    if "live" in d:
+        lines += ["", *live.live_markdown(d["live"])]
     return "\n".join(lines) + "\n"
+
+
+def live_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant compared with cnnopt's default in the live studies."""
+    if "summary" not in d or "default" not in d["summary"]:
+        return []
+    default = d["summary"]["default"]
+    rows = []
+    for e in d["summary"].values():
+        vs = e["vs_default"]
+        if vs is None:
+            continue
+        rows.append(
+            {
+                "section": SECTION,
+                "name": f"live: best val accuracy in {d['budget']} epochs: cnnopt default vs "
+                f"{e['label']}",
+                "value": default["best_mean"],
+                "unit": "accuracy",
+                "baseline": f"{e['label']}, same seeds",
+                "baseline_value": e["best_mean"],
+                "ratio": None,
+                "better": "higher",
+                "note": "; ".join(
+                    x
+                    for x in (
+                        f"paired diff {_fmt_ci(vs)} (95% bootstrap, {vs['n']} live seeds)",
+                        d["provisional"],
+                    )
+                    if x
+                ),
+                "extra": {"default": default, "variant": e},
+            }
+        )
+    return rows
 
 
 def _count(n: int, noun: str) -> str:
@@ -616,11 +681,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=int, default=120)
     p.add_argument("--out-dir", default="runs/bench-search")
     p.add_argument("--pool", default=str(POOL_TABLE), help="the random pool's table (pool.py)")
+    p.add_argument("--live", default=str(LIVE_TABLE), help="the live studies' table (live.py)")
     p.add_argument("--quick", action="store_true", help=SMOKE)
     a = p.parse_args(argv)
     _rows, details = bench_search(
         a.table, seeds=a.seeds, budget=a.budget, ray_seeds=a.ray_seeds, quick=a.quick,
-        out_dir=a.out_dir, pool_path=a.pool,
+        out_dir=a.out_dir, pool_path=a.pool, live_path=a.live,
     )  # fmt: skip
     print(details["markdown"])
 

@@ -1,0 +1,498 @@
+"""Live studies on a study's whole space: the replays' confirmation, with real training.
+
+Three variants, each given the same budget of trained epochs (120: twelve full trials of 10) on the
+search benchmark's 12k / 3k subset, without the study file's warm starts:
+
+- ``default``: ``cnnopt run`` with the study file's own sampler and pruner (TPE, successive
+  halving, deduplication);
+- ``random``: ``cnnopt run --set sampler=random --set pruner=none`` (R2's method in cnnopt);
+- ``ray_asha``: real Ray Tune, random search through the study file's own ``space()``
+  (``OptunaSearch`` with Optuna's RandomSampler, define-by-run) under ``ASHAScheduler`` as in Ray's
+  PyTorch tutorial that R2 followed, with cnnopt's trainer inside the Ray trainable.
+
+Every study's seed is the sampler's seed and the training seed, so a seed pairs the three variants
+on the same data split (``split_seed`` is the benchmark's, not the seed). The cnnopt variants run the
+real command, one worker, in rounds of ``--n-trials`` until the epochs trained reach the budget (a
+copy from deduplication costs none); the trial the budget cuts counts as never completed, as in the
+replays. Records are written after every study, so an interrupted run resumes with the next study.
+
+    python -m cnnopt.bench.search.live --out cnnopt/bench/search/tables/fashion_live.json \\
+        --data-dir ../shared/data/fashion-mnist --seeds 101 102 103 104 105
+
+Ray Tune is the optional ``bench`` extra; without it the ``ray_asha`` variant is skipped with a
+message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from cnnopt.bench.search import ray_asha
+from cnnopt.bench.search.pool import STUDY_FILE, load_study
+from cnnopt.bench.search.replay import Replay
+from cnnopt.bench.search.tabulate import (
+    EPOCHS,
+    SPLIT_SEED,
+    TRAIN_SUBSET,
+    VAL_FRACTION,
+    command_line,
+    config_key,
+    load_table,
+    save_table,
+)
+
+TABLE = Path(__file__).with_name("tables") / "fashion_live.json"
+BUDGET = 120
+# the cnnopt variants: `cnnopt run` settings on top of the study file's own
+CNNOPT_VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "random": ["sampler=random", "pruner=none"],
+}
+VARIANTS = (*CNNOPT_VARIANTS, "ray_asha")
+LABELS = {
+    "default": "cnnopt default (tpe+sh3+dedup)",
+    "random": "random search, no pruning",
+    "ray_asha": "Ray Tune random + ASHA",
+}
+
+
+def _benchmark_sets(epochs: int, train_subset: int | None) -> list[str]:
+    """The search benchmark's protocol, as ``--set`` values (no warm starts)."""
+    return [
+        f"epochs={epochs}", f"train_subset={train_subset}", f"val_fraction={VAL_FRACTION}",
+        f"split_seed={SPLIT_SEED}", "enqueue=[]",
+    ]  # fmt: skip
+
+
+def trained_epochs(trials: Iterable[optuna.trial.FrozenTrial]) -> int:
+    """Epochs a study has trained: every reported epoch, except on deduplication's copies."""
+    return sum(len(t.intermediate_values) for t in trials if "duplicate_of" not in t.user_attrs)
+
+
+def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    history = t.user_attrs.get("history") or []
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "params": t.params,
+        "values": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
+        "seconds": [h.get("seconds") for h in history],
+        "duplicate_of": t.user_attrs.get("duplicate_of"),
+        "params_count": t.user_attrs.get("params_count"),
+    }
+
+
+def run_cnnopt(
+    variant: str,
+    seed: int,
+    *,
+    study_file: str,
+    budget: int,
+    epochs: int,
+    train_subset: int | None,
+    data_dir: str | None,
+    workdir: Path,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """One live study of a cnnopt variant: ``cnnopt run`` rounds until ``budget`` epochs are
+    trained; returns its trials in order."""
+    name = f"live-{variant}-{seed}"
+    url = str(workdir / f"{name}.journal")
+    sets = _benchmark_sets(epochs, train_subset) + CNNOPT_VARIANTS[variant] + [f"name={name}"]
+    if data_dir:
+        sets.append(f"data_dir={data_dir}")
+    while True:
+        trials = (
+            optuna.load_study(study_name=name, storage=_storage(url)).get_trials(deepcopy=False)
+            if Path(url).exists()
+            else []
+        )
+        spent = trained_epochs(trials)
+        if spent >= budget:
+            break
+        # as many trials as the rest of the budget holds at this study's epochs per trial so far
+        # (a full trial's when none ran): few rounds, and little training past the budget
+        per_trial = spent / len(trials) if trials and spent else epochs
+        n = max(1, math.floor((budget - spent) / max(per_trial, 1)))
+        log(f"{name}: {spent}/{budget} epochs, {len(trials)} trials; {n} more")
+        cmd = [sys.executable, "-m", "cnnopt.cli", "run", study_file, "--workers", "1", "--n-trials", str(n), "--seed",
+               str(seed), "--storage", url, "--no-progress"]  # fmt: skip
+        for s in sets:
+            cmd += ["--set", s]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return [_trial_record(t) for t in sorted(trials, key=lambda t: t.number)]
+
+
+def _storage(url: str):
+    from cnnopt.storage import get_storage
+
+    return get_storage(url)
+
+
+def _live_trainable(config: dict[str, Any], study_file, epochs, train_subset, data_dir, seed):
+    """Ray's function trainable: the sampled params trained by cnnopt's trainer, as a cnnopt trial
+    trains them (study seed as training seed), reported to Ray epoch by epoch."""
+    import torch
+    from ray import tune
+
+    from cnnopt.data import load_split
+    from cnnopt.train import fit
+
+    torch.set_num_threads(1)  # the one CPU Ray was given
+    study = load_study(study_file, epochs=epochs, train_subset=train_subset, data_dir=data_dir)
+    cfg = study.config_from_params(config).replace(seed=seed)
+    ds, split = load_split(cfg.data, "cpu")
+    cfg = cfg.replace(
+        in_channels=ds.in_channels, input_size=ds.image_size, num_classes=ds.num_classes
+    )
+    key = config_key(config)
+
+    def on_epoch(stats) -> None:
+        tune.report(
+            {
+                "val_accuracy": stats.metrics["val_accuracy"],
+                "val_loss": stats.metrics["val_loss"],
+                "seconds": stats.seconds,
+                "config_key": key,
+            }
+        )
+
+    fit(cfg, split, device="cpu", on_epoch=on_epoch)
+
+
+class _RaySpace:
+    """OptunaSearch's define-by-run function: the study file's own ``space()``, whose sampled
+    params Ray keeps as the trial's config. A picklable callable (Ray checkpoints its searcher);
+    the loaded study file is rebuilt after unpickling."""
+
+    def __init__(self, study_file: str, epochs: int, train_subset: int | None, data_dir):
+        self.args = (study_file, epochs, train_subset, data_dir)
+        self._study = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"args": self.args, "_study": None}
+
+    def __call__(self, trial) -> None:
+        if self._study is None:
+            f, e, n, d = self.args
+            self._study = load_study(f, epochs=e, train_subset=n, data_dir=d)
+        self._study.sample(trial)
+
+
+def run_ray(
+    seed: int,
+    *,
+    study_file: str,
+    budget: int,
+    epochs: int,
+    train_subset: int | None,
+    data_dir: str | None,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """One live Ray Tune experiment: random search over the study's space under ASHA (grace period
+    1, reduction factor 2, on validation loss as Ray's tutorial), stopped at ``budget`` epochs."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    ray_asha.quiet_ray()
+    # Ray runs trainables in worker processes with their own working directory
+    study_file = str(Path(study_file).resolve())
+    data_dir = str(Path(data_dir).resolve()) if data_dir else None
+    space = _RaySpace(study_file, epochs, train_subset, data_dir)
+    stopper = ray_asha.budget_stopper(budget)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        with tempfile.TemporaryDirectory(prefix="cnnopt-ray-live-") as tmp:
+            trainable = tune.with_parameters(
+                _live_trainable, study_file=study_file, epochs=epochs, train_subset=train_subset,
+                data_dir=data_dir, seed=seed,
+            )  # fmt: skip
+            tuner = tune.Tuner(
+                tune.with_resources(trainable, {"cpu": 1}),
+                tune_config=tune.TuneConfig(
+                    scheduler=ASHAScheduler(
+                        metric="val_loss", mode="min", max_t=epochs, grace_period=1,
+                        reduction_factor=2,
+                    ),
+                    search_alg=OptunaSearch(
+                        space=space, metric="val_loss", mode="min",
+                        sampler=optuna.samplers.RandomSampler(seed=seed),
+                    ),
+                    num_samples=budget,  # more than fit: the budget stopper ends it
+                ),
+                run_config=tune.RunConfig(
+                    name=f"live-ray-{seed}", storage_path=tmp, stop=stopper, verbose=0
+                ),
+            )  # fmt: skip
+            grid = tuner.fit()
+            if grid.errors:  # a trainable that raised: the study is not evidence
+                raise RuntimeError(f"live Ray Tune study {seed} failed: {grid.errors[0]}")
+    finally:
+        ray.shutdown()
+    # Ray's results in arrival order (one trial at a time), as trial records
+    by_trial: dict[str, list[dict]] = {}
+    for trial_id, result in stopper.results:
+        by_trial.setdefault(trial_id, []).append(result)
+    records = []
+    for n, rows in enumerate(by_trial.values()):
+        full = len(rows) == epochs
+        records.append(
+            {
+                "number": n,
+                "state": "COMPLETE" if full else "PRUNED",
+                "params": rows[0].get("config") or {},
+                "values": [r["val_accuracy"] for r in rows],
+                "seconds": [r["seconds"] for r in rows],
+                "duplicate_of": None,
+                "config_key": rows[0]["config_key"],
+            }
+        )
+    log(f"live-ray_asha-{seed}: {len(records)} trials")
+    return records
+
+
+def to_replay(record: dict[str, Any], budget: int, epochs: int) -> Replay:
+    """A live study as the replays' Replay: trials in order, the trial the budget cuts never
+    completes, copies cost nothing."""
+    out = Replay(record["variant"], int(record["seed"]), budget)
+    for t in record["trials"]:
+        if out.epochs >= budget:
+            break
+        out.trials += 1
+        values = t["values"]
+        copy = t.get("duplicate_of") is not None
+        out.duplicates += copy
+        take = 0 if copy else min(len(values), budget - out.epochs)
+        secs = [s or 0.0 for s in t.get("seconds") or []]
+        out.epochs += take
+        out.seconds += sum(secs[:take])
+        cut = not copy and take < len(values)
+        if t["state"] == "COMPLETE" and not cut and len(values) == epochs:
+            if values[-1] > out.best:
+                out.best, out.best_key = values[-1], t.get("config_key") or config_key(t["params"])
+            state = "COMPLETE"
+        elif cut:
+            state = "FAIL"
+        else:
+            state = t["state"]
+            out.pruned += state == "PRUNED"
+        out.trace.append((out.epochs, out.seconds, out.best))
+        out.log.append((t.get("config_key") or config_key(t["params"]), state, take))
+    return out
+
+
+def run_live(
+    out: Path,
+    *,
+    variants: Iterable[str],
+    seeds: Iterable[int],
+    study_file: str = STUDY_FILE,
+    budget: int = BUDGET,
+    epochs: int = EPOCHS,
+    train_subset: int | None = TRAIN_SUBSET,
+    data_dir: str | None = None,
+    command: str = "",
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict[str, Any]:
+    """Every (seed, variant) study the table at ``out`` lacks, seeds outer (a finished seed pairs
+    its variants), saved after each."""
+    table = load_table(out)
+    table.setdefault("studies", {})
+    table.pop("runs", None)
+    table["meta"] = {
+        "what": f"live studies on {study_file}'s space, {budget} trained epochs each",
+        "kind": "live",
+        "command": command or table.get("meta", {}).get("command", ""),
+        "study_file": study_file,
+        "budget": budget,
+        "epochs": epochs,
+        "train_subset": train_subset,
+        "val_fraction": VAL_FRACTION,
+        "split_seed": SPLIT_SEED,
+        "machine": platform.processor() or platform.machine(),
+    }
+    variants = list(variants)
+    if "ray_asha" in variants and not ray_asha.available():
+        log("Ray Tune is not installed (pip install 'cnnopt[bench]'): ray_asha skipped")
+        variants.remove("ray_asha")
+    with tempfile.TemporaryDirectory(prefix="cnnopt-live-") as tmp:
+        for seed in seeds:
+            for v in variants:
+                key = f"{v}/{seed}"
+                if key in table["studies"]:
+                    continue
+                t0 = time.perf_counter()
+                common = dict(study_file=study_file, budget=budget, epochs=epochs,
+                              train_subset=train_subset, data_dir=data_dir, log=log)  # fmt: skip
+                if v == "ray_asha":
+                    trials = run_ray(seed, **common)
+                else:
+                    trials = run_cnnopt(v, seed, workdir=Path(tmp), **common)
+                rec = {"variant": v, "seed": seed, "trials": trials,
+                       "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+                # re-read first: live runs for other seeds may share the table (one per core)
+                table["studies"] = {**load_table(out).get("studies", {}), key: rec}
+                save_table(table, out)
+                r = to_replay(rec, budget, epochs)
+                log(f"{key}: best {r.best:.4f} in {r.epochs} epochs, {r.trials} trials, "
+                    f"{rec['wall_s']:.0f}s")  # fmt: skip
+    return table
+
+
+# -- the section's live part ---------------------------------------------------------------------
+
+SEEDS_REQUIRED = 5  # live seeds per variant before the part is evidence rather than provisional
+LIVE_TARGET = 0.91  # the validation accuracy a study of this space should reach on 12k / 3k
+
+
+def summarize(path: Path | str, *, target: float = LIVE_TARGET) -> tuple[dict[str, Any], dict]:
+    """The live table's figures: per variant, its studies as Replays and their means; paired
+    differences of cnnopt's default against each other variant on the seeds both ran.
+
+    Returns (details, replays by variant); without a table, details with a one-line ``note``."""
+    from cnnopt.bench.search import stats
+
+    path = Path(path)
+    if not path.is_file():
+        note = (
+            f"live studies: no table at {path.name} (run `python -m cnnopt.bench.search.live`); "
+            "the live part is skipped"
+        )
+        return {"note": note}, {}
+    table = load_table(path)
+    meta = table["meta"]
+    budget, epochs = int(meta["budget"]), int(meta["epochs"])
+    by: dict[str, dict[int, Replay]] = {}
+    walls: dict[str, dict[int, float]] = {}
+    for rec in table.get("studies", {}).values():
+        by.setdefault(rec["variant"], {})[int(rec["seed"])] = to_replay(rec, budget, epochs)
+        walls.setdefault(rec["variant"], {})[int(rec["seed"])] = float(rec.get("wall_s") or 0)
+    order = [v for v in VARIANTS if v in by]
+    cap = budget + epochs  # 'never within the budget' counts as one more full trial
+    summary: dict[str, Any] = {}
+    for v in order:
+        rs = [by[v][s] for s in sorted(by[v])]
+        best = [r.best if math.isfinite(r.best) else 0.0 for r in rs]
+        entry: dict[str, Any] = {
+            "label": LABELS[v],
+            "seeds": sorted(by[v]),
+            "best": best,
+            "best_mean": float(sum(best) / len(best)),
+            "best_half_mean": float(sum(max(r.best_at(budget // 2), 0.0) for r in rs) / len(rs)),
+            "reached": sum(math.isfinite(r.epochs_to(target)) for r in rs),
+            "epochs_to_target_mean": float(
+                sum(stats.capped([r.epochs_to(target) for r in rs], cap)) / len(rs)
+            ),
+            "trials_mean": sum(r.trials for r in rs) / len(rs),
+            "pruned_mean": sum(r.pruned for r in rs) / len(rs),
+            "duplicates_mean": sum(r.duplicates for r in rs) / len(rs),
+            "wall_min_mean": sum(walls[v].values()) / len(rs) / 60,
+            "vs_default": None,
+        }
+        if v != "default" and "default" in by:
+            common = sorted(set(by[v]) & set(by["default"]))
+            if len(common) >= 2:
+                a = [max(by["default"][s].best, 0.0) for s in common]
+                b = [max(by[v][s].best, 0.0) for s in common]
+                ci = stats.paired(a, b)
+                entry["vs_default"] = {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n}
+        summary[v] = entry
+    n_min = min((len(by[v]) for v in order), default=0)
+    details = {
+        "table": path.name,
+        "study_file": meta.get("study_file", ""),
+        "budget": budget,
+        "epochs": epochs,
+        "target": target,
+        "train_subset": meta.get("train_subset"),
+        "seeds_required": SEEDS_REQUIRED,
+        "provisional": (
+            f"{n_min} of {SEEDS_REQUIRED} seeds for every variant"
+            if n_min < SEEDS_REQUIRED or len(order) < len(VARIANTS)
+            else ""
+        ),
+        "summary": summary,
+    }
+    replays = {LABELS[v]: [by[v][s] for s in sorted(by[v])] for v in order}
+    return details, replays
+
+
+def live_markdown(d: dict[str, Any]) -> list[str]:
+    """The live part's lines: one line when there is no table."""
+    if "summary" not in d:
+        return [d["note"]]
+    lines = ["### Live studies on the full space", ""]
+    if d["provisional"]:
+        lines += [
+            f"**Incomplete: {d['provisional']} so far; the live figures below are provisional.**",
+            "",
+        ]
+    lines += [
+        f"Real studies on {d['study_file']}'s space without its warm starts ({d['table']}), "
+        f"{d['budget']} trained epochs each, {d['epochs']} epochs per full trial, the 12k / 3k "
+        "subset; a seed is the sampler's and the training seed, shared by the variants. "
+        "Differences: cnnopt's default minus the variant, paired per seed, 95% bootstrap. "
+        f"Target {d['target']:.2f} val accuracy.",
+        "",
+        "| variant | seeds | best val acc | at half budget | default minus this "
+        f"| reached {d['target']:.2f} | epochs to target | trials | pruned | copies | min / study |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in d["summary"].values():
+        vs = e["vs_default"]
+        diff = f"{vs['mean']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}]" if vs else "-"
+        lines.append(
+            f"| {e['label']} | {len(e['seeds'])} | {e['best_mean']:.4f} | {e['best_half_mean']:.4f} "
+            f"| {diff} | {e['reached']} of {len(e['seeds'])} | {e['epochs_to_target_mean']:.0f} "
+            f"| {e['trials_mean']:.1f} | {e['pruned_mean']:.1f} | {e['duplicates_mean']:.1f} "
+            f"| {e['wall_min_mean']:.1f} |"
+        )
+    seeds = sorted({s for e in d["summary"].values() for s in e["seeds"]})
+    names = list(d["summary"])
+    lines += ["", "| seed | " + " | ".join(d["summary"][v]["label"] for v in names) + " |",
+              "|---|" + "---|" * len(names)]  # fmt: skip
+    for s in seeds:
+        cells = []
+        for v in names:
+            e = d["summary"][v]
+            cells.append(f"{e['best'][e['seeds'].index(s)]:.4f}" if s in e["seeds"] else "-")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.live", description=__doc__)
+    p.add_argument("--out", default=str(TABLE))
+    p.add_argument("--study", default=STUDY_FILE)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--budget", type=int, default=BUDGET)
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--train-subset", type=int, default=TRAIN_SUBSET)
+    a = p.parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    run_live(
+        Path(a.out), variants=a.variants, seeds=a.seeds, study_file=a.study, budget=a.budget,
+        epochs=a.epochs, train_subset=a.train_subset, data_dir=a.data_dir,
+        command=command_line("python -m cnnopt.bench.search.live", a),
+        log=lambda msg: print(msg, flush=True, file=sys.stdout),
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Live studies of the search benchmark: budget accounting of a live record as a replay, the
+summary's pairing, real `cnnopt run` studies on a tiny synthetic study (resumable), and real Ray
+Tune where it is installed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from cnnopt.bench.search import live
+
+LIVE_STUDY = """
+name = "live_tiny"
+dataset = "synthetic"
+family = "cnn"
+conv_blocks = 2
+filters = [4, 8]
+hidden = []
+global_pool = True
+epochs = 2
+pruner = "successive_halving"
+min_resource = 1
+n_startup_trials = 2
+enqueue = [{"lr": 0.01}]  # the live studies run without warm starts
+
+
+def space(trial):
+    return {"lr": trial.suggest_float("lr", 1e-3, 3e-2, log=True)}
+"""
+
+
+def trial(values, state="COMPLETE", duplicate_of=None, key="k"):
+    return {"values": values, "state": state, "duplicate_of": duplicate_of,
+            "seconds": [1.0] * len(values), "params": {"lr": key}, "config_key": key}  # fmt: skip
+
+
+def test_a_live_record_replays_with_the_budget_rules():
+    """Copies cost nothing, a pruned trial costs its epochs, and the trial the budget cuts never
+    completes: the same rules as the tabulated replays."""
+    rec = {
+        "variant": "default",
+        "seed": 1,
+        "trials": [
+            trial([0.5, 0.7, 0.8], key="a"),
+            trial([0.5, 0.7, 0.8], duplicate_of=0, key="a"),
+            trial([0.2], state="PRUNED", key="b"),
+            trial([0.6, 0.9, 0.95], key="c"),  # cut at epoch 2 of 3 by a budget of 6
+        ],
+    }
+    r = live.to_replay(rec, budget=6, epochs=3)
+    assert (r.epochs, r.trials, r.duplicates, r.pruned) == (6, 4, 1, 1)
+    assert r.best == 0.8 and r.best_key == "a"
+    assert [s for _, s, _ in r.log] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+    assert [e for e, _, _ in r.trace] == [3, 3, 4, 6]
+    assert live.to_replay(rec, budget=7, epochs=3).best == 0.95  # exactly enough
+
+
+def write_table(path, studies, budget=6, epochs=3):
+    path.write_text(json.dumps({
+        "meta": {"budget": budget, "epochs": epochs, "study_file": "s.py", "train_subset": 15000},
+        "studies": {f"{v}/{s}": {"variant": v, "seed": s, "wall_s": 60.0, "trials": t}
+                    for (v, s), t in studies.items()},
+    }))  # fmt: skip
+
+
+def test_summary_pairs_the_default_with_each_variant_on_common_seeds(tmp_path):
+    path = tmp_path / "live.json"
+    full = lambda top: [trial([0.5, 0.7, top]), trial([0.5, 0.7, top - 0.1])]  # noqa: E731
+    write_table(path, {
+        ("default", 1): full(0.92), ("default", 2): full(0.90), ("default", 3): full(0.93),
+        ("random", 1): full(0.90), ("random", 2): full(0.89),  # seed 3 still missing
+        ("ray_asha", 1): full(0.91),
+    })  # fmt: skip
+    d, replays = live.summarize(path, target=0.91)
+    s = d["summary"]
+    assert list(s) == ["default", "random", "ray_asha"]
+    assert s["default"]["best"] == [0.92, 0.90, 0.93] and s["default"]["reached"] == 2
+    vs = s["random"]["vs_default"]
+    assert vs["n"] == 2 and vs["mean"] == pytest.approx(0.015)  # seeds 1 and 2 only
+    assert s["ray_asha"]["vs_default"] is None  # one common seed: no interval
+    assert d["provisional"] == "1 of 5 seeds for every variant"
+    assert [len(v) for v in replays.values()] == [3, 2, 1]
+    md = "\n".join(live.live_markdown(d))
+    assert "**Incomplete: 1 of 5 seeds for every variant so far" in md
+    assert "+0.0150 [" in md and "| 3 | 0.9300 | - | - |" in md
+
+
+def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):
+    from cnnopt.bench.search import section
+
+    path = tmp_path / "live.json"
+    full = lambda top: [trial([0.5, 0.7, top])]  # noqa: E731
+    write_table(path, {("default", 1): full(0.92), ("default", 2): full(0.90),
+                       ("random", 1): full(0.90), ("random", 2): full(0.91)})  # fmt: skip
+    out = tmp_path / "out"
+    rows, d = section.bench_search(
+        section.TABLE, seeds=2, ray_seeds=0, quick=True, out_dir=out, log=lambda m: None,
+        pool_path=None, live_path=path,
+    )  # fmt: skip
+    (row,) = [r for r in rows if r["name"].startswith("live:")]
+    assert row["value"] == pytest.approx(0.91) and row["baseline_value"] == pytest.approx(0.905)
+    assert "2 live seeds" in row["note"] and "2 of 5 seeds" in row["note"]
+    assert "### Live studies on the full space" in d["markdown"]
+    assert (out / "search_live.html").stat().st_size > 100
+
+
+def test_summary_without_a_table_is_one_line(tmp_path):
+    d, replays = live.summarize(tmp_path / "none.json")
+    assert replays == {} and "no table at none.json" in d["note"]
+    assert live.live_markdown(d) == [d["note"]]
+
+
+@pytest.mark.slow
+def test_live_cnnopt_studies_spend_the_budget_without_warm_starts_and_resume(tmp_path, write_study):
+    """Real `cnnopt run` subprocesses: each variant trains at least the budget, the study
+    file's warm start is not run, and a rerun trains nothing more."""
+    study_file = write_study(LIVE_STUDY)
+    out = tmp_path / "live.json"
+    logs: list[str] = []
+    kw = dict(variants=["default", "random"], seeds=[7], study_file=str(study_file), budget=4,
+              epochs=2, train_subset=None, command="cmd", log=logs.append)  # fmt: skip
+    table = live.run_live(out, **kw)
+    assert set(table["studies"]) == {"default/7", "random/7"}
+    for rec in table["studies"].values():
+        epochs = sum(len(t["values"]) for t in rec["trials"] if t["duplicate_of"] is None)
+        assert epochs >= 4 and rec["seed"] == 7
+        assert all(t["params"]["lr"] != 0.01 for t in rec["trials"])  # no warm start
+        assert live.to_replay(rec, 4, 2).epochs == 4
+    # same seed: the random sampler and TPE's startup draw the same first configuration
+    first = [rec["trials"][0]["params"] for rec in table["studies"].values()]
+    assert first[0] == first[1]
+    n = len(logs)
+    live.run_live(out, **kw)
+    assert len(logs) == n  # every study was already in the table
+    assert json.loads(out.read_text())["meta"]["command"] == "cmd"
+
+
+@pytest.mark.slow
+def test_live_ray_tune_samples_the_study_space_under_asha(tmp_path, write_study):
+    pytest.importorskip("ray.tune")
+    study_file = write_study(LIVE_STUDY)
+    trials = live.run_ray(7, study_file=str(study_file), budget=5, epochs=2, train_subset=None,
+                          data_dir=None, log=lambda m: None)  # fmt: skip
+    assert sum(len(t["values"]) for t in trials) >= 5
+    assert all(1e-3 <= t["params"]["lr"] <= 3e-2 for t in trials)
+    rec = {"variant": "ray_asha", "seed": 7, "trials": trials}
+    r = live.to_replay(rec, 5, 2)
+    assert r.epochs == 5 and math.isfinite(r.best)
