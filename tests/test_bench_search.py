@@ -517,3 +517,39 @@ def test_tabulate_pool_writes_runs_in_pool_order_and_resumes_without_retraining(
     assert logs[-1].startswith("0 runs to train (2 already")
     assert json.loads(out.read_text())["runs"] == second["runs"]
     assert PoolTable.load(out).order == second["meta"]["pool"]
+
+
+def test_warm_starts_play_first_are_never_pruned_and_still_enter_the_rungs(tmp_path):
+    """The study file's warm starts, tabulated beside the pool: the +warm replay trains them to the
+    end before the permutation (a slow starter that epoch-1 rungs would cut), and later trials
+    are compared with their rung values."""
+    from cnnopt.bench.search.pool_replay import PoolTable, replay_pool
+
+    data = synth_pool(unfinished=False)
+    slow = {"lr": 0.05, "width": 999}  # a warm start that trails at every early epoch
+    data["runs"][tabulate.run_key(slow, 0)] = {
+        "config": slow, "seed": 0, "index": -1, "params": 1, "flops": 1.0,
+        "epochs": [{"epoch": e, "val_accuracy": a, "val_loss": 1.0, "train_loss": 1.0,
+                    "seconds": 1.0} for e, a in enumerate([0.05, 0.06, 0.07, 0.99], 1)],
+    }  # fmt: skip
+    data["meta"]["warm_starts"] = [tabulate.config_key(slow)]
+    t = PoolTable(data)
+    assert t.warm == [tabulate.config_key(slow)] and t.n_configs == 8  # not in the pool
+    cold, warm = (replay_pool(t, "sh1", 3, budget=20, warm=w) for w in (False, True))
+    assert warm.variant == "random+sh1+warm" and warm.log[0] == (t.warm[0], "COMPLETE", 4)
+    assert warm.best == 0.99 and cold.best < 0.99
+    # the same permutation follows the warm start
+    assert [k for k, _, _ in warm.log[1:]] == [k for k, _, _ in cold.log][: len(warm.log) - 1]
+    # the section adds the +warm row (not a candidate) and says what the warm starts are worth
+    from cnnopt.bench.search import section
+
+    path = tmp_path / "pool.json"
+    path.write_text(json.dumps(data))
+    rows, d = section.bench_search(
+        section.TABLE, seeds=3, ray_seeds=0, quick=True, log=lambda m: None, pool_path=path,
+        live_path=None,
+    )  # fmt: skip
+    p = d["pool"]
+    assert p["warm"] == "random+sh3+warm" and p["chosen"] != p["warm"]
+    assert section.WITHOUT_WARM in p["summary"][p["warm"]]["vs"]
+    assert "1 warm start played first (random+sh3+warm, never pruned) vs without" in d["markdown"]

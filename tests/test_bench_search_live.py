@@ -106,6 +106,19 @@ def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):
     assert (out / "search_live.html").stat().st_size > 100
 
 
+def test_a_study_held_by_a_live_process_is_skipped_and_a_dead_holder_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "live-random-3.claim").write_text("1")  # pid 1 is alive
+    assert not live._claim(tmp_path, "random", 3)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "live-random-3.claim").write_text(str(dead.pid))
+    assert live._claim(tmp_path, "random", 3)
+    assert live._claim(tmp_path, "random", 3)  # this process's own claim
+
+
 def test_summary_without_a_table_is_one_line(tmp_path):
     d, replays = live.summarize(tmp_path / "none.json")
     assert replays == {} and "no table at none.json" in d["note"]
@@ -120,7 +133,8 @@ def test_live_cnnopt_studies_spend_the_budget_without_warm_starts_and_resume(tmp
     out = tmp_path / "live.json"
     logs: list[str] = []
     kw = dict(variants=["default", "random"], seeds=[7], study_file=str(study_file), budget=4,
-              epochs=2, train_subset=None, command="cmd", log=logs.append)  # fmt: skip
+              epochs=2, train_subset=None, command="cmd", workdir=tmp_path / "journals",
+              log=logs.append)  # fmt: skip
     table = live.run_live(out, **kw)
     assert set(table["studies"]) == {"default/7", "random/7"}
     for rec in table["studies"].values():
@@ -134,6 +148,7 @@ def test_live_cnnopt_studies_spend_the_budget_without_warm_starts_and_resume(tmp
     n = len(logs)
     live.run_live(out, **kw)
     assert len(logs) == n  # every study was already in the table
+    assert not list((tmp_path / "journals").glob("*.claim"))  # claims released
     assert json.loads(out.read_text())["meta"]["command"] == "cmd"
 
 

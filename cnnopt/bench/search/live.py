@@ -306,10 +306,12 @@ def run_live(
     train_subset: int | None = TRAIN_SUBSET,
     data_dir: str | None = None,
     command: str = "",
+    workdir: Path | str | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Every (seed, variant) study the table at ``out`` lacks, seeds outer (a finished seed pairs
-    its variants), saved after each."""
+    its variants), saved after each. Several runs may share a table (one per core, with
+    different seed orders): a study another run finished or holds is skipped."""
     table = load_table(out)
     table.setdefault("studies", {})
     table.pop("runs", None)
@@ -329,28 +331,50 @@ def run_live(
     if "ray_asha" in variants and not ray_asha.available():
         log("Ray Tune is not installed (pip install 'cnnopt[bench]'): ray_asha skipped")
         variants.remove("ray_asha")
-    with tempfile.TemporaryDirectory(prefix="cnnopt-live-") as tmp:
-        for seed in seeds:
-            for v in variants:
-                key = f"{v}/{seed}"
-                if key in table["studies"]:
-                    continue
-                t0 = time.perf_counter()
-                common = dict(study_file=study_file, budget=budget, epochs=epochs,
-                              train_subset=train_subset, data_dir=data_dir, log=log)  # fmt: skip
+    # the cnnopt studies' journals live beside the table's runs, so a killed run resumes the
+    # study it was in (cnnopt run resumes a study from its storage) instead of starting it over
+    workdir = Path(workdir) if workdir else Path("runs") / "live-journals"
+    workdir.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        for v in variants:
+            key = f"{v}/{seed}"
+            # another live run (one per core) may have finished or be running this study
+            if key in load_table(out).get("studies", {}) or not _claim(workdir, v, seed):
+                continue
+            t0 = time.perf_counter()
+            common = dict(study_file=study_file, budget=budget, epochs=epochs,
+                          train_subset=train_subset, data_dir=data_dir, log=log)  # fmt: skip
+            try:
                 if v == "ray_asha":
                     trials = run_ray(seed, **common)
                 else:
-                    trials = run_cnnopt(v, seed, workdir=Path(tmp), **common)
+                    trials = run_cnnopt(v, seed, workdir=workdir, **common)
                 rec = {"variant": v, "seed": seed, "trials": trials,
                        "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
-                # re-read first: live runs for other seeds may share the table (one per core)
                 table["studies"] = {**load_table(out).get("studies", {}), key: rec}
                 save_table(table, out)
-                r = to_replay(rec, budget, epochs)
-                log(f"{key}: best {r.best:.4f} in {r.epochs} epochs, {r.trials} trials, "
-                    f"{rec['wall_s']:.0f}s")  # fmt: skip
+            finally:
+                (workdir / f"live-{v}-{seed}.claim").unlink(missing_ok=True)
+            r = to_replay(rec, budget, epochs)
+            log(f"{key}: best {r.best:.4f} in {r.epochs} epochs, {r.trials} trials, "
+                f"{rec['wall_s']:.0f}s")  # fmt: skip
+    table["studies"] = load_table(out).get("studies", {})
     return table
+
+
+def _claim(workdir: Path, variant: str, seed: int) -> bool:
+    """Take the study for this process unless a live process holds it (a claim file with its
+    pid; a dead holder's claim is taken over, its journal resumed)."""
+    path = workdir / f"live-{variant}-{seed}.claim"
+    try:
+        holder = int(path.read_text())
+        os.kill(holder, 0)
+        if holder != os.getpid():
+            return False
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pass
+    path.write_text(str(os.getpid()))
+    return True
 
 
 # -- the section's live part ---------------------------------------------------------------------
@@ -484,12 +508,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=int, default=BUDGET)
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--train-subset", type=int, default=TRAIN_SUBSET)
+    p.add_argument("--workdir", default=None, help="the studies' journals [runs/live-journals]")
     a = p.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     run_live(
         Path(a.out), variants=a.variants, seeds=a.seeds, study_file=a.study, budget=a.budget,
         epochs=a.epochs, train_subset=a.train_subset, data_dir=a.data_dir,
-        command=command_line("python -m cnnopt.bench.search.live", a),
+        command=command_line("python -m cnnopt.bench.search.live", a), workdir=a.workdir,
         log=lambda msg: print(msg, flush=True, file=sys.stdout),
     )  # fmt: skip
 

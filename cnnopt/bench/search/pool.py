@@ -103,16 +103,20 @@ def tabulate_pool(
     train_subset: int | None = TRAIN_SUBSET,
     command: str = "",
     limit: int | None = None,
+    warm_starts: bool = False,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Train every pooled run the table at ``out`` lacks (at most ``limit``), saving after each;
-    the pool's order is the sampling order, seeds inner (a configuration's seeds come together)."""
+    the pool's order is the sampling order, seeds inner (a configuration's seeds come together).
+    With ``warm_starts``, the study file's ``enqueue`` configurations are tabulated too, after the
+    pool and outside it (``meta.warm_starts``), for the replay that plays them first."""
     import torch
 
     study = load_study(study_file, epochs=epochs, train_subset=train_subset, data_dir=data_dir)
     pool = sample_pool(study, size, pool_seed)
     table = load_table(out)
     seeds = sorted(set(seeds))
+    warm = [dict(p) for p in study.settings.enqueue] if warm_starts else []
     table["meta"] = {
         "what": f"learning curves of a random pool of {study_file}'s space, trained by "
         "cnnopt.train.fit as its trials train",
@@ -123,6 +127,7 @@ def tabulate_pool(
         "pool_seed": pool_seed,
         "size": size,
         "pool": [config_key(p) for p in pool],
+        "warm_starts": [config_key(p) for p in warm] or table["meta"].get("warm_starts", []),
         "epochs": epochs,
         "seeds": sorted(set(seeds) | set(table["meta"].get("seeds", []))),
         "dataset": study.base_config().data.dataset,
@@ -135,9 +140,10 @@ def tabulate_pool(
         "note": "seconds are wall-clock per training epoch on a shared 2-core CPU; compare them "
         "only within this table",
     }
+    # warm starts after the pool, indexed -1, -2, ...: never part of the random sample
     todo = [
         (i, p, s)
-        for i, p in enumerate(pool)
+        for i, p in [*enumerate(pool), *((-1 - j, w) for j, w in enumerate(warm))]
         for s in seeds
         if len(table["runs"].get(run_key(p, s), {}).get("epochs", [])) < epochs
     ]
@@ -170,6 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-subset", type=int, default=TRAIN_SUBSET)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="train at most this many runs")
+    p.add_argument(
+        "--warm-starts",
+        action="store_true",
+        help="also tabulate the study's enqueue (after the pool)",
+    )
     a = p.parse_args(argv)
     import torch
 
@@ -179,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     tabulate_pool(
         Path(a.out), study_file=a.study, size=a.size, pool_seed=a.pool_seed, seeds=a.seeds,
         data_dir=a.data_dir, epochs=a.epochs, train_subset=a.train_subset, command=command,
-        limit=a.limit, log=lambda msg: print(msg, flush=True, file=sys.stdout),
+        limit=a.limit, warm_starts=a.warm_starts, log=lambda msg: print(msg, flush=True, file=sys.stdout),
     )  # fmt: skip
 
 

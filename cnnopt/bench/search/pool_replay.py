@@ -72,6 +72,8 @@ class PoolTable:
             self.seconds[key] = statistics.median(e["seconds"] for e in eps[: self.epochs])
         # the sampling order: every prefix of it is a random sample of the space
         self.order: list[str] = [k for k in self.meta["pool"] if k in self.curves]
+        # the study file's warm starts, tabulated beside the pool (not part of it)
+        self.warm: list[str] = [k for k in self.meta.get("warm_starts", []) if k in self.curves]
         if not self.order:
             raise ValueError(
                 f"{source}: no pooled configuration has all {self.epochs} epochs "
@@ -107,13 +109,17 @@ class PoolTable:
         return [self.order[i] for i in idx]
 
 
-def variant_name(pruner: str) -> str:
-    return f"random+{pruner}"
+def variant_name(pruner: str, warm: bool = False) -> str:
+    return f"random+{pruner}" + ("+warm" if warm else "")
 
 
-def replay_pool(table: PoolTable, pruner: str, order_seed: int, budget: int = 120) -> Replay:
+def replay_pool(
+    table: PoolTable, pruner: str, order_seed: int, budget: int = 120, warm: bool = False
+) -> Replay:
     """Random search over the pool in the order of ``order_seed`` with pruner ``pruner`` (a key
-    of ``replay.PRUNERS``) until ``budget`` epochs are trained or the pool is exhausted."""
+    of ``replay.PRUNERS``) until ``budget`` epochs are trained or the pool is exhausted. With
+    ``warm``, the study file's warm starts go first, trained to the end as cnnopt trains them
+    (they enter every rung, so later trials are compared with them, but are never pruned)."""
     if pruner not in PRUNERS:
         raise ValueError(f"pruner {pruner!r} is not one of {sorted(PRUNERS)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -126,14 +132,16 @@ def replay_pool(table: PoolTable, pruner: str, order_seed: int, budget: int = 12
         sampler=optuna.samplers.RandomSampler(seed=order_seed),
         pruner=PRUNERS[pruner](table.epochs),
     )
-    out = Replay(variant_name(pruner), order_seed, budget)
-    for key in table.permutation(order_seed):
+    out = Replay(variant_name(pruner, warm), order_seed, budget)
+    first = table.warm if warm else []
+    for n, key in enumerate([*first, *table.permutation(order_seed)]):
         if out.epochs >= budget:
             break
         trial = study.ask()
         trial.set_user_attr("config", key)
         out.trials += 1
-        train_trial(study, trial, key, table.curves[key], [table.seconds[key]] * table.epochs, out)
+        secs = [table.seconds[key]] * table.epochs
+        train_trial(study, trial, key, table.curves[key], secs, out, prune=n >= len(first))
     else:
         out.exhausted = out.epochs < budget  # every pooled configuration tried, budget left
     return out

@@ -266,12 +266,15 @@ def train_trial(
     curve: list[float],
     seconds: list[float],
     out: Replay,
+    prune: bool = True,
 ) -> tuple[list[float], optuna.trial.TrialState]:
     """'Train' one asked trial on a tabulated curve, as cnnopt's objective trains: report every
     epoch, ask the pruner after each but the last, stop where the budget ends (the trial then
     never completes: FAIL, no value). Tells the study, updates ``out`` (cost, best, trace, log)
     and returns the values reported and the final state. Every replay (grid, pool) goes through
-    here, so the budget and pruning rules cannot drift apart between them."""
+    here, so the budget and pruning rules cannot drift apart between them. ``prune=False`` is a
+    warm start: the pruner is still asked (successive halving records rung values inside
+    ``should_prune``) and its answer ignored, as cnnopt's objective does."""
     epochs = len(curve)
     values: list[float] = []
     state = optuna.trial.TrialState.COMPLETE
@@ -283,7 +286,7 @@ def train_trial(
         out.seconds += seconds[step - 1]
         values.append(v)
         trial.report(v, step)
-        if step < epochs and trial.should_prune():
+        if step < epochs and trial.should_prune() and prune:
             state = optuna.trial.TrialState.PRUNED
             break
     if state == optuna.trial.TrialState.FAIL:

@@ -53,6 +53,7 @@ POOL_BASELINES = {
     "no pruning": variant_name(NO_PRUNING),
     "sh1 (ASHA-like, grace period 1)": variant_name(ASHA_LIKE),
 }
+WITHOUT_WARM = "the default without warm starts"
 POOL_TARGET_PERCENTILE = 90.0  # the pool's target: its 90th-percentile final val accuracy
 
 RANDOM = Variant("random", "none", dedup=False)  # R2's method: random search, full trials
@@ -333,6 +334,18 @@ def bench_pool(
     )
     log(f"pool: chosen on order seeds 0..{seeds - 1}: {chosen}")
     default = variant_name(DEFAULT_PRUNER)
+    baselines = dict(POOL_BASELINES)
+    if pool.warm:
+        # one more row, not a candidate: the default pruner with the study file's warm starts
+        # played first, against the same permutations without them
+        warm = variant_name(DEFAULT_PRUNER, warm=True)
+        t = time.perf_counter()
+        for part, ss in (("choose", choose_seeds), ("fresh", fresh_seeds)):
+            on[part][warm] = [replay_pool(pool, DEFAULT_PRUNER, s, budget, warm=True) for s in ss]
+            fig[part][warm] = _figures(on[part][warm], target, budget, pool.epochs)
+        timing[warm] = (time.perf_counter() - t) / (2 * seeds)
+        names.append(warm)
+        baselines[WITHOUT_WARM] = default
     provisional = (
         f"provisional: the pool has {pool.n_configs} of {pool.size} configurations"
         if not pool.complete
@@ -357,8 +370,12 @@ def bench_pool(
             "ms_per_replay": 1000 * timing[name],
             "vs": {},
         }
-        for label, base in POOL_BASELINES.items():
-            if base == name or len(rs) < 2:
+        for label, base in baselines.items():
+            if (
+                base == name
+                or len(rs) < 2
+                or (label == WITHOUT_WARM and not name.endswith("+warm"))
+            ):
                 continue
             b = fig["fresh"][base]
             entry["vs"][label] = {
@@ -411,6 +428,8 @@ def bench_pool(
         "fresh_seeds": [fresh_seeds[0], fresh_seeds[-1]],
         "default": default,
         "chosen": chosen,
+        "warm": variant_name(DEFAULT_PRUNER, warm=True) if pool.warm else None,
+        "warm_starts": len(pool.warm),
         "choice_means": {n: float(np.mean(fig["choose"][n]["best"])) for n in names},
         "summary": summary,
     }
@@ -578,6 +597,14 @@ def pool_markdown(p: dict[str, Any], smoke: bool) -> list[str]:
             head.append(
                 f"vs {label} {_fmt_ci(v['best'])} best val acc, "
                 f"{_fmt_ci(v['epochs_to_target'], 1)} epochs to target"
+            )
+    if p.get("warm"):
+        w = p["summary"][p["warm"]]["vs"].get(WITHOUT_WARM)
+        if w:
+            head.append(
+                f"with the study file's {_count(p['warm_starts'], 'warm start')} played first "
+                f"({p['warm']}, never pruned) vs without {_fmt_ci(w['best'])} best val acc, "
+                f"{_fmt_ci(w['epochs_to_target'], 1)} epochs to target"
             )
     lines += [
         f"Random search over a seeded random pool of {p['study_file'] or 'the study'}'s space "
