@@ -29,6 +29,7 @@ import argparse
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -105,34 +106,48 @@ def run_cnnopt(
     data_dir: str | None,
     workdir: Path,
     log: Callable[[str], None],
+    poll_s: float = 2.0,
 ) -> list[dict[str, Any]]:
-    """One live study of a cnnopt variant: ``cnnopt run`` rounds until ``budget`` epochs are
-    trained; returns its trials in order."""
+    """One live study of a cnnopt variant: ``cnnopt run`` until ``budget`` epochs are trained,
+    then stopped as a user stops it (SIGTERM: the trial in progress is interrupted at its epoch's
+    end); returns its trials in order. A study resumed from its journal goes on where it was."""
     name = f"live-{variant}-{seed}"
     url = str(workdir / f"{name}.journal")
     sets = _benchmark_sets(epochs, train_subset) + CNNOPT_VARIANTS[variant] + [f"name={name}"]
     if data_dir:
         sets.append(f"data_dir={data_dir}")
     while True:
-        trials = (
-            optuna.load_study(study_name=name, storage=_storage(url)).get_trials(deepcopy=False)
-            if Path(url).exists()
-            else []
-        )
+        trials = _trials(url, name)
         spent = trained_epochs(trials)
         if spent >= budget:
             break
-        # as many trials as the rest of the budget holds at this study's epochs per trial so far
-        # (a full trial's when none ran): few rounds, and little training past the budget
-        per_trial = spent / len(trials) if trials and spent else epochs
-        n = max(1, math.floor((budget - spent) / max(per_trial, 1)))
-        log(f"{name}: {spent}/{budget} epochs, {len(trials)} trials; {n} more")
-        cmd = [sys.executable, "-m", "cnnopt.cli", "run", study_file, "--workers", "1", "--n-trials", str(n), "--seed",
-               str(seed), "--storage", url, "--no-progress"]  # fmt: skip
+        # every trained trial costs at least an epoch: the rest of the budget bounds the trials
+        # (a copy costs none; then another round)
+        n = budget - spent
+        log(f"{name}: {spent}/{budget} epochs, {len(trials)} trials")
+        cmd = [sys.executable, "-m", "cnnopt.cli", "run", study_file, "--workers", "1",
+               "--n-trials", str(n), "--seed", str(seed), "--storage", url, "--no-progress"]  # fmt: skip
         for s in sets:
             cmd += ["--set", s]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        stopped = False
+        while proc.poll() is None:
+            time.sleep(poll_s)
+            if not stopped and trained_epochs(_trials(url, name)) >= budget:
+                proc.send_signal(signal.SIGTERM)
+                stopped = True
+        if proc.returncode != 0 and not stopped:
+            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
     return [_trial_record(t) for t in sorted(trials, key=lambda t: t.number)]
+
+
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    if not Path(url).exists():
+        return []
+    try:
+        return optuna.load_study(study_name=name, storage=_storage(url)).get_trials(deepcopy=False)
+    except KeyError:  # the run has not created the study yet
+        return []
 
 
 def _storage(url: str):
@@ -281,7 +296,9 @@ def to_replay(record: dict[str, Any], budget: int, epochs: int) -> Replay:
         out.epochs += take
         out.seconds += sum(secs[:take])
         cut = not copy and take < len(values)
-        if t["state"] == "COMPLETE" and not cut and len(values) == epochs:
+        # a trial interrupted after its last epoch (the run stopped at the budget) trained in full
+        full = t["state"] in ("COMPLETE", "FAIL") and len(values) == epochs
+        if full and not cut:
             if values[-1] > out.best:
                 out.best, out.best_key = values[-1], t.get("config_key") or config_key(t["params"])
             state = "COMPLETE"
