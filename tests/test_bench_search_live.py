@@ -80,10 +80,10 @@ def test_summary_pairs_the_default_with_each_variant_on_common_seeds(tmp_path):
     vs = s["random"]["vs_default"]
     assert vs["n"] == 2 and vs["mean"] == pytest.approx(0.015)  # seeds 1 and 2 only
     assert s["ray_asha"]["vs_default"] is None  # one common seed: no interval
-    assert d["provisional"] == "1 of 5 seeds for every variant"
+    assert d["provisional"] == "seeds so far default 3, random 2, ray_asha 1 (5 each required)"
     assert [len(v) for v in replays.values()] == [3, 2, 1]
     md = "\n".join(live.live_markdown(d))
-    assert "**Incomplete: 1 of 5 seeds for every variant so far" in md
+    assert f"**Incomplete ({d['provisional']}): the live figures" in md
     assert "+0.0150 [" in md and "| 3 | 0.9300 | - | - |" in md
 
 
@@ -101,7 +101,9 @@ def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):
     )  # fmt: skip
     (row,) = [r for r in rows if r["name"].startswith("live:")]
     assert row["value"] == pytest.approx(0.91) and row["baseline_value"] == pytest.approx(0.905)
-    assert "2 live seeds" in row["note"] and "2 of 5 seeds" in row["note"]
+    assert (
+        "2 live seeds" in row["note"] and "default 2, random 2, ray_asha 0 (5 each" in row["note"]
+    )
     assert "### Live studies on the full space" in d["markdown"]
     assert (out / "search_live.html").stat().st_size > 100
 
