@@ -553,3 +553,12 @@ def test_warm_starts_play_first_are_never_pruned_and_still_enter_the_rungs(tmp_p
     assert p["warm"] == "random+sh3+warm" and p["chosen"] != p["warm"]
     assert section.WITHOUT_WARM in p["summary"][p["warm"]]["vs"]
     assert "1 warm start played first (random+sh3+warm, never pruned) vs without" in d["markdown"]
+
+
+def test_stored_command_lines_rerun_as_written():
+    """meta.command must parse again: lists spelled out, flags without a value, --limit left out."""
+    import argparse
+
+    ns = argparse.Namespace(out="t.json", seeds=[0, 1], warm_starts=True, quick=False, limit=3,
+                            data_dir=None)  # fmt: skip
+    assert tabulate.command_line("prog", ns) == "prog --out t.json --seeds 0 1 --warm-starts"

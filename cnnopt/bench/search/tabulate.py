@@ -204,10 +204,17 @@ def tabulate(
 def command_line(prog: str, args: argparse.Namespace) -> str:
     """The command that regenerates a table, as stored in its ``meta.command`` (``--limit`` left
     out: it only splits the work)."""
+
+    def arg(k: str, v: Any) -> str:
+        flag = f"--{k.replace('_', '-')}"
+        if v is True:  # a store_true flag
+            return flag
+        return f"{flag} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+
     return f"{prog} " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        arg(k, v)
         for k, v in vars(args).items()
-        if v is not None and k != "limit"
+        if v is not None and v is not False and k != "limit"
     )
 
 
