@@ -160,6 +160,9 @@ def _storage(url: str):
     return get_storage(url)
 
 
+_STUDIES: dict[tuple, Any] = {}  # the study file, loaded once per Ray actor
+
+
 def _live_trainable(config: dict[str, Any], study_file, epochs, train_subset, data_dir, seed):
     """Ray's function trainable: the sampled params trained by cnnopt's trainer, as a cnnopt trial
     trains them (study seed as training seed), reported to Ray epoch by epoch."""
@@ -170,7 +173,12 @@ def _live_trainable(config: dict[str, Any], study_file, epochs, train_subset, da
     from cnnopt.train import fit
 
     torch.set_num_threads(1)  # the one CPU Ray was given
-    study = load_study(study_file, epochs=epochs, train_subset=train_subset, data_dir=data_dir)
+    args = (study_file, epochs, train_subset, data_dir)
+    if args not in _STUDIES:  # once per actor: Ray reuses it for every trial (reuse_actors)
+        _STUDIES[args] = load_study(
+            study_file, epochs=epochs, train_subset=train_subset, data_dir=data_dir
+        )
+    study = _STUDIES[args]
     cfg = study.config_from_params(config).replace(seed=seed)
     ds, split = load_split(cfg.data, "cpu")
     cfg = cfg.replace(
@@ -252,6 +260,9 @@ def run_ray(
                         sampler=optuna.samplers.RandomSampler(seed=seed),
                     ),
                     num_samples=budget,  # more than fit: the budget stopper ends it
+                    # one actor for all trials: torch and cnnopt imported once, the data split
+                    # loaded once (cnnopt.data caches it per process)
+                    reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
                     name=f"live-ray-{seed}", storage_path=tmp, stop=stopper, verbose=0
