@@ -170,6 +170,7 @@ def _live_trainable(config: dict[str, Any], study_file, epochs, train_subset, da
     from ray import tune
 
     from cnnopt.data import load_split
+    from cnnopt.errors import TrialFailed
     from cnnopt.train import fit
 
     torch.set_num_threads(1)  # the one CPU Ray was given
@@ -196,7 +197,13 @@ def _live_trainable(config: dict[str, Any], study_file, epochs, train_subset, da
             }
         )
 
-    fit(cfg, split, device="cpu", on_epoch=on_epoch)
+    try:
+        fit(cfg, split, device="cpu", on_epoch=on_epoch)
+    except TrialFailed:
+        # a configuration that diverged (NaN loss) fails as a cnnopt trial fails: it keeps the
+        # epochs it reported and the study goes on; an error would end Ray's trial the same way
+        # but make the experiment look broken
+        return
 
 
 class _RaySpace:
@@ -269,11 +276,12 @@ def run_ray(
                 ),
             )  # fmt: skip
             grid = tuner.fit()
-            if grid.errors:  # a trainable that raised: the study is not evidence
+            if grid.errors:  # a trainable that raised (not a diverged trial): a real bug
                 raise RuntimeError(f"live Ray Tune study {seed} failed: {grid.errors[0]}")
     finally:
         ray.shutdown()
-    # Ray's results in arrival order (one trial at a time), as trial records
+    # Ray's results in arrival order (one trial at a time), as trial records; a trial that ended
+    # early is PRUNED, whether ASHA stopped it or it diverged (Ray does not tell the driver which)
     by_trial: dict[str, list[dict]] = {}
     for trial_id, result in stopper.results:
         by_trial.setdefault(trial_id, []).append(result)
