@@ -84,7 +84,7 @@ def test_summary_pairs_the_default_with_each_variant_on_common_seeds(tmp_path):
     assert [len(v) for v in replays.values()] == [3, 2, 1]
     md = "\n".join(live.live_markdown(d))
     assert f"**Incomplete ({d['provisional']}): the live figures" in md
-    assert "+0.0150 [" in md and "| 3 | 0.9300 | - | - |" in md
+    assert "+0.0150 (n=2, no interval below 5 seeds)" in md and "| 3 | 0.9300 | - | - |" in md
 
 
 def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):
@@ -102,7 +102,8 @@ def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):
     (row,) = [r for r in rows if r["name"].startswith("live:")]
     assert row["value"] == pytest.approx(0.91) and row["baseline_value"] == pytest.approx(0.905)
     assert (
-        "2 live seeds" in row["note"] and "default 2, random 2, ray_asha 0 (5 each" in row["note"]
+        "(n=2, no interval below 5 seeds)" in row["note"]
+        and "default 2, random 2, ray_asha 0 (5 each" in row["note"]
     )
     assert "### Live studies on the full space" in d["markdown"]
     assert (out / "search_live.html").stat().st_size > 100

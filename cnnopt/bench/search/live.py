@@ -496,6 +496,16 @@ def summarize(path: Path | str, *, target: float = LIVE_TARGET) -> tuple[dict[st
     return details, replays
 
 
+def _fmt_diff(vs: dict[str, float] | None) -> str:
+    """A paired difference; its bootstrap interval only from SEEDS_REQUIRED seeds on (with two or
+    three seeds a bootstrap interval is little more than the range of the differences)."""
+    if not vs:
+        return "-"
+    if vs["n"] < SEEDS_REQUIRED:
+        return f"{vs['mean']:+.4f} (n={vs['n']}, no interval below {SEEDS_REQUIRED} seeds)"
+    return f"{vs['mean']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}] (n={vs['n']})"
+
+
 def live_markdown(d: dict[str, Any]) -> list[str]:
     """The live part's lines: one line when there is no table."""
     if "summary" not in d:
@@ -519,7 +529,7 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
     ]
     for e in d["summary"].values():
         vs = e["vs_default"]
-        diff = f"{vs['mean']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}]" if vs else "-"
+        diff = _fmt_diff(vs)
         lines.append(
             f"| {e['label']} | {len(e['seeds'])} | {e['best_mean']:.4f} | {e['best_half_mean']:.4f} "
             f"| {diff} | {e['reached']} of {len(e['seeds'])} | {e['epochs_to_target_mean']:.0f} "

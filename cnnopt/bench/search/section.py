@@ -561,7 +561,7 @@ def live_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
                 "note": "; ".join(
                     x
                     for x in (
-                        f"paired diff {_fmt_ci(vs)} (95% bootstrap, {vs['n']} live seeds)",
+                        f"paired diff {live._fmt_diff(vs)}, live seeds",
                         d["provisional"],
                     )
                     if x
