@@ -50,6 +50,7 @@ from cnnopt.bench.search.tabulate import (
     VAL_FRACTION,
     command_line,
     config_key,
+    cpu_split,
     load_table,
     save_table,
 )
@@ -169,7 +170,6 @@ def _live_trainable(config: dict[str, Any], study_file, epochs, train_subset, da
     import torch
     from ray import tune
 
-    from cnnopt.data import load_split
     from cnnopt.errors import TrialFailed
     from cnnopt.train import fit
 
@@ -180,11 +180,7 @@ def _live_trainable(config: dict[str, Any], study_file, epochs, train_subset, da
             study_file, epochs=epochs, train_subset=train_subset, data_dir=data_dir
         )
     study = _STUDIES[args]
-    cfg = study.config_from_params(config).replace(seed=seed)
-    ds, split = load_split(cfg.data, "cpu")
-    cfg = cfg.replace(
-        in_channels=ds.in_channels, input_size=ds.image_size, num_classes=ds.num_classes
-    )
+    cfg, split = cpu_split(study.config_from_params(config).replace(seed=seed))
     key = config_key(config)
 
     def on_epoch(stats) -> None:

@@ -115,16 +115,22 @@ def train_run(
     return train_curve(cfg, config, seed)
 
 
+def cpu_split(cfg):
+    """The run's data split on the CPU, and ``cfg`` completed with the dataset's shape."""
+    from cnnopt.data import load_split
+
+    ds, split = load_split(cfg.data, "cpu")
+    return cfg.replace(
+        in_channels=ds.in_channels, input_size=ds.image_size, num_classes=ds.num_classes
+    ), split
+
+
 def train_curve(cfg, config: dict[str, Any], seed: int) -> dict[str, Any]:
     """Train ``cfg`` (a RunConfig) on CPU with ``cnnopt.train.fit``; the table's run record, with
     ``config`` (the table's identity of the configuration) and the training ``seed``."""
-    from cnnopt.data import load_split
     from cnnopt.train import fit
 
-    ds, split = load_split(cfg.data, "cpu")
-    cfg = cfg.replace(
-        in_channels=ds.in_channels, input_size=ds.image_size, num_classes=ds.num_classes
-    )
+    cfg, split = cpu_split(cfg)
     result = fit(cfg, split, device="cpu")
     return {
         "config": config,
