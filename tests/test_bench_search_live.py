@@ -166,3 +166,21 @@ def test_live_ray_tune_samples_the_study_space_under_asha(tmp_path, write_study)
     rec = {"variant": "ray_asha", "seed": 7, "trials": trials}
     r = live.to_replay(rec, 5, 2)
     assert r.epochs == 5 and math.isfinite(r.best)
+
+
+@pytest.mark.slow
+def test_live_ray_tune_a_diverged_configuration_ends_its_trial_not_the_study(tmp_path, write_study):
+    """A configuration whose loss becomes NaN fails as a cnnopt trial fails: Ray's experiment
+    goes on to its other trials and the driver gets their records, not an error."""
+    pytest.importorskip("ray.tune")
+    diverging = LIVE_STUDY.replace("epochs = 2", 'epochs = 2\noptimizer = "sgd"').replace(
+        'trial.suggest_float("lr", 1e-3, 3e-2, log=True)',
+        'trial.suggest_categorical("lr", [1e-2, 1e6])',
+    )
+    study_file = write_study(diverging)
+    trials = live.run_ray(8, study_file=str(study_file), budget=4, epochs=2, train_subset=None,
+                          data_dir=None, log=lambda m: None)  # fmt: skip
+    # seed 8 samples lr 1e6 first, then 1e-2: every trial that reported is one that trained (a
+    # diverged one reports nothing before it fails), and the experiment reached its budget
+    assert trials and all(t["params"]["lr"] == 1e-2 for t in trials)
+    assert all(math.isfinite(v) for t in trials for v in t["values"])

@@ -12,9 +12,9 @@ search benchmark's 12k / 3k subset, without the study file's warm starts:
 
 Every study's seed is the sampler's seed and the training seed, so a seed pairs the three variants
 on the same data split (``split_seed`` is the benchmark's, not the seed). The cnnopt variants run the
-real command, one worker, in rounds of ``--n-trials`` until the epochs trained reach the budget (a
-copy from deduplication costs none); the trial the budget cuts counts as never completed, as in the
-replays. Records are written after every study, so an interrupted run resumes with the next study.
+real command, one worker, stopped with SIGTERM (as a user stops it) once its journal shows the
+budget trained (a copy from deduplication costs none); the trial the budget cuts counts as never
+completed, as in the replays. Records are written after every study, so an interrupted run resumes with the next study.
 
     python -m cnnopt.bench.search.live --out cnnopt/bench/search/tables/fashion_live.json \\
         --data-dir ../shared/data/fashion-mnist --seeds 101 102 103 104 105
@@ -243,7 +243,7 @@ def run_ray(
     study_file = str(Path(study_file).resolve())
     data_dir = str(Path(data_dir).resolve()) if data_dir else None
     space = _RaySpace(study_file, epochs, train_subset, data_dir)
-    stopper = ray_asha.budget_stopper(budget)
+    stopper = ray_asha.budget_stopper(budget, "val_loss")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         with tempfile.TemporaryDirectory(prefix="cnnopt-ray-live-") as tmp:
@@ -274,6 +274,10 @@ def run_ray(
             grid = tuner.fit()
             if grid.errors:  # a trainable that raised (not a diverged trial): a real bug
                 raise RuntimeError(f"live Ray Tune study {seed} failed: {grid.errors[0]}")
+            if stopper.used < budget:  # Ray ends fit() quietly on Ctrl-C: not a study to keep
+                raise RuntimeError(
+                    f"live Ray Tune study {seed} ended at {stopper.used} of {budget} epochs"
+                )
     finally:
         ray.shutdown()
     # Ray's results in arrival order (one trial at a time), as trial records; a trial that ended

@@ -48,10 +48,11 @@ def quiet_ray() -> None:
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
 
 
-def budget_stopper(budget: int):
+def budget_stopper(budget: int, metric: str):
     """A Ray Tune stopper that ends the experiment once ``budget`` epochs have been reported and
-    keeps every result in the order Ray delivered it (the driver sees them all; no result files
-    needed)."""
+    keeps every epoch's result in the order Ray delivered it (the driver sees them all; no result
+    files needed). A result without ``metric`` is no epoch: Ray sends one, empty, for a trial that
+    ended before its first report (a diverged configuration), and it costs nothing."""
     from ray import tune
 
     class Budget(tune.Stopper):
@@ -60,6 +61,8 @@ def budget_stopper(budget: int):
             self.results: list[tuple[str, dict]] = []
 
         def __call__(self, trial_id: str, result: dict) -> bool:
+            if metric not in result:
+                return False
             self.used += 1
             self.results.append((trial_id, result))
             return False
@@ -146,7 +149,7 @@ def run_asha(
                     _trainable, curves=curves, seeds=tseeds, first_seed=seed % len(tseeds),
                     grid_keys=list(grid), counts_path=str(Path(tmp) / f"counts-{seed}.json"),
                 )  # fmt: skip
-                stopper = budget_stopper(budget)
+                stopper = budget_stopper(budget, metric)
                 tuner = tune.Tuner(
                     tune.with_resources(trainable, {"cpu": 1}),
                     param_space={k: tune.choice(v) for k, v in grid.items()},
