@@ -85,6 +85,11 @@ def test_summary_pairs_the_default_with_each_variant_on_common_seeds(tmp_path):
     md = "\n".join(live.live_markdown(d))
     assert f"**Incomplete ({d['provisional']}): the live figures" in md
     assert "+0.0150 (n=2, no interval below 5 seeds)" in md and "| 3 | 0.9300 | - | - |" in md
+    # a second, reachable target: the pool's ceiling (only seed 3 of the default reaches 0.925)
+    d, _ = live.summarize(path, target=0.91, reference=0.925)
+    assert d["summary"]["default"]["reached_reference"] == 1
+    md = "\n".join(live.live_markdown(d))
+    assert "| reached pool ceiling 0.9250 |" in md and "| - | 2 of 3 | 5 | 1 of 3 |" in md
 
 
 def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):

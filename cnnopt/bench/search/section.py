@@ -251,7 +251,9 @@ def bench_search(
     rows += pool_rows
     live_replays: dict[str, list[Replay]] = {}
     if live_path is not None:
-        details["live"], live_replays = live.summarize(live_path)
+        details["live"], live_replays = live.summarize(
+            live_path, reference=details["pool"].get("ceiling")
+        )
         log(
             details["live"].get("note")
             or f"live studies: {details['live']['provisional'] or 'complete'}"
