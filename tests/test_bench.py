@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cnnopt.bench import SECTIONS, section_function
@@ -90,8 +91,12 @@ def test_a_registered_section_runs_by_name_and_its_failure_becomes_one_row(monke
     monkeypatch.setitem(SECTIONS, "fake", "tests.test_bench:_fake_section")
     monkeypatch.setitem(SECTIONS, "broken", "tests.test_bench:_broken_section")
     opts = BenchOptions(plan=TINY, dataset="synthetic", sections=("broken", "fake"),
-                        workdir=str(tmp_path))  # fmt: skip
+                        workdir=str(tmp_path), threads=3)  # fmt: skip
+    before = torch.get_num_threads()
     report = bench.run_bench(opts)
+    # the bench ran with its own thread count and gave the caller's back: a study trained after
+    # it in the same process reproduces its trials to the digit
+    assert report.machine["threads"] == 3 and torch.get_num_threads() == before
     assert [(r.section, r.name) for r in report.rows] == [
         ("broken", "broken section"),
         ("fake", "fake row"),
@@ -102,6 +107,7 @@ def test_a_registered_section_runs_by_name_and_its_failure_becomes_one_row(monke
 
 
 def _fake_section(opts, ctx):
+    assert torch.get_num_threads() == 3
     ctx.report.throughput_ratio = 0.5
     assert ctx.workdir.is_dir() and ctx.device.type == "cpu"
     return [Row("fake", "fake row", 4.0, "images/s", "half", 2.0)]

@@ -67,6 +67,10 @@ def run_bench(opts: BenchOptions) -> Report:
     if opts.data_dir:
         opts = replace(opts, data_dir=str(Path(opts.data_dir).expanduser().resolve()))
     threads = opts.threads or n_cores()
+    # The thread count is process-wide state: restored on return, so a caller that runs the bench
+    # in-process (a notebook, a test) keeps its own (bf16 sums on CPU depend on it, so a study run
+    # afterwards would no longer reproduce its trials to the digit).
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     device = resolve_device(opts.device)
     t0 = time.perf_counter()
@@ -91,6 +95,7 @@ def run_bench(opts: BenchOptions) -> Report:
                             note=f"failed: {type(e).__name__}: {e}")]  # fmt: skip
             report.rows.extend(rows)
     finally:
+        torch.set_num_threads(threads_before)
         if tmp is not None:
             tmp.cleanup()
     report.seconds = time.perf_counter() - t0
