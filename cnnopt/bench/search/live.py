@@ -14,7 +14,8 @@ Every study's seed is the sampler's seed and the training seed, so a seed pairs 
 on the same data split (``split_seed`` is the benchmark's, not the seed). The cnnopt variants run the
 real command, one worker, stopped with SIGTERM (as a user stops it) once its journal shows the
 budget trained (a copy from deduplication costs none); the trial the budget cuts counts as never
-completed, as in the replays. Records are written after every study, so an interrupted run resumes with the next study.
+completed, as in the replays. Records are written after every study, so an interrupted run resumes
+with the next study.
 
     python -m cnnopt.bench.search.live --out cnnopt/bench/search/tables/fashion_live.json \\
         --data-dir ../shared/data/fashion-mnist --seeds 101 102 103 104 105
@@ -585,10 +586,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default=None, help="the studies' journals [runs/live-journals]")
     a = p.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # the table records the command that regenerates all of it, not this run's share of the
+    # seeds and variants (runs on several cores split them)
+    canonical = argparse.Namespace(
+        **{**vars(a), "seeds": p.get_default("seeds"), "variants": p.get_default("variants")}
+    )
     run_live(
         Path(a.out), variants=a.variants, seeds=a.seeds, study_file=a.study, budget=a.budget,
         epochs=a.epochs, train_subset=a.train_subset, data_dir=a.data_dir,
-        command=command_line("python -m cnnopt.bench.search.live", a), workdir=a.workdir,
+        command=command_line("python -m cnnopt.bench.search.live", canonical), workdir=a.workdir,
         log=lambda msg: print(msg, flush=True, file=sys.stdout),
     )  # fmt: skip
 
