@@ -527,39 +527,36 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
             f"**Incomplete ({d['provisional']}): the live figures below are provisional.**",
             "",
         ]
+    second = (
+        f"; second target the random pool's ceiling {ref:.4f} (its best configuration trained to "
+        "the end, same split and recipe)."
+        if ref is not None
+        else "."
+    )
+    header = ["variant", "seeds", "best val acc", "at half budget", "default minus this",
+              f"reached {d['target']:.2f}", "epochs to target"]  # fmt: skip
+    header += [f"reached pool ceiling {ref:.4f}"] if ref is not None else []
+    header += ["trials", "pruned", "copies", "min / study"]
     lines += [
         f"Real studies on {d['study_file']}'s space without its warm starts ({d['table']}), "
         f"{d['budget']} trained epochs each, {d['epochs']} epochs per full trial, the 12k / 3k "
         "subset; a seed is the sampler's and the training seed, shared by the variants. "
         "Differences: cnnopt's default minus the variant, paired per seed, 95% bootstrap. "
-        f"Target {d['target']:.2f} val accuracy"
-        + (
-            f"; second target the random pool's ceiling {ref:.4f} (its best configuration "
-            "trained to the end, same split and recipe)."
-            if ref is not None
-            else "."
-        ),
+        f"Target {d['target']:.2f} val accuracy{second}",
         "",
-        "| variant | seeds | best val acc | at half budget | default minus this "
-        f"| reached {d['target']:.2f} | epochs to target"
-        + (f" | reached pool ceiling {ref:.4f}" if ref is not None else "")
-        + " | trials | pruned | copies | min / study |",
-        "|---|---|---|---|---|---|---|" + ("---|" if ref is not None else "") + "---|---|---|---|",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
     for e in d["summary"].values():
-        vs = e["vs_default"]
-        diff = _fmt_diff(vs)
-        lines.append(
-            f"| {e['label']} | {len(e['seeds'])} | {e['best_mean']:.4f} | {e['best_half_mean']:.4f} "
-            f"| {diff} | {e['reached']} of {len(e['seeds'])} | {e['epochs_to_target_mean']:.0f} "
-            + (
-                f"| {e['reached_reference']} of {len(e['seeds'])} "
-                if e.get("reached_reference") is not None
-                else ""
-            )
-            + f"| {e['trials_mean']:.1f} | {e['pruned_mean']:.1f} | {e['duplicates_mean']:.1f} "
-            f"| {e['wall_min_mean']:.1f} |"
-        )
+        n = len(e["seeds"])
+        cells = [e["label"], str(n), f"{e['best_mean']:.4f}", f"{e['best_half_mean']:.4f}",
+                 _fmt_diff(e["vs_default"]), f"{e['reached']} of {n}",
+                 f"{e['epochs_to_target_mean']:.0f}"]  # fmt: skip
+        if ref is not None:
+            cells.append(f"{e['reached_reference']} of {n}")
+        cells += [f"{e['trials_mean']:.1f}", f"{e['pruned_mean']:.1f}",
+                  f"{e['duplicates_mean']:.1f}", f"{e['wall_min_mean']:.1f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({s for e in d["summary"].values() for s in e["seeds"]})
     names = list(d["summary"])
     lines += ["", "| seed | " + " | ".join(d["summary"][v]["label"] for v in names) + " |",
