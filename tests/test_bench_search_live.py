@@ -178,9 +178,13 @@ def test_live_ray_tune_a_diverged_configuration_ends_its_trial_not_the_study(tmp
     """A configuration whose loss becomes NaN fails as a cnnopt trial fails: Ray's experiment
     goes on to its other trials and the driver gets their records, not an error."""
     pytest.importorskip("ray.tune")
-    diverging = LIVE_STUDY.replace("epochs = 2", 'epochs = 2\noptimizer = "sgd"').replace(
+    diverging = LIVE_STUDY.replace("epochs = 2", 'epochs = 2\noptimizer = "sgd"')
+    diverging = diverging.replace('{"lr": 0.01}', '{"lr": 0.01, "batch_size": 32}').replace(
         'trial.suggest_float("lr", 1e-3, 3e-2, log=True)',
-        'trial.suggest_categorical("lr", [1e-2, 1e6])',
+        'trial.suggest_categorical("lr", [1e-2, 1e6]), '
+        # a second parameter: Ray checks a result's metrics strictly once it holds more than one
+        # key besides its own (the config's keys count), so one parameter would hide that check
+        '"batch_size": trial.suggest_categorical("batch_size", [32, 64])',
     )
     study_file = write_study(diverging)
     trials = live.run_ray(8, study_file=str(study_file), budget=4, epochs=2, train_subset=None,

@@ -41,11 +41,16 @@ def available() -> bool:
 
 def quiet_ray() -> None:
     """Ray settings for a benchmark: no new console output, no result files or loggers, no
-    duplicated logs, and one pending trial at a time (trials run in the order they are sampled)."""
+    duplicated logs, one pending trial at a time (trials run in the order they are sampled), and
+    no strict metric check (a diverged trial is pruned, not an error)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
+    # A trial that diverges before its first report ends with one result holding its config but
+    # no metric; Ray's strict check would end the whole experiment on it. ASHA, OptunaSearch and
+    # budget_stopper each skip a result without the metric (the trial counts as pruned).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
 
 def budget_stopper(budget: int, metric: str):
