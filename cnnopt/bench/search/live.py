@@ -516,6 +516,10 @@ def _fmt_diff(vs: dict[str, float] | None) -> str:
     return f"{vs['mean']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}] (n={vs['n']})"
 
 
+def _md_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def live_markdown(d: dict[str, Any]) -> list[str]:
     """The live part's lines: one line when there is no table."""
     if "summary" not in d:
@@ -544,7 +548,7 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
         "Differences: cnnopt's default minus the variant, paired per seed, 95% bootstrap. "
         f"Target {d['target']:.2f} val accuracy{second}",
         "",
-        "| " + " | ".join(header) + " |",
+        _md_row(header),
         "|" + "---|" * len(header),
     ]
     for e in d["summary"].values():
@@ -556,17 +560,17 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
             cells.append(f"{e['reached_reference']} of {n}")
         cells += [f"{e['trials_mean']:.1f}", f"{e['pruned_mean']:.1f}",
                   f"{e['duplicates_mean']:.1f}", f"{e['wall_min_mean']:.1f}"]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_md_row(cells))
     seeds = sorted({s for e in d["summary"].values() for s in e["seeds"]})
     names = list(d["summary"])
-    lines += ["", "| seed | " + " | ".join(d["summary"][v]["label"] for v in names) + " |",
+    lines += ["", _md_row(["seed"] + [d["summary"][v]["label"] for v in names]),
               "|---|" + "---|" * len(names)]  # fmt: skip
     for s in seeds:
         cells = []
         for v in names:
             e = d["summary"][v]
             cells.append(f"{e['best'][e['seeds'].index(s)]:.4f}" if s in e["seeds"] else "-")
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines.append(_md_row([str(s), *cells]))
     return lines
 
 
