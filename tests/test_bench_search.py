@@ -182,6 +182,20 @@ def test_bootstrap_interval_covers_the_mean_and_detects_a_shift():
     assert stats.choose({"a": [0.8, 0.9], "b": [0.85, 0.85]}, {"a": [10, 10], "b": [5, 5]}) == "b"
 
 
+def test_t_interval_is_wider_than_the_bootstrap_with_a_handful_of_seeds():
+    ci = stats.t_mean([1, 2, 3, 4, 5])  # mean 3, s = 1.5811, t(4) = 2.776
+    assert (ci.mean, ci.n) == (3, 5) and ci.low == pytest.approx(1.0374, abs=1e-3)
+    assert ci.high == pytest.approx(4.9626, abs=1e-3)
+    # five paired differences all of one sign: the percentile bootstrap excludes zero, t does not
+    d = [0.0443, 0.0010, 0.0053, 0.0287, 0.0157]
+    assert stats.bootstrap_mean(d).excludes_zero() and not stats.t_mean(d).excludes_zero()
+    # past the table, the expansion meets the known quantiles
+    assert stats.t_quantile(31) == pytest.approx(2.040, abs=1e-3)
+    assert stats.t_quantile(120) == pytest.approx(1.980, abs=1e-3)
+    with pytest.raises(ValueError, match="at least 2 values, got 1"):
+        stats.t_mean([0.5])
+
+
 def test_tabulation_resumes_and_skips_what_the_table_has(tmp_path):
     out = tmp_path / "t.json"
     grid = {"batch_size": (64,), "lr": (1e-3, 1e-2), "l1": (16,)}

@@ -92,6 +92,25 @@ def test_summary_pairs_the_default_with_each_variant_on_common_seeds(tmp_path):
     assert "| reached pool ceiling 0.9250 |" in md and "| - | 2 of 3 | 5 | 1 of 3 |" in md
 
 
+def test_from_five_seeds_the_difference_has_bootstrap_and_t_intervals(tmp_path):
+    path = tmp_path / "live.json"
+    full = lambda top: [trial([0.5, 0.7, top])]  # noqa: E731
+    diffs = [0.0443, 0.0010, 0.0053, 0.0287, 0.0157]  # one sign, widely spread
+    studies = {("default", s): full(0.90) for s in range(1, 6)}
+    studies |= {("random", s): full(0.90 - x) for s, x in zip(range(1, 6), diffs)}
+    write_table(path, studies)
+    d, _ = live.summarize(path, target=0.91)
+    vs = d["summary"]["random"]["vs_default"]
+    assert vs["n"] == 5 and vs["ahead"] == 5 and vs["mean"] == pytest.approx(0.019)
+    assert vs["low"] > 0 > vs["t_low"]  # the bootstrap excludes zero, the t interval does not
+    cell = live._fmt_diff(vs)
+    assert cell.startswith("+0.0190 [+0.00") and "bootstrap, [-0.00" in cell
+    assert cell.endswith("t; ahead in 5 of 5 (n=5)")
+    assert "a difference counts only where the t interval excludes zero" in "\n".join(
+        live.live_markdown(d)
+    )
+
+
 def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):
     from cnnopt.bench.search import section
 
