@@ -2,6 +2,7 @@
 #   make run  [DATA_DIR=../shared/data/fashion-mnist] [WORKERS=4] [STUDY=studies/x.py] [ARGS='--n-trials 6']
 #   make test [PYTEST_ARGS='-k storage']
 #   make gpu-check [DATA_DIR=../shared/data/fashion-mnist]   (CUDA machines: writes runs/gpu-check.json)
+#   make gpu-final [DATA_DIR=...]   (CUDA: study, export, final training x3 seeds -> runs/gpu-final.json)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ DATA_DIR ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format clean gpu-check
+.PHONY: install run test lint format clean gpu-check gpu-final
 
 # The stamp is rebuilt when pyproject.toml changes, so new dependencies get installed.
 $(VENV)/.installed: pyproject.toml
@@ -31,14 +32,18 @@ test: install
 # summary. Without CUDA it stops at once with one line (cnnopt/bench/gpucheck.py).
 # An offline GPU machine whose Python already has cnnopt's dependencies (torch, optuna, ...) runs
 # the check with that Python and this checkout on PYTHONPATH; anywhere else it uses the venv.
-GPU_CHECK_ARGS = -m cnnopt.bench.gpucheck --data-dir $(or $(DATA_DIR),../shared/data/fashion-mnist) --out runs/gpu-check.json
+GPU_CHECK_ARGS = -m cnnopt.bench.gpucheck --data-dir $(or $(DATA_DIR),../shared/data/fashion-mnist)
 gpu-check:
 	@if PYTHONPATH=$(CURDIR) $(PYTHON) -c 'import torch, torchvision, optuna, sqlalchemy, plotly, click, rich, yaml' 2>/dev/null; then \
 	  echo "gpu-check: using $(PYTHON) with this checkout on PYTHONPATH"; \
-	  PYTHONPATH=$(CURDIR) $(PYTHON) $(GPU_CHECK_ARGS); \
+	  PYTHONPATH=$(CURDIR) $(PYTHON) $(GPU_CHECK_ARGS) $(GPU_CHECK_EXTRA); \
 	else \
-	  $(MAKE) install && $(BIN)/python $(GPU_CHECK_ARGS); \
+	  $(MAKE) install && $(BIN)/python $(GPU_CHECK_ARGS) $(GPU_CHECK_EXTRA); \
 	fi
+
+# the README's end-to-end path at full size (minutes on a GPU, hours on a CPU)
+gpu-final:
+	@$(MAKE) --no-print-directory gpu-check GPU_CHECK_EXTRA=--final
 
 lint: install
 	$(BIN)/ruff check cnnopt tests studies

@@ -66,8 +66,10 @@ class FakeCnnopt:
         elif args[0] == "train":
             out = Path(opt["--out"])
             out.mkdir(parents=True)
+            seed = int(opt.get("--set", "seed=0").split("=")[1])
             (out / "results.json").write_text(json.dumps({
-                "device": "cuda:0", "amp": "bf16", "seconds_per_epoch": 3.0,
+                "device": "cuda:0", "amp": "bf16", "seconds_per_epoch": 3.0, "params": 288170,
+                "test": {"test_accuracy": [0.9547, 0.9526, 0.9563][seed]},
                 "reproduce": {"metric": "val_accuracy", "stored": 0.86, "reproduced": 0.859,
                               "difference": -0.001, "tolerance": 0.005}}))  # fmt: skip
         return gpucheck.Done(0, 1.5, "")
@@ -116,3 +118,37 @@ def test_a_failed_study_fails_the_check_and_skips_what_needs_it(on_a_gpu, monkey
     assert s["steps"]["export"] == {"ok": False, "skipped": "study failed"}
     assert s["steps"]["reproduce"] == {"ok": False, "skipped": "export failed"}
     assert [c[0] for c in fake.calls] == ["bench", "run"]
+
+
+def test_final_runs_the_readme_path_and_reports_test_accuracy_per_seed(
+    on_a_gpu, monkeypatch, tmp_path, capsys
+):
+    fake = FakeCnnopt()
+    monkeypatch.setattr(gpucheck, "run_cnnopt", fake)
+    out = tmp_path / "gpu-final.json"
+    assert gpucheck.main(["--final", "--data-dir", str(tmp_path), "--out", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert list(s["steps"]) == ["final_study", "final_export", "final_train"]
+    # the shipped study as a user runs it: full split, the file's own epochs (no --set)
+    run = fake.calls[0]
+    assert run[0] == "run" and "--set" not in run and run[run.index("--n-trials") + 1] == "12"
+    trains = [c for c in fake.calls if c[0] == "train"]
+    assert [c[c.index("--set") + 1] for c in trains] == ["seed=0", "seed=1", "seed=2"]
+    assert all(c[c.index("--epochs") + 1] == "30" and "--reproduce" not in c for c in trains)
+    final = s["steps"]["final_train"]
+    assert [r["test_accuracy"] for r in final["runs"]] == [0.9547, 0.9526, 0.9563]
+    acc = final["test_accuracy"]
+    assert acc["n"] == 3 and acc["mean"] == pytest.approx(0.9545333, abs=1e-6)
+    assert acc["t_low"] < 0.9526 and acc["t_high"] > 0.9563  # t(2) = 4.303: wide
+    assert "final test accuracy 95.45% [" in capsys.readouterr().err
+
+
+def test_final_stops_at_the_first_failed_training(on_a_gpu, monkeypatch, tmp_path):
+    fake = FakeCnnopt(fail="train")
+    monkeypatch.setattr(gpucheck, "run_cnnopt", fake)
+    out = tmp_path / "gpu-final.json"
+    assert gpucheck.main(["--final", "--data-dir", str(tmp_path), "--out", str(out)]) == 1
+    final = json.loads(out.read_text())["steps"]["final_train"]
+    assert final["ok"] is False and final["runs"] == []
+    assert final["output_tail"] == "cnnopt: error: out of memory"
+    assert [c[0] for c in fake.calls] == ["run", "export", "train"]

@@ -11,6 +11,12 @@ its last lines of output, and this process never holds a CUDA context of its own
 3. ``export``: ``cnnopt export`` of the study's best trial.
 4. ``reproduce``: ``cnnopt train EXPORT --reproduce --device cuda``: retrain it and compare.
 
+With ``--final`` (``make gpu-final``) it runs instead the README's end-to-end path at full size,
+which takes hours on a CPU and minutes on a GPU: the shipped study on the full split
+(``--n-trials 12``, the study file's own 10 epochs per trial), ``cnnopt export`` of the trial the
+study ranks best, and ``cnnopt train EXPORT --epochs 30`` once per training seed; the summary holds
+each seed's test accuracy and their mean with Student's t 95% interval.
+
 The summary holds the device (name, compute capability, memory, driver, CUDA, torch) and each
 step's status, seconds and figures; ``ok`` is true when every step passed. Without CUDA it stops
 at once with one line and exit code 2, before running anything.
@@ -32,6 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 STUDY_FILE = REPO / "studies" / "fashion_cnn_bn.py"
 STUDY_NAME = "gpu_check"
+FINAL_NAME = "gpu_final"
 
 
 @dataclass
@@ -43,6 +50,10 @@ class Settings:
     epochs: int = 2
     train_subset: int = 10_000
     workers: int = 2
+    # --final: the README's end-to-end path (study, export of its best, final training per seed)
+    final_trials: int = 12
+    final_epochs: int = 30
+    final_seeds: tuple[int, ...] = (0, 1, 2)
 
 
 @dataclass
@@ -148,21 +159,21 @@ def step_bench(s: Settings) -> dict[str, Any]:
     return step
 
 
-def study_storage(s: Settings) -> str:
-    return str(s.workdir / "study.journal")
+def study_storage(s: Settings, name: str = STUDY_NAME) -> str:
+    return str(s.workdir / f"{name}.journal")
 
 
-def step_study(s: Settings) -> dict[str, Any]:
-    url = study_storage(s)
+def _run_study(s: Settings, name: str, n_trials: int, sets: list[str]) -> dict[str, Any]:
+    """The shipped study on the GPU in a fresh journal file, and its figures from the storage."""
+    url = study_storage(s, name)
     Path(url).unlink(missing_ok=True)  # a fresh study every check
     done = run_cnnopt(
         ["run", str(STUDY_FILE), "--workers", str(s.workers), "--device", "cuda",
-         "--n-trials", str(s.n_trials), "--set", f"epochs={s.epochs}",
-         "--set", f"train_subset={s.train_subset}", "--data-dir", s.data_dir,
-         "--storage", url, "--study-name", STUDY_NAME, "--no-progress"],
-        s.workdir / "study.log",
+         "--n-trials", str(n_trials), *sets, "--data-dir", s.data_dir,
+         "--storage", url, "--study-name", name, "--no-progress"],
+        s.workdir / f"{name}.log",
     )  # fmt: skip
-    figures = study_figures(url) if Path(url).exists() else {}
+    figures = study_figures(url, name) if Path(url).exists() else {}
     step = _step(done, **figures)
     if step["ok"] and not figures.get("complete"):
         step["ok"] = False
@@ -170,14 +181,19 @@ def step_study(s: Settings) -> dict[str, Any]:
     return step
 
 
-def study_figures(url: str) -> dict[str, Any]:
+def step_study(s: Settings) -> dict[str, Any]:
+    sets = ["--set", f"epochs={s.epochs}", "--set", f"train_subset={s.train_subset}"]
+    return _run_study(s, STUDY_NAME, s.n_trials, sets)
+
+
+def study_figures(url: str, name: str = STUDY_NAME) -> dict[str, Any]:
     """Trial states, the best value, and where and how fast the trials trained, from the storage."""
     import optuna
 
     from cnnopt.storage import get_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=STUDY_NAME, storage=get_storage(url))
+    study = optuna.load_study(study_name=name, storage=get_storage(url))
     trials = study.get_trials(deepcopy=False)
     states: dict[str, int] = {}
     for t in trials:
@@ -226,31 +242,85 @@ def step_reproduce(s: Settings) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def step_final_study(s: Settings) -> dict[str, Any]:
+    # no --set: the study file's own settings (full split, 10 epochs, its recipe), as a user runs it
+    return _run_study(s, FINAL_NAME, s.final_trials, [])
+
+
+def step_final_export(s: Settings) -> dict[str, Any]:
+    path = s.workdir / "final-best.json"
+    done = run_cnnopt(
+        ["export", FINAL_NAME, "--storage", study_storage(s, FINAL_NAME), "--out", str(path)],
+        s.workdir / "final-export.log",
+    )  # fmt: skip
+    return _step(done, export=str(path))
+
+
+def step_final_train(s: Settings) -> dict[str, Any]:
+    """``cnnopt train EXPORT --epochs N`` once per training seed; the test accuracy of each and
+    their mean with Student's t interval (a final model's accuracy varies with its seed by about
+    as much as the differences a reader would care about)."""
+    from cnnopt.bench.search.stats import t_mean
+
+    runs, failed = [], None
+    for seed in s.final_seeds:
+        out = s.workdir / f"final-train-seed{seed}"
+        done = run_cnnopt(
+            ["train", str(s.workdir / "final-best.json"), "--epochs", str(s.final_epochs),
+             "--set", f"seed={seed}", "--device", "cuda", "--data-dir", s.data_dir,
+             "--out", str(out), "--no-progress"],
+            s.workdir / f"final-train-seed{seed}.log",
+        )  # fmt: skip
+        results = out / "results.json"
+        if done.returncode or not results.exists():
+            failed = done if done.returncode else Done(1, done.seconds, "no results.json")
+            break
+        r = json.loads(results.read_text())
+        runs.append({"seed": seed, "test_accuracy": r["test"]["test_accuracy"],
+                     "seconds": done.seconds, "seconds_per_epoch": r.get("seconds_per_epoch"),
+                     "params": r.get("params"), "device": r.get("device"), "amp": r.get("amp")})  # fmt: skip
+    accs = [r["test_accuracy"] for r in runs]
+    figures: dict[str, Any] = {"epochs": s.final_epochs, "runs": runs}
+    if len(accs) >= 2:
+        ci = t_mean(accs)
+        figures["test_accuracy"] = {"mean": ci.mean, "t_low": ci.low, "t_high": ci.high, "n": ci.n}
+    done = failed or Done(0, sum(r["seconds"] for r in runs), "")
+    return _step(done, **figures)
+
+
 STEPS = {
     "bench": step_bench,
     "study": step_study,
     "export": step_export,
     "reproduce": step_reproduce,
 }
-NEEDS = {"export": "study", "reproduce": "export"}  # a step runs only when this one passed
+FINAL_STEPS = {
+    "final_study": step_final_study,
+    "final_export": step_final_export,
+    "final_train": step_final_train,
+}
+# a step runs only when this one passed
+NEEDS = {"export": "study", "reproduce": "export",
+         "final_export": "final_study", "final_train": "final_export"}  # fmt: skip
 
 
 # -- the check -----------------------------------------------------------------------------------
 
 
-def gpu_check(s: Settings, log=print) -> dict[str, Any]:
-    """Run every step, then write and return the summary (the caller has checked for CUDA)."""
+def gpu_check(s: Settings, log=print, steps: dict | None = None) -> dict[str, Any]:
+    """Run every step (``STEPS``, or ``FINAL_STEPS`` for --final), then write and return the
+    summary (the caller has checked for CUDA)."""
+    steps = STEPS if steps is None else steps
     s.workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     summary: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": device_info(),
         "data_dir": s.data_dir,
-        "settings": {"n_trials": s.n_trials, "epochs": s.epochs,
-                     "train_subset": s.train_subset, "workers": s.workers},
+        "settings": {k: v for k, v in vars(s).items() if k not in ("data_dir", "out", "workdir")},
         "steps": {},
     }  # fmt: skip
-    for name, step in STEPS.items():
+    for name, step in steps.items():
         need = NEEDS.get(name)
         if need and not summary["steps"][need]["ok"]:
             summary["steps"][name] = {"ok": False, "skipped": f"{need} failed"}
@@ -272,11 +342,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--data-dir", default=os.environ.get("CNNOPT_DATA_DIR", "../shared/data/fashion-mnist")
     )
-    p.add_argument("--out", default="runs/gpu-check.json", help="the JSON summary")
+    p.add_argument(
+        "--out", default=None,
+        help="the JSON summary [runs/gpu-check.json; with --final runs/gpu-final.json]",
+    )  # fmt: skip
     p.add_argument("--workdir", default=None, help="step outputs [default: beside --out]")
     p.add_argument("--n-trials", type=int, default=4)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-subset", type=int, default=10_000)
+    p.add_argument(
+        "--final", action="store_true",
+        help="run the README's end-to-end path instead: full-split study, export, final training",
+    )  # fmt: skip
+    p.add_argument("--final-seeds", type=int, nargs="+", default=[0, 1, 2])
     a = p.parse_args(argv)
     if not cuda_available():
         print(no_cuda_message(), file=sys.stderr)
@@ -288,19 +366,28 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    out = Path(a.out).resolve()
+    out = Path(a.out or ("runs/gpu-final.json" if a.final else "runs/gpu-check.json")).resolve()
     s = Settings(
         data_dir=str(data_dir), out=out,
         workdir=Path(a.workdir).resolve() if a.workdir else out.with_suffix(""),
         n_trials=a.n_trials, epochs=a.epochs, train_subset=a.train_subset,
+        final_seeds=tuple(a.final_seeds),
     )  # fmt: skip
-    summary = gpu_check(s, log=lambda m: print(m, file=sys.stderr))
+    steps = FINAL_STEPS if a.final else STEPS
+    summary = gpu_check(s, log=lambda m: print(m, file=sys.stderr), steps=steps)
     failed = [n for n, st in summary["steps"].items() if not st["ok"]]
     print(
         f"cnnopt gpu-check: {'ok' if not failed else 'FAILED: ' + ', '.join(failed)} on "
         f"{summary['device'].get('name')} in {summary['seconds']:.0f} s; wrote {out}",
         file=sys.stderr,
     )
+    acc = summary["steps"].get("final_train", {}).get("test_accuracy")
+    if acc:
+        print(
+            f"cnnopt gpu-check: final test accuracy {100 * acc['mean']:.2f}% "
+            f"[{100 * acc['t_low']:.2f}, {100 * acc['t_high']:.2f}] (t 95%, {acc['n']} seeds)",
+            file=sys.stderr,
+        )
     return 0 if not failed else 1
 
 
