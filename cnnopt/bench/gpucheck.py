@@ -216,13 +216,16 @@ def study_figures(url: str, name: str = STUDY_NAME) -> dict[str, Any]:
     }
 
 
-def step_export(s: Settings) -> dict[str, Any]:
-    path = s.workdir / "best.json"
+def _export(s: Settings, name: str, path: Path) -> dict[str, Any]:
     done = run_cnnopt(
-        ["export", STUDY_NAME, "--storage", study_storage(s), "--out", str(path)],
-        s.workdir / "export.log",
+        ["export", name, "--storage", study_storage(s, name), "--out", str(path)],
+        path.with_suffix(".export.log"),
     )  # fmt: skip
     return _step(done, export=str(path))
+
+
+def step_export(s: Settings) -> dict[str, Any]:
+    return _export(s, STUDY_NAME, s.workdir / "best.json")
 
 
 def step_reproduce(s: Settings) -> dict[str, Any]:
@@ -248,12 +251,7 @@ def step_final_study(s: Settings) -> dict[str, Any]:
 
 
 def step_final_export(s: Settings) -> dict[str, Any]:
-    path = s.workdir / "final-best.json"
-    done = run_cnnopt(
-        ["export", FINAL_NAME, "--storage", study_storage(s, FINAL_NAME), "--out", str(path)],
-        s.workdir / "final-export.log",
-    )  # fmt: skip
-    return _step(done, export=str(path))
+    return _export(s, FINAL_NAME, s.workdir / "final-best.json")
 
 
 def step_final_train(s: Settings) -> dict[str, Any]:
