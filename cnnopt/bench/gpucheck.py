@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run the README's end-to-end path instead: full-split study, export, final training",
     )  # fmt: skip
     p.add_argument("--final-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--final-epochs", type=int, default=30, help="epochs of each final training")
     a = p.parse_args(argv)
     if not cuda_available():
         print(no_cuda_message(), file=sys.stderr)
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=str(data_dir), out=out,
         workdir=Path(a.workdir).resolve() if a.workdir else out.with_suffix(""),
         n_trials=a.n_trials, epochs=a.epochs, train_subset=a.train_subset,
-        final_seeds=tuple(a.final_seeds),
+        final_seeds=tuple(a.final_seeds), final_epochs=a.final_epochs,
     )  # fmt: skip
     steps = FINAL_STEPS if a.final else STEPS
     summary = gpu_check(s, log=lambda m: print(m, file=sys.stderr), steps=steps)
