@@ -99,7 +99,11 @@ def test_from_five_seeds_the_difference_has_bootstrap_and_t_intervals(tmp_path):
     studies = {("default", s): full(0.90) for s in range(1, 6)}
     studies |= {("random", s): full(0.90 - x) for s, x in zip(range(1, 6), diffs)}
     write_table(path, studies)
+    table = json.loads(path.read_text())
+    table["studies"]["default/1"]["wall_s"] = 0.0  # resumed by an old version: no time recorded
+    path.write_text(json.dumps(table))
     d, _ = live.summarize(path, target=0.91)
+    assert d["summary"]["default"]["wall_min_mean"] == 1.0  # the 4 timed studies, not 0.8
     vs = d["summary"]["random"]["vs_default"]
     assert vs["n"] == 5 and vs["ahead"] == 5 and vs["mean"] == pytest.approx(0.019)
     assert vs["low"] > 0 > vs["t_low"]  # the bootstrap excludes zero, the t interval does not

@@ -477,7 +477,8 @@ def summarize(
             "trials_mean": sum(r.trials for r in rs) / len(rs),
             "pruned_mean": sum(r.pruned for r in rs) / len(rs),
             "duplicates_mean": sum(r.duplicates for r in rs) / len(rs),
-            "wall_min_mean": sum(walls[v].values()) / len(rs) / 60,
+            # a study resumed from its journal by an older version recorded no wall time (0)
+            "wall_min_mean": _mean([w for w in walls[v].values() if w > 0]) / 60,
             "vs_default": None,
         }
         if v != "default" and "default" in by:
@@ -512,6 +513,10 @@ def summarize(
     }
     replays = {LABELS[v]: [by[v][s] for s in sorted(by[v])] for v in order}
     return details, replays
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
 
 
 def _fmt_diff(vs: dict[str, float] | None) -> str:
