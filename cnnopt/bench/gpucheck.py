@@ -305,10 +305,9 @@ NEEDS = {"export": "study", "reproduce": "export",
 # -- the check -----------------------------------------------------------------------------------
 
 
-def gpu_check(s: Settings, log=print, steps: dict | None = None) -> dict[str, Any]:
+def gpu_check(s: Settings, log=print, steps: dict = STEPS) -> dict[str, Any]:
     """Run every step (``STEPS``, or ``FINAL_STEPS`` for --final), then write and return the
     summary (the caller has checked for CUDA)."""
-    steps = STEPS if steps is None else steps
     s.workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     summary: dict[str, Any] = {

@@ -486,11 +486,11 @@ def summarize(
             if len(common) >= 2:
                 a = [max(by["default"][s].best, 0.0) for s in common]
                 b = [max(by[v][s].best, 0.0) for s in common]
-                ci = stats.paired(a, b)
-                t = stats.t_mean([x - y for x, y in zip(a, b, strict=True)])
+                diffs = [x - y for x, y in zip(a, b, strict=True)]
+                ci, t = stats.bootstrap_mean(diffs), stats.t_mean(diffs)
                 entry["vs_default"] = {
                     "mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n,
-                    "t_low": t.low, "t_high": t.high, "ahead": sum(x > y for x, y in zip(a, b)),
+                    "t_low": t.low, "t_high": t.high, "ahead": sum(x > 0 for x in diffs),
                 }  # fmt: skip
         summary[v] = entry
     counts = {v: len(by.get(v, {})) for v in REQUIRED}
