@@ -110,7 +110,13 @@ class Objective:
                 raise TrialFailed(f"{self.metric} became {value} at epoch {stats.epoch}")
             trial.report(value, stats.epoch)
             self.emit(
-                {"event": "epoch", "trial": trial.number, "epoch": stats.epoch, "value": value}
+                {
+                    "event": "epoch",
+                    "trial": trial.number,
+                    "epoch": stats.epoch,
+                    "epochs": cfg.train.epochs,
+                    "value": value,
+                }
             )
             if self.should_stop():
                 raise Interrupted()

@@ -1,7 +1,7 @@
 """Live progress of `cnnopt run`: one line per worker and a study line, drawn with rich.
 
-On a terminal it is a live table; elsewhere (CI, a log file) it prints one line per finished
-trial instead, so logs stay readable.
+On a terminal it is a live table; elsewhere (CI, a log file) it prints one line per epoch and one
+per finished trial instead, so a log shows a long study moving and stays readable.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ class RunDisplay:
                 w.update(state=f"copying #{ev['duplicate_of']}")
         elif kind == "epoch":
             w.update(epoch=ev["epoch"], value=ev["value"])
+            if self.enabled and not self.live_mode:
+                of = f"/{ev['epochs']}" if ev.get("epochs") else ""
+                self.console.print(
+                    f"trial {ev['trial']:>4} epoch {ev['epoch']}{of} "
+                    f"{self.study.settings.metric} {ev['value']:.4f}  (worker {ev.get('worker', '-')})"
+                )
         elif kind == "end":
             state = ev["state"]
             if state in self.counts:
