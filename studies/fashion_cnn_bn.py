@@ -21,7 +21,7 @@ val_fraction = 0.2
 
 # Trials train with the final training's recipe (cosine schedule, random crop and mirror, label
 # smoothing, mirror TTA at evaluation), only shorter: what the study ranks first is then what
-# gains most from `cnnopt train --epochs 30` with the same recipe. Without it, trials ranked
+# gains most from `cnnopt train --epochs 50` with the same recipe. Without it, trials ranked
 # configurations by how fast they fit without augmentation, which is not what a long augmented
 # training rewards: the net the README retrained was not the study's best.
 schedule = "cosine"

@@ -134,7 +134,7 @@ def test_final_runs_the_readme_path_and_reports_test_accuracy_per_seed(
     assert run[0] == "run" and "--set" not in run and run[run.index("--n-trials") + 1] == "12"
     trains = [c for c in fake.calls if c[0] == "train"]
     assert [c[c.index("--set") + 1] for c in trains] == ["seed=0", "seed=1", "seed=2"]
-    assert all(c[c.index("--epochs") + 1] == "30" and "--reproduce" not in c for c in trains)
+    assert all(c[c.index("--epochs") + 1] == "50" and "--reproduce" not in c for c in trains)
     final = s["steps"]["final_train"]
     assert [r["test_accuracy"] for r in final["runs"]] == [0.9547, 0.9526, 0.9563]
     acc = final["test_accuracy"]

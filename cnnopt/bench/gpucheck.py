@@ -14,7 +14,7 @@ its last lines of output, and this process never holds a CUDA context of its own
 With ``--final`` (``make gpu-final``) it runs instead the README's end-to-end path at full size,
 which takes hours on a CPU and minutes on a GPU: the shipped study on the full split
 (``--n-trials 12``, the study file's own 10 epochs per trial), ``cnnopt export`` of the trial the
-study ranks best, and ``cnnopt train EXPORT --epochs 30`` once per training seed; the summary holds
+study ranks best, and ``cnnopt train EXPORT --epochs 50`` once per training seed; the summary holds
 each seed's test accuracy and their mean with Student's t 95% interval.
 
 The summary holds the device (name, compute capability, memory, driver, CUDA, torch) and each
@@ -52,7 +52,7 @@ class Settings:
     workers: int = 2
     # --final: the README's end-to-end path (study, export of its best, final training per seed)
     final_trials: int = 12
-    final_epochs: int = 30
+    final_epochs: int = 50
     final_seeds: tuple[int, ...] = (0, 1, 2)
 
 
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run the README's end-to-end path instead: full-split study, export, final training",
     )  # fmt: skip
     p.add_argument("--final-seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--final-epochs", type=int, default=30, help="epochs of each final training")
+    p.add_argument("--final-epochs", type=int, default=50, help="epochs of each final training")
     a = p.parse_args(argv)
     if not cuda_available():
         print(no_cuda_message(), file=sys.stderr)
