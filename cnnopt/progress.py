@@ -22,9 +22,9 @@ class RunDisplay:
         self.study = study
         self.url = url
         self.n_trials = n_trials
-        self.enabled = enabled
         self.console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
         self.live_mode = enabled and sys.stderr.isatty()
+        self.log_lines = enabled and not self.live_mode  # a line per event instead of a table
         self.workers: dict[int, dict[str, Any]] = {
             i: {"state": "starting"} for i in range(n_workers)
         }
@@ -40,7 +40,7 @@ class RunDisplay:
                 self._render(), console=self.console, refresh_per_second=4, transient=False
             )
             self.live.__enter__()
-        elif self.enabled:
+        elif self.log_lines:
             self.console.print(
                 f"cnnopt: study [bold]{self.study.name}[/] on {describe(self.url)}, "
                 f"{len(self.workers)} worker(s), {self.n_trials} trial(s) to add"
@@ -65,7 +65,7 @@ class RunDisplay:
                 w.update(state=f"copying #{ev['duplicate_of']}")
         elif kind == "epoch":
             w.update(epoch=ev["epoch"], value=ev["value"])
-            if self.enabled and not self.live_mode:
+            if self.log_lines:
                 of = f"/{ev['epochs']}" if ev.get("epochs") else ""
                 self.console.print(
                     f"trial {ev['trial']:>4} epoch {ev['epoch']}{of} "
@@ -80,7 +80,7 @@ class RunDisplay:
                 if self.best is None or (v > self.best if self.maximize else v < self.best):
                     self.best = v
             w.update(state="idle", last=f"#{ev['trial']} {state.lower()}")
-            if self.enabled and not self.live_mode:
+            if self.log_lines:
                 value = f" {ev['value']:.4f}" if ev.get("value") is not None else ""
                 reason = f" ({ev['reason']})" if ev.get("reason") and state != "COMPLETE" else ""
                 if ev.get("duplicate_of") is not None:  # copied, not trained
@@ -90,7 +90,7 @@ class RunDisplay:
                 )
         elif kind == "death":
             w.update(state="died", last=ev["reason"])
-            if self.enabled and not self.live_mode:
+            if self.log_lines:
                 self.console.print(
                     f"[red]{ev['reason']}[/]; trials {ev['trials']} failed and re-queued"
                 )
