@@ -10,7 +10,7 @@ store from the storage alone.
 What is attached:
 - every trial that ran at least one epoch (complete, pruned, failed): its learning curve
   (train/val loss and the metric per epoch, the pruned or failed epoch marked) as plotly HTML, and
-  as PNG when kaleido can start a Chromium (if it cannot, one warning per process, HTML only);
+  as PNG when kaleido can start a Chromium (without one, HTML only: `cnnopt run` says so once);
 - with ``checkpoint = True``: the checkpoint of each trial that was the best so far when it ended
   (so the best trial always has one), ready for ``cnnopt export --checkpoint`` and ``cnnopt predict``;
 - `cnnopt train`: its final checkpoint, results.json and confusion matrix.
@@ -285,6 +285,24 @@ def write_figure(fig: Any, stem: Path, png: bool = True) -> list[Path]:
     if png and write_png(fig, stem.with_suffix(".png")):
         out.append(stem.with_suffix(".png"))
     return out
+
+
+def png_unavailable() -> str | None:
+    """Why PNG export cannot run here (no kaleido, or no Chromium for it to drive), or None when
+    it may: a lookup on PATH and $BROWSER_PATH, no browser started. `cnnopt run` asks once and
+    says it once, so N workers do not each start a browser to find out and each warn."""
+    try:
+        import kaleido  # noqa: F401
+        from choreographer.browsers.chromium import Chromium
+    except ImportError as e:
+        return f"kaleido is not installed ({e.name})"
+    try:
+        path = Chromium.find_browser(skip_local=False)
+    except Exception as e:  # noqa: BLE001 - a best-effort lookup
+        return f"no Chromium found ({type(e).__name__}: {e})"
+    if not path or not Path(path).is_file():
+        return "no Chromium found on PATH or $BROWSER_PATH (kaleido drives one)"
+    return None
 
 
 def write_png(fig: Any, path: Path, width: int = 900, height: int = 500) -> bool:

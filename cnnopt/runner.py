@@ -30,7 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from cnnopt.artifacts import USER_ATTR as ARTIFACTS_ATTR
-from cnnopt.artifacts import TrialArtifacts, open_store, resolve_location
+from cnnopt.artifacts import TrialArtifacts, open_store, png_unavailable, resolve_location
 from cnnopt.dedup import SpaceGrid
 from cnnopt.devices import bind_worker, plan_devices
 from cnnopt.errors import CnnoptError, StorageError, TrialFailed
@@ -322,7 +322,9 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
         )
 
     location = resolve_location(study.settings.artifacts, study.name)
-    artifacts = location and TrialArtifacts(location, study.settings.metric)
+    artifacts = location and TrialArtifacts(
+        location, study.settings.metric, png=png_unavailable() is None
+    )
     objective = Objective(
         study,
         device,
@@ -417,6 +419,10 @@ class Runner:
         # a GPU that is not there is a one-line error before anything is created or started
         devices = plan_devices(self.opt.device, n_workers)
         ostudy = open_study(self.study, self.url)
+        if n_workers and resolve_location(self.study.settings.artifacts, self.study.name):
+            reason = png_unavailable()  # asked here once: the workers then skip PNG quietly
+            if reason:
+                log.warning("learning curves are kept as HTML only, no PNG: %s", reason)
         n_before = len(ostudy.get_trials(deepcopy=False))
         timeout = self.opt.timeout if self.opt.timeout is not None else self.study.settings.timeout
         deadline = t0 + timeout if timeout else None

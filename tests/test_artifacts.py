@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -198,12 +199,21 @@ def test_dashboard_store_spans_the_studies_of_a_storage(tmp_path):
         store.open_reader("0000")
 
 
-def test_cnnopt_run_uploads_from_its_workers(tmp_path):
+def test_png_unavailable_looks_for_a_browser_without_starting_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chromium"))
+    assert "no Chromium found" in A.png_unavailable()
+    monkeypatch.setenv("BROWSER_PATH", sys.executable)  # an executable file: found
+    assert A.png_unavailable() is None
+
+
+def test_cnnopt_run_uploads_from_its_workers_and_says_html_only_once(tmp_path):
     store = tmp_path / "arts"
     r = subprocess.run(
         cnnopt_cmd(
             "run",
             "studies/quick_synthetic.py",
+            "--workers",
+            "2",
             "--n-trials",
             "2",
             "--storage",
@@ -216,13 +226,17 @@ def test_cnnopt_run_uploads_from_its_workers(tmp_path):
         capture_output=True,
         text=True,
         timeout=180,
+        env={**os.environ, "BROWSER_PATH": str(tmp_path / "no-chromium")},
     )
     assert r.returncode == 0, r.stderr
+    # no browser for PNG: said once by the run, not once per worker
+    assert r.stderr.count("HTML only") == 1, r.stderr
     ostudy, _ = load_study("quick_synthetic", str(tmp_path / "q.journal"))
     assert ostudy.user_attrs["artifacts"] == str(store)
     for t in ostudy.get_trials():
         got = names(ostudy, t)
         assert f"trial-{t.number}-learning-curve.html" in got
+        assert f"trial-{t.number}-learning-curve.png" not in got
         for m in A.trial_artifacts(ostudy, t):
             assert (store / m.artifact_id).is_file()
 
