@@ -10,6 +10,10 @@ search benchmark's 12k / 3k subset, without the study file's warm starts:
   (``OptunaSearch`` with Optuna's RandomSampler, define-by-run) under ``ASHAScheduler`` as in Ray's
   PyTorch tutorial that R2 followed, with cnnopt's trainer inside the Ray trainable.
 
+Two more, run only when asked (``--variants``): ``tpe_sh1`` (the default with rungs from epoch 1)
+and ``noaug`` (the default with the study file's augmentation off: what the final recipe's crop,
+mirror and mirror TTA cost a 10-epoch trial on 12k images).
+
 Every study's seed is the sampler's seed and the training seed, so a seed pairs the three variants
 on the same data split (``split_seed`` is the benchmark's, not the seed). The cnnopt variants run the
 real command, one worker, stopped with SIGTERM (as a user stops it) once its journal shows the
@@ -460,7 +464,7 @@ def summarize(
     for rec in table.get("studies", {}).values():
         by.setdefault(rec["variant"], {})[int(rec["seed"])] = to_replay(rec, budget, epochs)
         walls.setdefault(rec["variant"], {})[int(rec["seed"])] = float(rec.get("wall_s") or 0)
-    order = [v for v in VARIANTS if v in by]
+    order = [v for v in dict.fromkeys((*REQUIRED, *VARIANTS)) if v in by]  # the owed ones first
     cap = budget + epochs  # 'never within the budget' counts as one more full trial
     summary: dict[str, Any] = {}
     for v in order:
