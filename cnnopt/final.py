@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -74,32 +72,6 @@ def load_checkpoint(
 
 
 # -- training ------------------------------------------------------------------------------------
-
-
-def hardware(device: torch.device | str | None = None) -> dict[str, Any]:
-    """The machine a result came from: CPU, cores, threads, and the GPU ``device`` names (asked
-    of that device: an index-0 query would create a CUDA context on GPU 0)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = {
-        "cpu": cpu,
-        "cpu_cores": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device is None:  # no device named: the current GPU, if this process already uses CUDA
-        device = torch.cuda.current_device() if torch.cuda.is_initialized() else "cpu"
-    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
-    return out
 
 
 def final_config(
@@ -232,7 +204,7 @@ def train_final(
     from cnnopt.data import load_split
     from cnnopt.data.registry import load_dataset
     from cnnopt.data.tensors import split as make_split
-    from cnnopt.train import fit, use_device
+    from cnnopt.train import fit, hardware, use_device
 
     console = console or Console(stderr=True)
     export = load_export(export_path)

@@ -24,7 +24,7 @@ from cnnopt.config import RunConfig
 from cnnopt.data import load_split
 from cnnopt.errors import CnnoptError, ConfigError, TrialFailed
 from cnnopt.study import WARM_START, Study
-from cnnopt.train import EpochStats, Interrupted, TrainResult, fit
+from cnnopt.train import EpochStats, Interrupted, TrainResult, fit, hardware
 
 Event = Callable[[dict[str, Any]], None]
 
@@ -69,6 +69,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_tag())
         trial.set_user_attr("device", self.device_name)
+        # CPU/GPU model and torch threads: a rebuild matches the stored curve only on the same
+        trial.set_user_attr("hardware", hardware(self.device))
         cfg = None
         # what the trial was doing and how large its model is, for an out-of-memory message
         where: dict[str, Any] = {"stage": "preparing the data", "params": None}

@@ -8,10 +8,14 @@ loop, so a retrained configuration behaves exactly as it did in its trial.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -95,6 +99,39 @@ def cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what platform knows elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device | str | None = None) -> dict[str, Any]:
+    """The machine a result came from: CPU, cores, threads, and the GPU ``device`` names (asked
+    of that device: an index-0 query would create a CUDA context on GPU 0). Stored with every
+    trial and final training: the same params and seed give the same curve to the last digit
+    only on the same kind of CPU or GPU with the same torch thread count (bf16 kernels and
+    reductions are split differently), so a rebuild that differs says why."""
+    out = {
+        "cpu": cpu_model(),
+        "cpu_cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device is None:  # no device named: the current GPU, if this process already uses CUDA
+        device = torch.cuda.current_device() if torch.cuda.is_initialized() else "cpu"
+    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:

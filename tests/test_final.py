@@ -180,17 +180,6 @@ def test_reproduce_mismatch_is_an_error_with_exit_code_1():
     assert e.value.exit_code == 1
 
 
-def test_hardware_names_the_gpu_it_ran_on_only(monkeypatch):
-    from cnnopt.final import hardware
-
-    asked = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: asked.append(d) or "H100")
-    assert hardware("cuda:1")["gpu"] == "H100"
-    assert asked == [torch.device("cuda:1")]  # not GPU 0, where a query would make a context
-    assert "gpu" not in hardware(torch.device("cpu")) and len(asked) == 1
-
-
 def test_train_checkpoint_keeps_the_grad_scaler(best_json, tmp_path):
     results = train_final(
         best_json, epochs=1, out=tmp_path / "fp16", sets={"amp": "fp16"}, progress=False

@@ -50,6 +50,8 @@ def test_trial_records_curves_size_speed_and_config(write_study):
     )
     assert ua["params_count"] > 0 and ua["flops"] > 0 and ua["seconds_per_epoch"] > 0
     assert ua["device"] == "cpu" and ua["seed"] == 0 and ":" in ua["worker"]
+    # what a bit-exact rebuild needs besides params and seed: the CPU and the torch threads
+    assert ua["hardware"]["cpu"] and ua["hardware"]["torch_threads"] == torch.get_num_threads()
     assert ua["config"]["train"]["lr"] == t.params["lr"]
     assert t.value == ua["history"][-1]["val_accuracy"]
 

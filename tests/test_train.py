@@ -7,7 +7,7 @@ from cnnopt.config import CHOICES, RunConfig
 from cnnopt.data.registry import load_dataset
 from cnnopt.data.tensors import split
 from cnnopt.errors import TrialFailed
-from cnnopt.train import Interrupted, fit, make_optimizer, make_scheduler
+from cnnopt.train import Interrupted, fit, hardware, make_optimizer, make_scheduler
 
 SMALL = {"dataset": "synthetic", "filters": [8, 16], "hidden": [16], "batch_size": 64, "epochs": 3}
 
@@ -231,3 +231,12 @@ def test_resume_restores_weights_optimizer_schedule_and_grad_scaler(monkeypatch)
     assert seen["last_epoch"] == ckpt["scheduler"]["last_epoch"] > 0
     assert seen["lr"] == ckpt["optimizer"]["param_groups"][0]["lr"]
     assert seen["scale"] == 1024.0
+
+
+def test_hardware_names_the_gpu_it_ran_on_only(monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: asked.append(d) or "H100")
+    assert hardware("cuda:1")["gpu"] == "H100"
+    assert asked == [torch.device("cuda:1")]  # not GPU 0, where a query would make a context
+    assert "gpu" not in hardware(torch.device("cpu")) and len(asked) == 1

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from cnnopt.config import RunConfig
+from cnnopt.train import cpu_model
 
 # The study file the scaling section runs (loaded with Study.load, never imported).
 BENCH_STUDY = Path(__file__).with_name("bench_study.py")
@@ -154,16 +155,6 @@ class Context:
 
 
 # -- machine -------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def n_cores() -> int:
