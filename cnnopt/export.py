@@ -126,6 +126,7 @@ def build_export(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, url: str
             "seconds_per_epoch": trial.user_attrs.get("seconds_per_epoch"),
             "images_per_second": trial.user_attrs.get("images_per_second"),
             "device": trial.user_attrs.get("device"),
+            "hardware": trial.user_attrs.get("hardware"),
             "amp": trial.user_attrs.get("amp"),
             "history": trial.user_attrs.get("history", []),
             "intermediate_values": {str(k): v for k, v in trial.intermediate_values.items()},

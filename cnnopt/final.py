@@ -319,6 +319,8 @@ def train_final(
             "reproduced": got,
             "difference": None if stored is None or got is None else got - stored,
             "tolerance": REPRODUCE_TOLERANCE,
+            "stored_hardware": trial.get("hardware"),
+            "hardware": results["hardware"],
         }
     elif ds.x_test is not None and ds.y_test is not None and len(ds.y_test):
         test = evaluate_test(model, cfg, ds, split, dev)
@@ -395,7 +397,22 @@ def check_reproduced(results: dict) -> None:
         raise ReproduceMismatch(
             f"reproduced {r['metric']} {r['reproduced']:.4f} differs from the stored "
             f"{r['stored']:.4f} by {100 * abs(r['difference']):.2f} points (> 0.5)"
+            + _hardware_change(r.get("stored_hardware"), r.get("hardware"))
         )
+
+
+def _hardware_change(stored: dict | None, now: dict | None) -> str:
+    """Where the trial ran and where the rebuild did, when they differ: other kernels and thread
+    counts sum in another order, and a long training can drift apart from there."""
+    if not stored or not now:
+        return ""
+
+    def where(h: dict) -> str:
+        return f"{h.get('gpu') or h.get('cpu')}, {h.get('torch_threads')} thread(s)"
+
+    if where(stored) == where(now):
+        return ""
+    return f"; the trial ran on {where(stored)}, this run on {where(now)}"
 
 
 def print_results(results: dict, console: Any = None) -> None:

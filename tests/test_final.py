@@ -178,6 +178,15 @@ def test_reproduce_mismatch_is_an_error_with_exit_code_1():
     with pytest.raises(ReproduceMismatch, match="1.00 points") as e:
         check_reproduced(bad)
     assert e.value.exit_code == 1
+    assert "ran on" not in str(e.value)  # no hardware recorded: nothing to say about it
+    # the trial ran elsewhere: the message says where, the likeliest reason for the gap
+    cpu = {"cpu": "AMD EPYC", "torch_threads": 1}
+    moved = {**bad["reproduce"], "stored_hardware": {**cpu, "cpu": "Intel Xeon"}, "hardware": cpu}
+    with pytest.raises(ReproduceMismatch) as e:
+        check_reproduced({"reproduce": moved})
+    assert str(e.value).endswith(
+        "; the trial ran on Intel Xeon, 1 thread(s), this run on AMD EPYC, 1 thread(s)"
+    )
 
 
 def test_train_checkpoint_keeps_the_grad_scaler(best_json, tmp_path):
