@@ -69,7 +69,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_tag())
         trial.set_user_attr("device", self.device_name)
-        # CPU/GPU model and torch threads: a rebuild matches the stored curve only on the same
+        # CPU/GPU model and torch threads: a rebuild matches the stored curve to the last digit
+        # only on the same kind of hardware with the same thread count (see train.hardware)
         trial.set_user_attr("hardware", hardware(self.device))
         cfg = None
         # what the trial was doing and how large its model is, for an out-of-memory message
