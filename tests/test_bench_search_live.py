@@ -173,6 +173,7 @@ def test_live_cnnopt_studies_spend_the_budget_without_warm_starts_and_resume(tmp
         assert epochs >= 4 and rec["seed"] == 7
         assert all(t["params"]["lr"] != 0.01 for t in rec["trials"])  # no warm start
         assert live.to_replay(rec, 4, 2).epochs == 4
+        assert rec["trials"][0]["hardware"]["cpu"] and rec["trials"][0]["hardware"]["torch_threads"]
     # same seed: the random sampler and TPE's startup draw the same first configuration
     first = [rec["trials"][0]["params"] for rec in table["studies"].values()]
     assert first[0] == first[1]

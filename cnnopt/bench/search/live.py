@@ -111,7 +111,11 @@ def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "seconds": [h.get("seconds") for h in history],
         "duplicate_of": t.user_attrs.get("duplicate_of"),
         "params_count": t.user_attrs.get("params_count"),
-    }
+        # where it ran: curves reproduce to the last digit, and seconds compare, only on the same
+        # kind of hardware with the same thread count
+        "hardware": {k: v for k, v in (t.user_attrs.get("hardware") or {}).items()
+                     if k in ("cpu", "gpu", "torch_threads")},
+    }  # fmt: skip
 
 
 def run_cnnopt(
