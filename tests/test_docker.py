@@ -12,6 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
 # The README shows these commands; keep them identical to the images' commands.
 WORKER_COMMAND = "cnnopt run studies/fashion_cnn_bn.py --workers 1 --storage grpc://proxy:13000"
 DASHBOARD_COMMAND = "cnnopt dashboard --host 0.0.0.0 --storage grpc://proxy:13000"
@@ -40,6 +41,16 @@ def test_compose_services_and_commands():
     assert "healthcheck" in services["postgres"]
     assert "ports" not in services["worker"]  # scalable: --scale worker=4
     assert services["worker"]["environment"]["CNNOPT_DATA_DIR"] == "/data"
+
+
+def test_image_has_chromium_for_png_curves_where_the_base_offers_it():
+    """kaleido needs a Chromium for the PNG curves; a base without the package (Ubuntu's snap
+    stub) must still build, so the install may fail but never fails the build."""
+    text = DOCKERFILE.read_text()
+    install = next(line for line in text.splitlines() if "apt-get install" in line)
+    assert "chromium" in install.split()
+    assert "|| echo" in text.split("apt-get install", 1)[1].split("WORKDIR", 1)[0]
+    assert text.index("chromium") < text.index("USER cnnopt")  # apt needs root
 
 
 def _compose() -> list[str] | None:
