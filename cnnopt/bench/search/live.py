@@ -139,15 +139,28 @@ def run_cnnopt(
     sets = _benchmark_sets(epochs, train_subset) + CNNOPT_VARIANTS[variant] + [f"name={name}"]
     if data_dir:
         sets.append(f"data_dir={data_dir}")
+    done = -1  # finished trials at the last progress line
+
+    def progress(trials: list[optuna.trial.FrozenTrial]) -> None:
+        # a line per finished trial: a live study runs for up to an hour, often off a TTY
+        nonlocal done
+        finished = [t for t in trials if t.state.is_finished()]
+        if len(finished) == done:
+            return
+        done = len(finished)
+        values = [t.value for t in finished if t.value is not None]  # complete trials
+        best = f", best {max(values):.4f}" if values else ""
+        log(f"{name}: {trained_epochs(trials)}/{budget} epochs, {done} trials finished{best}")
+
     while True:
         trials = _trials(url, name)
         spent = trained_epochs(trials)
+        progress(trials)
         if spent >= budget:
             break
         # every trained trial costs at least an epoch: the rest of the budget bounds the trials
         # (a copy costs none; then another round)
         n = budget - spent
-        log(f"{name}: {spent}/{budget} epochs, {len(trials)} trials")
         cmd = [sys.executable, "-m", "cnnopt.cli", "run", study_file, "--workers", "1",
                "--n-trials", str(n), "--seed", str(seed), "--storage", url, "--no-progress"]  # fmt: skip
         for s in sets:
@@ -156,7 +169,9 @@ def run_cnnopt(
         stopped = False
         while proc.poll() is None:
             time.sleep(poll_s)
-            if not stopped and trained_epochs(_trials(url, name)) >= budget:
+            now = _trials(url, name)
+            progress(now)
+            if not stopped and trained_epochs(now) >= budget:
                 proc.send_signal(signal.SIGTERM)
                 stopped = True
         if proc.returncode != 0 and not stopped:
