@@ -2,7 +2,7 @@
 #   make run  [DATA_DIR=../shared/data/fashion-mnist] [WORKERS=4] [STUDY=studies/x.py] [ARGS='--n-trials 6']
 #   make test [PYTEST_ARGS='-k storage']
 #   make gpu-check [DATA_DIR=../shared/data/fashion-mnist]   (CUDA machines: writes runs/gpu-check.json)
-#   make gpu-final [DATA_DIR=...]   (CUDA: study, export, final training x3 seeds -> runs/gpu-final.json)
+#   make gpu-final [DATA_DIR=...] [STUDY_SEED=1]   (CUDA: study, export, final training x3 seeds -> runs/gpu-final.json)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,6 +10,7 @@ STUDY ?= studies/fashion_cnn_bn.py
 WORKERS ?= 4
 DATA_DIR ?=
 ARGS ?=
+STUDY_SEED ?= 0
 PYTEST_ARGS ?=
 
 .PHONY: install run test lint format clean gpu-check gpu-final
@@ -43,7 +44,7 @@ gpu-check:
 
 # the README's end-to-end path at full size (minutes on a GPU, hours on a CPU)
 gpu-final:
-	@$(MAKE) --no-print-directory gpu-check GPU_CHECK_EXTRA=--final
+	@$(MAKE) --no-print-directory gpu-check GPU_CHECK_EXTRA="--final --study-seed $(STUDY_SEED)"
 
 lint: install
 	$(BIN)/ruff check cnnopt tests studies

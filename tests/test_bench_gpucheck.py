@@ -132,6 +132,7 @@ def test_final_runs_the_readme_path_and_reports_test_accuracy_per_seed(
     # the shipped study as a user runs it: full split, the file's own epochs (no --set)
     run = fake.calls[0]
     assert run[0] == "run" and "--set" not in run and run[run.index("--n-trials") + 1] == "12"
+    assert run[run.index("--seed") + 1] == "0" and s["steps"]["final_study"]["study_seed"] == 0
     trains = [c for c in fake.calls if c[0] == "train"]
     assert [c[c.index("--set") + 1] for c in trains] == ["seed=0", "seed=1", "seed=2"]
     assert all(c[c.index("--epochs") + 1] == "50" and "--reproduce" not in c for c in trains)
@@ -152,3 +153,14 @@ def test_final_stops_at_the_first_failed_training(on_a_gpu, monkeypatch, tmp_pat
     assert final["ok"] is False and final["runs"] == []
     assert final["output_tail"] == "cnnopt: error: out of memory"
     assert [c[0] for c in fake.calls] == ["run", "export", "train"]
+
+
+def test_final_runs_the_study_with_another_seed_when_asked(on_a_gpu, monkeypatch, tmp_path):
+    fake = FakeCnnopt()
+    monkeypatch.setattr(gpucheck, "run_cnnopt", fake)
+    out = tmp_path / "gpu-final.json"
+    argv = ["--final", "--study-seed", "1", "--final-seeds", "0", "--data-dir", str(tmp_path)]
+    assert gpucheck.main([*argv, "--out", str(out)]) == 0
+    run = fake.calls[0]
+    assert run[run.index("--seed") + 1] == "1"
+    assert json.loads(out.read_text())["steps"]["final_study"]["study_seed"] == 1
