@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 
-import optuna
 import pytest
 import torch
 from click.testing import CliRunner
@@ -14,7 +13,7 @@ from cnnopt.config import RunConfig
 from cnnopt.errors import CnnoptError
 from cnnopt.export import export
 from cnnopt.final import load_checkpoint, predict_images, train_final
-from cnnopt.storage import get_storage
+from cnnopt.status import load_study
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +89,7 @@ def test_reproduce_matches_stored_val_accuracy_on_cpu_tiny_data(tiny_study, tmp_
     # A value that a wrong split or seed would not hit by chance: not the best trial's, which on
     # some CPUs (fp32, no bf16) is 1.0 on this tiny synthetic set, but a complete trial's in between.
     _, url = tiny_study
-    ostudy = optuna.load_study(study_name="tiny", storage=get_storage(url))
+    ostudy, _ = load_study("tiny", url)
     complete = [t for t in ostudy.get_trials(states=(TrialState.COMPLETE,)) if 0.3 < t.value < 0.99]
     assert complete, "no complete trial of the tiny study in (0.3, 0.99)"
     path, _ = export("tiny", tmp_path / "informative.json", trial=complete[0].number, storage=url)
