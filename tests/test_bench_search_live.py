@@ -159,24 +159,29 @@ def test_summary_without_a_table_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_live_cnnopt_studies_spend_the_budget_without_warm_starts_and_resume(tmp_path, write_study):
     """Real `cnnopt run` subprocesses: each variant trains at least the budget, the study
-    file's warm start is not run, and a rerun trains nothing more."""
+    file's warm start runs only in the `warm` variant, and a rerun trains nothing more."""
     study_file = write_study(LIVE_STUDY)
     out = tmp_path / "live.json"
     logs: list[str] = []
-    kw = dict(variants=["default", "random"], seeds=[7], study_file=str(study_file), budget=4,
-              epochs=2, train_subset=None, command="cmd", workdir=tmp_path / "journals",
+    kw = dict(variants=["default", "random", "warm"], seeds=[7], study_file=str(study_file),
+              budget=4, epochs=2, train_subset=None, command="cmd", workdir=tmp_path / "journals",
               log=logs.append)  # fmt: skip
     table = live.run_live(out, **kw)
-    assert set(table["studies"]) == {"default/7", "random/7"}
-    for rec in table["studies"].values():
+    studies = table["studies"]
+    assert set(studies) == {"default/7", "random/7", "warm/7"}
+    for rec in studies.values():
         epochs = sum(len(t["values"]) for t in rec["trials"] if t["duplicate_of"] is None)
         assert epochs >= 4 and rec["seed"] == 7
-        assert all(t["params"]["lr"] != 0.01 for t in rec["trials"])  # no warm start
         assert live.to_replay(rec, 4, 2).epochs == 4
         assert rec["trials"][0]["hardware"]["cpu"] and rec["trials"][0]["hardware"]["torch_threads"]
+    for key in ("default/7", "random/7"):
+        assert all(t["params"]["lr"] != 0.01 for t in studies[key]["trials"])  # no warm start
+    # the warm start first, trained to the end like any trial, then the sampler's own draws
+    warm = studies["warm/7"]["trials"]
+    assert warm[0]["params"] == {"lr": 0.01} and len(warm[0]["values"]) == 2
+    assert all(t["params"]["lr"] != 0.01 for t in warm[1:])
     # same seed: the random sampler and TPE's startup draw the same first configuration
-    first = [rec["trials"][0]["params"] for rec in table["studies"].values()]
-    assert first[0] == first[1]
+    assert studies["default/7"]["trials"][0]["params"] == studies["random/7"]["trials"][0]["params"]
     # a line per finished trial, ending with the budget spent and the best complete value
     lines = [m for m in logs if m.startswith("live-default-7:")]
     assert lines[0] == "live-default-7: 0/4 epochs, 0 trials finished"
