@@ -1,5 +1,5 @@
 """The storage proxy (`cnnopt storage proxy`, `--storage grpc://HOST:PORT`) against a real
-PostgreSQL, as real processes: 64 clients through one proxy with the database's connections
+PostgreSQL, as real processes: 32 clients through one proxy with the database's connections
 counted, the proxy SIGKILLed and restarted mid-run, 8 `cnnopt run` workers, heartbeats of a
 SIGKILLed client, and one-line errors."""
 
@@ -172,7 +172,7 @@ def _client(url: str, name: str, n: int, go, errors, pause: float = 0.0) -> None
 
 
 def _run_clients(proxy, name, n_clients, per_client, pause=0.0, during=None):
-    ctx = mp.get_context("fork")  # optuna and grpc are imported once, here: 64 fit in 2 cores
+    ctx = mp.get_context("fork")  # optuna and grpc are imported once, here: 32 fit in 2 cores
     go, errors = ctx.Event(), ctx.Queue()
     procs = [
         ctx.Process(target=_client, args=(proxy.url, name, per_client, go, errors, pause))
@@ -208,20 +208,20 @@ def _trials(proxy: Proxy, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.mark.postgres
-def test_64_clients_640_trials_through_one_proxy(proxy):
-    """640 trials, exactly, from 64 client processes; the database sees at most the proxy's pool
+def test_32_clients_320_trials_through_one_proxy(proxy):
+    """320 trials, exactly, from 32 client processes; the database sees at most the proxy's pool
     (4 connections), not one or two per client."""
     _create_study(proxy.db_url, "many")
-    watch, seconds = _run_clients(proxy, "many", n_clients=64, per_client=10)
+    watch, seconds = _run_clients(proxy, "many", n_clients=32, per_client=10)
     trials = _trials(proxy, "many")
-    assert len(trials) == 640
+    assert len(trials) == 320
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert sorted(t.number for t in trials) == list(range(640))
+    assert sorted(t.number for t in trials) == list(range(320))
     assert watch.samples > 5
-    assert 1 <= watch.peak <= proxy.pool_size < 64, watch.peak
+    assert 1 <= watch.peak <= proxy.pool_size < 32, watch.peak
     print(
-        f"64 clients, 640 trials through one proxy: {seconds:.1f} s, peak {watch.peak} "
-        f"database connections (proxy pool {proxy.pool_size}; direct: 1 or 2 per client, 64-128)"
+        f"32 clients, 320 trials through one proxy: {seconds:.1f} s, peak {watch.peak} "
+        f"database connections (proxy pool {proxy.pool_size}; direct: 1 or 2 per client, 32-64)"
     )
     log = proxy.log.read_text()
     assert "***@" in log and SECRET not in log
@@ -263,11 +263,11 @@ def test_clients_ride_out_proxy_restarts(proxy):
 @pytest.mark.slow
 def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
     """A real `cnnopt run --workers 8` through the proxy, which is SIGKILLed and restarted while
-    trials run: exactly the 16 trials asked for, all finished; `cnnopt status` reads it too."""
+    trials run: exactly the 12 trials asked for, all finished; `cnnopt status` reads it too."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     study = str(ROOT / "studies" / "quick_synthetic.py")
     cmd = [
-        sys.executable, "-m", "cnnopt.cli", "run", study, "--workers", "8", "--n-trials", "16",
+        sys.executable, "-m", "cnnopt.cli", "run", study, "--workers", "8", "--n-trials", "12",
         "--set", "epochs=2", "--storage", proxy.url, "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     t0 = time.time()
@@ -279,7 +279,7 @@ def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
         db = probe_engine(proxy.db_url)
         end = time.time() + 240
         started = 0
-        while time.time() < end and run.poll() is None and started < 4:
+        while time.time() < end and run.poll() is None and started < 1:
             time.sleep(0.5)
             try:
                 with db.connect() as conn:
@@ -301,7 +301,7 @@ def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
             pytest.fail("cnnopt run did not finish:\n" + run.communicate()[0])
     assert run.returncode == 0, out
     trials = _trials(proxy, "quick_synthetic")
-    assert len(trials) == 16, out
+    assert len(trials) == 12, out
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), out
     assert all(HEARTBEAT_KEY in t.system_attrs for t in trials)  # heartbeats went through
     # 9 processes (runner + 8 workers) would hold up to 18 connections without the proxy
