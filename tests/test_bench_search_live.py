@@ -157,7 +157,7 @@ def test_summary_without_a_table_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_live_cnnopt_studies_spend_the_budget_without_warm_starts_and_resume(tmp_path, write_study):
+def test_live_studies_spend_the_budget_warm_starts_only_in_warm_and_resume(tmp_path, write_study):
     """Real `cnnopt run` subprocesses: each variant trains at least the budget, the study
     file's warm start runs only in the `warm` variant, and a rerun trains nothing more."""
     study_file = write_study(LIVE_STUDY)
