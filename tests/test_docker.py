@@ -1,5 +1,5 @@
 """docker/compose.yaml: valid for `docker compose config` (where the client has compose), and
-the proxy, worker and dashboard run exactly the commands the README shows."""
+the proxy, worker and dashboard run exactly the commands the storage docs show."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
-# The README shows these commands; keep them identical to the images' commands.
+# docs/storage.md shows these commands; keep them identical to the images' commands.
 WORKER_COMMAND = "cnnopt run studies/fashion_cnn_bn.py --workers 1 --storage grpc://proxy:13000"
 DASHBOARD_COMMAND = "cnnopt dashboard --host 0.0.0.0 --storage grpc://proxy:13000"
 PROXY_COMMAND = (
@@ -82,8 +82,8 @@ def test_compose_config_is_valid():
     assert services["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"
 
 
-def test_readme_shows_the_images_commands():
-    readme = (ROOT / "README.md").read_text()
-    assert f"`{WORKER_COMMAND}`" in readme
-    assert f"`{DASHBOARD_COMMAND}`" in readme
-    assert f"`{PROXY_COMMAND}`" in readme
+def test_docs_show_the_images_commands():
+    docs = (ROOT / "docs" / "storage.md").read_text()
+    assert f"`{WORKER_COMMAND}`" in docs
+    assert f"`{DASHBOARD_COMMAND}`" in docs
+    assert f"`{PROXY_COMMAND}`" in docs
