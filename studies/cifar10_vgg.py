@@ -25,7 +25,7 @@ hidden = [128]
 epochs = 30
 
 # cnnopt's default pruner (successive halving, first rung at 30% of epochs): chosen by replaying
-# studies on tabulated learning curves, where pruning from epoch 1 lost accuracy (README).
+# studies on tabulated learning curves, where pruning from epoch 1 lost accuracy (benchmarks/README.md).
 pruner = "successive_halving"  # first rung at epoch 9 of 30
 n_trials = 60
 

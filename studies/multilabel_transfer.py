@@ -27,7 +27,7 @@ epochs = 10
 patience = 3  # early stopping on validation loss, as R5 did
 
 # cnnopt's default pruner (successive halving, first rung at 30% of epochs): chosen by replaying
-# studies on tabulated learning curves, where pruning from epoch 1 lost accuracy (README).
+# studies on tabulated learning curves, where pruning from epoch 1 lost accuracy (benchmarks/README.md).
 pruner = "successive_halving"
 n_trials = 30
 
