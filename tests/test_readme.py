@@ -212,3 +212,39 @@ def test_relative_link_resolves(page, target):
     assert dest.exists(), f"{page}: link {target!r}: {rel(dest)} does not exist"
     if anchor and dest.suffix == ".md":
         assert anchor in anchors(dest), f"{page}: link {target!r}: no heading #{anchor}"
+
+
+def test_architecture_names_every_module():
+    """docs/architecture.md's table of the package matches the folders: every module and
+    subpackage of cnnopt/ has a row (a subpackage's modules are named in its row), and every row
+    names something that exists."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text.split("## The package", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = line.split("|")
+        if line.startswith("| `") and len(cells) > 2:
+            for name in re.findall(r"`([^`]+)`", cells[1]):
+                rows[name] = cells[2]
+    package = ROOT / "cnnopt"
+    missing = []
+    for path in sorted(package.iterdir()):
+        if path.name.startswith(("_", ".")):
+            continue
+        if path.suffix == ".py":
+            name = path.name
+        elif (path / "__init__.py").is_file():
+            name = f"{path.name}/"
+        else:
+            continue
+        if name not in rows:
+            missing.append(name)
+        elif path.is_dir():
+            missing += [
+                f"{name}{m.name}"
+                for m in sorted(path.glob("*.py"))
+                if not m.stem.startswith("_") and m.stem not in rows[name]
+            ]
+    stale = [name for name in rows if not (package / name).exists()]
+    assert not missing, f"docs/architecture.md has no row for cnnopt/{missing}"
+    assert not stale, f"docs/architecture.md names what cnnopt/ does not have: {stale}"
