@@ -1,5 +1,5 @@
 """docker/compose.yaml: valid for `docker compose config` (where the client has compose), and
-the proxy, worker and dashboard run exactly the commands the storage docs show."""
+the proxy, worker and dashboard run exactly the commands the documentation shows."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_compose_config_is_valid():
 
 
 def test_docs_show_the_images_commands():
-    docs = (ROOT / "docs" / "storage.md").read_text()
+    docs = "\n".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
     assert f"`{WORKER_COMMAND}`" in docs
     assert f"`{DASHBOARD_COMMAND}`" in docs
     assert f"`{PROXY_COMMAND}`" in docs
