@@ -76,6 +76,7 @@ def commands_of(program: str) -> list[tuple[str, list[str]]]:
 
 CNNOPT_COMMANDS = commands_of("cnnopt")
 MAKE_COMMANDS = commands_of("make")
+PIP_COMMANDS = commands_of("pip")
 
 
 def parse(argv: list[str]) -> click.Context:
@@ -162,6 +163,24 @@ def test_make_command_names_a_target(page, argv):
             assert word.split("=", 1)[0] in variables, f"{page}: `{shlex.join(argv)}`: {word}"
         else:
             assert word in targets, f"{page}: `{shlex.join(argv)}`: no target {word!r}"
+
+
+def test_pip_extras_exist():
+    """`pip install '.[dev]'` and the like name extras that pyproject.toml declares."""
+    import tomllib
+
+    declared = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+    shown = {
+        (page, extra.strip())
+        for page, argv in PIP_COMMANDS
+        for word in argv
+        for group in re.findall(r"^(?:\.|cnnopt)\[([^\]]+)\]$", word)
+        for extra in group.split(",")
+    }
+    assert shown, "no pip install with extras in the pages"
+    assert all(extra in declared for _, extra in shown), (shown, declared)
 
 
 def slug(heading: str) -> str:
