@@ -146,6 +146,16 @@ def test_readme_study_file_loads_and_samples(tmp_path):
         ostudy.tell(trial, 0.5)
 
 
+def test_study_files_page_names_every_setting():
+    """docs/study-files.md documents every study setting and every run config key."""
+    from cnnopt.config import KEY_SECTION
+    from cnnopt.study import STUDY_TYPES
+
+    named = set(re.findall(r"`([a-z_0-9]+)`", (ROOT / "docs" / "study-files.md").read_text()))
+    missing = [k for k in [*STUDY_TYPES, *KEY_SECTION] if k not in named]
+    assert not missing, f"docs/study-files.md does not name {missing}"
+
+
 def makefile_names() -> tuple[set[str], set[str]]:
     text = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"^([\w-]+)\s*:(?!=)", text, re.M))
