@@ -228,7 +228,9 @@ def test_slices_and_parallel_coordinates_add_marked_pruned_trials_when_few_compl
     assert sum(tr.line.dash == "dot" for tr in lines) == 1
     assert "1 pruned" in s["parallel"].caption
 
-    monkeypatch.setattr(report, "FEW_COMPLETE", 2)  # enough complete trials: pruned left out
+    monkeypatch.setattr(
+        report.figures, "FEW_COMPLETE", 2
+    )  # enough complete trials: pruned left out
     s = {s.key: s for s in build_sections(st)}
     tr = next(tr for tr in s["slices"].figure.data if tr.name == "Feasible Trial")
     assert len(tr.y) == 2 and s["slices"].caption.startswith("Final")
