@@ -3,7 +3,6 @@ one-line note when the study lacks what the figure needs)."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,14 @@ from cnnopt.report.data import (
     trial_value_of,
     with_pruned,
 )
-from cnnopt.report.layout import fit_value_axes, order_key, sort_numeric_categories
+from cnnopt.report.layout import (
+    bins,
+    fit_value_axes,
+    order_key,
+    sort_numeric_categories,
+    wrap_parallel,
+    wrap_subplots,
+)
 
 # Below this many complete trials, slices and parallel coordinates add the pruned trials (at their
 # last reported value): three points say little, and pruned trials are most of a pruned study.
@@ -45,22 +51,6 @@ class Section:
 # -- figures Optuna lacks ------------------------------------------------------------------------
 
 
-def _lr_bins(values: list[float]) -> tuple[Callable[[float], str], list[str]]:
-    """Labels for learning rates: the values themselves when few, else half-decade bins."""
-    distinct = sorted(set(values))
-    if len(distinct) <= 8:
-        labels = list(dict.fromkeys(f"{v:.3g}" for v in distinct))
-        return (lambda v: f"{v:.3g}"), labels
-
-    def exponent(v: float) -> float:
-        return math.floor(2 * math.log10(v)) / 2
-
-    def fmt(e: float) -> str:
-        return f"{10**e:.2g}-{10 ** (e + 0.5):.2g}"
-
-    return (lambda v: fmt(exponent(v))), [fmt(e) for e in sorted({exponent(v) for v in values})]
-
-
 def _ordered(values: set, first: list | None) -> list[str]:
     """Category labels: the given order first, then the rest, numbers by value."""
     first = [v for v in (first or []) if v in values]
@@ -74,14 +64,16 @@ def heatmap(
     title: str,
     x_order: list | None = None,
     y_order: list | None = None,
-    bin_x: bool = False,
 ) -> Section:
     """Best value per (x, y) cell, with the trial count in each cell.
 
     One colour scale must compare like with like. When the complete trials fill every cell that
     the pruned ones do, cells hold the complete trials' final values; otherwise every finished
     trial's value at the last epoch all of them reached (comparable_values). The caption says
-    which."""
+    which.
+
+    A discrete parameter has one row or column per value; a continuous one is binned (decades
+    of a log-uniform one, else quartiles: layout.bins), and the caption says so."""
     import plotly.graph_objects as go
 
     key = f"{x_key}-x-{y_key}"
@@ -104,14 +96,18 @@ def heatmap(
             note=f"skipped: {x_key} and {y_key} are not searched in this study "
             f"({x_key}={next(iter(xs))}, {y_key}={next(iter(ys))})",
         )
-    if bin_x:
-        label, x_labels = _lr_bins([float(p[0]) for p in pts])
-        pts = [(label(float(x)), str(y), t) for x, y, t in pts]
-    else:
-        x_labels = _ordered(xs, x_order)
-        pts = [(str(x), str(y), t) for x, y, t in pts]
-    y_labels = _ordered(ys, y_order)
-
+    binned = []
+    axes = []
+    for i, (k, order) in enumerate(((x_key, x_order), (y_key, y_order))):
+        dist = next((t.distributions[k] for _, _, t in pts if k in t.distributions), None)
+        b = bins([p[i] for p in pts], dist)
+        if b is None:
+            axes.append((str, _ordered({p[i] for p in pts}, order)))
+        else:
+            axes.append(b[:2])
+            binned.append(f"{k} is binned into {b[2]}")
+    (x_label, x_labels), (y_label, y_labels) = axes
+    pts = [(x_label(x), y_label(y), t) for x, y, t in pts]
     complete = [p for p in pts if p[2].state == TrialState.COMPLETE]
     n_pruned = len(pts) - len(complete)
     if complete and {(x, y) for x, y, _ in complete} == {(x, y) for x, y, _ in pts}:
@@ -133,6 +129,8 @@ def heatmap(
         )
         scale = f"best {metric}<br>at epoch {epoch}"
     caption += "; each cell shows its best value and n, its number of trials."
+    if binned:
+        caption = caption.removesuffix(".") + "; " + "; ".join(binned) + "."
 
     is_better = better(ostudy)
     best: dict[tuple[str, str], tuple[float, int, int]] = {}  # value, count, trial number
@@ -253,10 +251,13 @@ def cost_scatter(ostudy: optuna.Study, attr: str, label: str) -> Section:
 
 
 def learning_curves(ostudy: optuna.Study) -> Section:
-    """Optuna's intermediate values plot, pruned trials dotted and ended with a cross."""
+    """Optuna's intermediate values plot, each curve named after its trial (on hover and in the
+    legend, where a click hides a trial and a double click shows it alone), pruned trials dotted
+    and ended with a cross."""
     import plotly.graph_objects as go
 
     title = "Learning curves (intermediate values; pruned trials dotted, cut at the cross)"
+    metric = metric_name(ostudy)
     trials = {t.number: t for t in ostudy.get_trials(deepcopy=False)}
     if not any(t.intermediate_values for t in trials.values()):
         return Section(
@@ -267,10 +268,14 @@ def learning_curves(ostudy: optuna.Study) -> Section:
     for tr in fig.data:
         number = int(str(tr.name).removeprefix("Trial"))
         t = trials.get(number)
-        if t is not None and t.state == TrialState.PRUNED:
+        state = t.state.name.lower() if t is not None else "?"
+        tr.name = f"trial #{number}" + (" (pruned)" if state == "pruned" else "")
+        tr.hovertemplate = (
+            f"trial #{number} ({state})<br>epoch %{{x}}<br>{metric} %{{y:.4f}}<extra></extra>"
+        )
+        if state == "pruned":
             tr.line = {"dash": "dot"}
             tr.opacity = 0.6
-            tr.name = f"Trial{number} (pruned)"
             if tr.x:
                 pruned_x.append(tr.x[-1])
                 pruned_y.append(tr.y[-1])
@@ -287,8 +292,15 @@ def learning_curves(ostudy: optuna.Study) -> Section:
                 hovertemplate="trial #%{customdata} pruned at epoch %{x}<extra></extra>",
             )
         )
-    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric_name(ostudy))
-    fit_value_axes(fig, metric_name(ostudy))
+    fig.update_layout(
+        title=title,
+        xaxis_title="epoch",
+        yaxis_title=metric,
+        showlegend=True,
+        legend={"title": {"text": "click: hide<br>double click: only this"}},
+        hovermode="closest",
+    )
+    fit_value_axes(fig, metric)
     return Section("learning-curves", title, fig)
 
 
@@ -347,6 +359,7 @@ def slices(ostudy: optuna.Study) -> Section:
                 ostudy, len(complete), len(pruned), "crosses; circles are complete trials"
             )
     if section.figure is not None:
+        wrap_subplots(section.figure)
         sort_numeric_categories(section.figure)
         fit_value_axes(section.figure, metric)
     return section
@@ -369,6 +382,8 @@ def parallel_coordinates(ostudy: optuna.Study) -> Section:
             ),
         )
         section.caption = f"Final {metric} of the {n_complete(ostudy)} complete trials."
+        if section.figure is not None:
+            section.figure = wrap_parallel(section.figure)
         return section
     copy, _ = with_pruned(ostudy)
     section = _optuna_section(
@@ -389,6 +404,7 @@ def parallel_coordinates(ostudy: optuna.Study) -> Section:
             len(pruned),
             f"dotted lines; see the axes {STATE_DIM} and {EPOCH_DIM}",
         )
+        section.figure = wrap_parallel(section.figure)
     return section
 
 
@@ -442,7 +458,6 @@ def lr_batch_heatmap(ostudy: optuna.Study) -> Section:
         "lr",
         "batch_size",
         f"Best {metric_name(ostudy)} by learning rate and batch size (R4's table)",
-        bin_x=True,
     )
 
 

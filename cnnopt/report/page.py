@@ -157,8 +157,11 @@ def trial_rows(ostudy: optuna.Study) -> list[list[str]]:
     return rows
 
 
+# The page is at most 1,100 px wide and every figure fills its width (layout.py wraps the wide
+# ones into rows); a long unbroken value in a table cell wraps rather than widening the page.
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1100px;color:#222}
+td{overflow-wrap:anywhere}
 h1{margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd}
 table.summary td{padding:3px 14px 3px 0;vertical-align:top} table.summary td:first-child{color:#555}
 .note{color:#666;font-style:italic} .caption{color:#444;margin:.3em 0}
