@@ -117,6 +117,7 @@ class StudyStatus:
     workers: list[WorkerStatus] = field(default_factory=list)
     # trial number -> the trial whose result it copied (deduplicate = True: trained no epoch)
     duplicates: dict[int, int] = field(default_factory=dict)
+    started: str | None = None  # the first trial's start, ISO 8601 to the second
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,8 +222,10 @@ def study_status(ostudy: optuna.Study, url: str) -> StudyStatus:
         for t in finished
         if t.user_attrs.get("duplicate_of") is not None
     }
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    if starts:
+        st.started = min(starts).isoformat(timespec="seconds")
     if finished:
-        starts = [t.datetime_start for t in trials if t.datetime_start]
         end = max(t.datetime_complete for t in finished)
         hours = (end - min(starts)).total_seconds() / 3600 if starts else 0
         if any(t.state == TrialState.RUNNING for t in trials):
@@ -241,81 +244,97 @@ def study_status(ostudy: optuna.Study, url: str) -> StudyStatus:
 
 
 # -- printing ------------------------------------------------------------------------------------
+# One "label  value" line per fact, never a table cell: a table on an 80-column terminal, or in a
+# log (rich assumes 80 columns there), cuts a study name or a storage URL to "fashion_cnn_…", and
+# those are what a reader copies into the next command. Lines are soft-wrapped (the terminal
+# wraps them, rich inserts no line break), so every name stays whole and in one piece.
+
+LABEL = 16  # width of the label column
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def print_status(st: StudyStatus, console: Any = None) -> None:
+def _console(console: Any) -> Any:
     from rich.console import Console
-    from rich.table import Table
 
-    console = console or Console()
-    table = Table(title=f"study {st.study}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("storage", st.storage)
-    table.add_row("direction", f"{st.direction} {st.metric}")
-    table.add_row(
+    return console or Console()
+
+
+def _line(console: Any, label: str, value: str, style: str = "bold") -> None:
+    from rich.text import Text
+
+    text = Text(f"{label:<{LABEL}}", style=style)
+    text.append(" " + value)
+    console.print(text, soft_wrap=True)
+
+
+def print_status(st: StudyStatus, console: Any = None) -> None:
+    from rich.text import Text
+
+    console = _console(console)
+    console.print(Text(f"study {st.study}", style="bold underline"), soft_wrap=True)
+    _line(console, "storage", st.storage)
+    if st.started:
+        _line(console, "started", st.started)
+    _line(console, "direction", f"{st.direction} {st.metric}")
+    _line(
+        console,
         "trials",
         f"{st.n_trials}: " + ", ".join(f"{n} {k.lower()}" for k, n in sorted(st.states.items()))
         if st.n_trials
         else "none",
     )
     if st.best_value is not None:
-        table.add_row("best", f"#{st.best_number}: {st.best_value:.4f}")
+        _line(console, "best", f"#{st.best_number}: {st.best_value:.4f}")
         for k, v in st.best_params.items():
-            table.add_row(f"  {k}", _fmt(v))
+            _line(console, f"  {k}", _fmt(v), style="")
     if st.trials_per_hour is not None:
-        table.add_row("trials per hour", f"{st.trials_per_hour:.1f}")
+        _line(console, "trials per hour", f"{st.trials_per_hour:.1f}")
     if st.median_trial_seconds is not None:
-        table.add_row("median trial", f"{st.median_trial_seconds:.1f}s")
+        _line(console, "median trial", f"{st.median_trial_seconds:.1f}s")
     if st.pruned_fraction is not None:
-        table.add_row("pruned", f"{100 * st.pruned_fraction:.0f}% of finished trials")
+        _line(console, "pruned", f"{100 * st.pruned_fraction:.0f}% of finished trials")
     if st.duplicates:
         pairs = [f"#{n} = #{o}" for n, o in sorted(st.duplicates.items())]
         more = f", ... ({len(pairs) - 12} more)" if len(pairs) > 12 else ""
-        table.add_row(
+        _line(
+            console,
             "duplicates",
             f"{len(pairs)} copied an earlier trial's result without training: "
             + ", ".join(pairs[:12])
             + more,
         )
-    console.print(table)
-    if st.workers:
-        wt = Table(title="workers with running trials", title_justify="left")
-        for col in ("worker", "trials", "alive", "how we know"):
-            wt.add_column(col)
-        for w in st.workers:
-            alive = {True: "[green]alive[/]", False: "[red]dead[/]", None: "unknown"}[w.alive]
-            wt.add_row(w.worker, ", ".join(f"#{n}" for n in w.trials), alive, w.how)
-        console.print(wt)
-    else:
+    console.print()
+    if not st.workers:
         console.print("no running trials (no worker is busy)")
+        return
+    console.print(Text("workers with running trials", style="bold"))
+    for w in st.workers:
+        alive = {True: ("alive", "green"), False: ("dead", "red"), None: ("unknown", "")}[w.alive]
+        trials = ", ".join(f"#{n}" for n in w.trials)
+        line = Text.assemble(f"  {w.worker}  ", alive, f"  trials {trials}  ({w.how})")
+        console.print(line, soft_wrap=True)
 
 
 def print_study_list(rows: list[dict[str, Any]], console: Any = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """One block per study: its name, then its storage, direction, trials, best and start."""
+    from rich.text import Text
 
-    console = console or Console()
+    console = _console(console)
     if not rows:
         console.print("no studies found")
         return
-    table = Table(title="studies", title_justify="left")
-    for col in ("study", "storage", "direction", "trials", "best", "started"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["study"],
-            r["storage"],
-            r["direction"],
-            str(r["trials"]),
-            "" if r["best"] is None else f"{r['best']:.4f}",
-            r["started"] or "",
-        )
-    console.print(table)
+    for i, r in enumerate(rows):
+        if i:
+            console.print()
+        console.print(Text(r["study"], style="bold"), soft_wrap=True)
+        _line(console, "  storage", r["storage"], style="")
+        best = "" if r["best"] is None else f", best {r['best']:.4f}"
+        _line(console, "  trials", f"{r['trials']} ({r['direction']}{best})", style="")
+        if r["started"]:
+            _line(console, "  started", r["started"], style="")
 
 
 def status(study_name: str | None, storage: str | None) -> StudyStatus | list[dict[str, Any]]:
