@@ -67,13 +67,21 @@ def read_token(token_file: str | Path | None = None) -> str | None:
     if path:
         try:
             token = Path(path).read_text().strip()
-        except OSError as e:
-            raise StorageError(f"proxy token file {path}: {e.strerror or e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise StorageError(
+                f"proxy token file {path}: {getattr(e, 'strerror', None) or e}"
+            ) from None
+        source = f"proxy token file {path}"
         if not token:
-            raise StorageError(f"proxy token file {path}: empty")
-        return token
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    return token or None
+            raise StorageError(f"{source}: empty")
+    else:
+        token, source = os.environ.get(TOKEN_ENV, "").strip(), TOKEN_ENV
+        if not token:
+            return None
+    # it travels as gRPC metadata, which takes printable ASCII only
+    if not (token.isascii() and token.isprintable()):
+        raise StorageError(f"{source}: the token must be printable ASCII (not shown)")
+    return token
 
 
 def _read_pem(path: str | Path, what: str) -> bytes:

@@ -250,3 +250,23 @@ def test_proxy_certs_command(tmp_path):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert cli("storage", "proxy-certs", str(out), "--host", "proxy").returncode == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # kept, not replaced
+
+
+def test_token_sources(tmp_path, client_env):
+    from cnnopt.proxy import read_token
+
+    assert read_token() is None
+    client_env(**{TOKEN_ENV: "  from-env\n"})
+    assert read_token() == "from-env"
+    f = tmp_path / "token"
+    f.write_text("from-file\n")
+    client_env(**{TOKEN_FILE_ENV: f})
+    assert read_token() == "from-file"  # the file wins over the variable
+    assert read_token(f) == "from-file"
+    f.write_text("\n")
+    with pytest.raises(StorageError, match=r"proxy token file .*token: empty"):
+        read_token(f)
+    f.write_text("tök en")
+    with pytest.raises(StorageError, match="printable ASCII") as e:
+        read_token(f)
+    assert "tök" not in str(e.value)
