@@ -43,7 +43,10 @@ def load_split(cfg: DataConfig, device: torch.device | str = "cpu") -> tuple[Dat
     _evict(MAX_SPLITS - 1, device)
     try:
         on_device = host.to(device)
-    except torch.OutOfMemoryError:
+    except RuntimeError as e:  # torch.OutOfMemoryError, or CUDA's "out of memory" error
+        if "out of memory" not in str(e).lower():
+            raise
+        e.with_traceback(None)
         _evict(0, device)  # every other split of this worker goes, then one more try
         on_device = host.to(device)
     _SPLITS[key] = on_device
