@@ -15,7 +15,7 @@ import click
 from cnnopt.bench import SECTIONS as BENCH_SECTIONS  # names only: imports no torch
 from cnnopt.errors import CnnoptError
 
-STORAGE_HELP = "Optuna storage: SQLAlchemy URL, grpc://HOST:PORT (a `cnnopt storage proxy`) or .journal file [env CNNOPT_STORAGE; default storage/<study>.journal]"
+STORAGE_HELP = "Optuna storage: SQLAlchemy URL, grpc[s]://HOST:PORT (a `cnnopt storage proxy`) or .journal file [env CNNOPT_STORAGE; default storage/<study>.journal]"
 
 
 def _storage_option(f):
@@ -215,14 +215,57 @@ def storage_url():
     default=None,
     help="Database connections the proxy may open [default: 8].",
 )
-def storage_proxy(storage, host, port, pool_size):
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Server certificate (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key (PEM).")
+@click.option(
+    "--token-file",
+    envvar="CNNOPT_PROXY_TOKEN_FILE",
+    type=click.Path(dir_okay=False),
+    help="File holding the token every client must send [env CNNOPT_PROXY_TOKEN_FILE; "
+    "or the token itself in CNNOPT_PROXY_TOKEN].",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Listen on a non-loopback address without TLS and token (anyone reaching it gets in).",
+)
+def storage_proxy(storage, host, port, pool_size, tls_cert, tls_key, token_file, insecure):
     """Serve a database to many workers over gRPC (Optuna's storage proxy; blocks).
 
-    Workers use --storage grpc://HOST:PORT; the database then sees only the proxy's pool of
-    connections, however many workers there are."""
-    from cnnopt.storage import PROXY_POOL_SIZE, run_proxy
+    Workers use --storage grpc://HOST:PORT, or grpcs://HOST:PORT with --tls-cert/--tls-key
+    (clients: CNNOPT_PROXY_CA=ca.pem); with a token every client needs CNNOPT_PROXY_TOKEN or
+    CNNOPT_PROXY_TOKEN_FILE. Beyond loopback both TLS and a token are required (or --insecure).
+    The database sees only the proxy's pool of connections, however many workers there are."""
+    from cnnopt.proxy import read_token, run_proxy
+    from cnnopt.storage import PROXY_POOL_SIZE
 
-    run_proxy(storage, host, port, pool_size or PROXY_POOL_SIZE)
+    run_proxy(
+        storage, host, port, pool_size or PROXY_POOL_SIZE,
+        tls_cert=tls_cert, tls_key=tls_key, token=read_token(token_file), insecure=insecure,
+    )  # fmt: skip
+
+
+@storage_group.command("proxy-certs")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    required=True,
+    help="A name or address clients use to reach the proxy (repeatable).",
+)
+def storage_proxy_certs(out_dir, hosts):
+    """Write a private CA, a proxy certificate for --host names and a random token into OUT_DIR
+    (ca.pem, proxy.pem, proxy.key, token); existing ones are kept. The token is not printed."""
+    from cnnopt.proxy import write_proxy_certs
+
+    paths = write_proxy_certs(out_dir, list(hosts))
+    click.echo(
+        f"proxy: --tls-cert {paths['proxy.pem']} --tls-key {paths['proxy.key']} "
+        f"--token-file {paths['token']}\n"
+        f"clients: --storage grpcs://{hosts[0]}:13000 with CNNOPT_PROXY_CA={paths['ca.pem']} "
+        f"CNNOPT_PROXY_TOKEN_FILE={paths['token']}"
+    )
 
 
 @storage_group.command("overhead")
@@ -555,6 +598,8 @@ def main() -> None:
     # GPUs numbered as nvidia-smi numbers them, in every command (`run` plans with NVML, which
     # uses this order; CUDA's own default puts the fastest first). Set before CUDA starts.
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    # gRPC's core logs a refused TLS handshake itself; cnnopt says it in one line
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
     try:
         cli.main(standalone_mode=False)

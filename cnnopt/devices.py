@@ -9,7 +9,7 @@ GPUs are numbered as nvidia-smi numbers them (PCI bus order, ``CUDA_DEVICE_ORDER
 among those ``CUDA_VISIBLE_DEVICES`` leaves visible: ``--device cuda:1`` is the second of those.
 
 Each worker then sees only its own GPU: ``bind_worker`` sets ``CUDA_VISIBLE_DEVICES`` to that one
-GPU before the worker's torch initialises CUDA, so in the worker it is ``cuda:0`` and the current
+GPU (by UUID, see ``worker_env``) before the worker's torch initialises CUDA, so in the worker it is ``cuda:0`` and the current
 device, and nothing in the worker (the bf16 query, the DataLoader's pin-memory thread, seeding,
 ``empty_cache``) can reach, or create a context on, another GPU.
 """
@@ -158,17 +158,53 @@ def plan_devices(spec: str, n_workers: int) -> list[str]:
     return [f"cuda:{ids[i % len(ids)]}" for i in range(n_workers)]
 
 
+def _nvml_uuids(entries: list[str]) -> list[str] | None:
+    """NVML indices (PCI bus order) -> the GPUs' UUIDs; other entries (UUIDs, MIG-...) as they
+    are. None where NVML cannot say."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - ImportError, NVMLError_LibraryNotFound / DriverNotLoaded
+        return None
+    try:
+        out = []
+        for entry in entries:
+            if entry.isdigit():
+                uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(int(entry)))
+                out.append(uuid.decode() if isinstance(uuid, bytes) else str(uuid))
+            else:
+                out.append(entry)
+        return out
+    except pynvml.NVMLError:
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
 def worker_env(device: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The environment that shows a worker placed on ``device`` (the runner's ``cuda:N``) only
-    that GPU; empty for a CPU worker."""
+    that GPU; empty for a CPU worker.
+
+    The GPU is named by its UUID (from NVML) rather than by a number: CUDA numbers only the GPUs
+    it supports, and with MIG or a GPU CUDA cannot use (too old for this CUDA, or in a bad
+    state) its list is shorter than NVML's, so an NVML index written into
+    ``CUDA_VISIBLE_DEVICES`` can name another GPU, or none. A UUID names one GPU in both. Without
+    NVML the runner numbered the GPUs with CUDA itself, and that number is passed on."""
     if not device.startswith("cuda"):
         return {}
     index = int(device.partition(":")[2] or 0)
     visible = visible_devices(environ)
-    return {
-        "CUDA_VISIBLE_DEVICES": visible[index] if visible is not None else str(index),
-        "CUDA_DEVICE_ORDER": environ.get("CUDA_DEVICE_ORDER", ORDER),
-    }
+    entry = visible[index] if visible is not None else str(index)
+    order = environ.get("CUDA_DEVICE_ORDER", ORDER)
+    if entry.isdigit() and order == ORDER:  # an NVML index (PCI order): its UUID, where known
+        uuids = _nvml_uuids([entry])
+        if uuids is not None:
+            entry = uuids[0]
+    return {"CUDA_VISIBLE_DEVICES": entry, "CUDA_DEVICE_ORDER": order}
 
 
 def bind_worker(device: str) -> str:

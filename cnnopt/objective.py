@@ -24,7 +24,7 @@ from cnnopt.config import RunConfig
 from cnnopt.data import load_split
 from cnnopt.errors import CnnoptError, ConfigError, TrialFailed
 from cnnopt.study import WARM_START, Study
-from cnnopt.train import EpochStats, Interrupted, TrainResult, fit, hardware
+from cnnopt.train import CudaContextLost, EpochStats, Interrupted, TrainResult, fit, hardware
 
 Event = Callable[[dict[str, Any]], None]
 
@@ -69,13 +69,16 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_tag())
         trial.set_user_attr("device", self.device_name)
-        # CPU/GPU model and torch threads: a rebuild matches the stored curve to the last digit
-        # only on the same kind of hardware with the same thread count (see train.hardware)
-        trial.set_user_attr("hardware", hardware(self.device))
         cfg = None
         # what the trial was doing and how large its model is, for an out-of-memory message
-        where: dict[str, Any] = {"stage": "preparing the data", "params": None}
+        where: dict[str, Any] = {"stage": "starting CUDA", "params": None}
         try:
+            # CPU/GPU model and torch threads: a rebuild matches the stored curve to the last
+            # digit only on the same kind of hardware with the same thread count (see
+            # train.hardware). On a GPU this is the worker's first CUDA call, which creates its
+            # context (hundreds of MiB): out of memory there fails this trial, not the worker.
+            trial.set_user_attr("hardware", hardware(self.device))
+            where["stage"] = "preparing the data"
             cfg = self.study.resolve(trial)
             trial.set_user_attr("seed", cfg.train.seed)
             plan = self._plan(trial, cfg)
@@ -92,9 +95,7 @@ class Objective:
             trial.set_user_attr("fail_reason", str(e))
             raise
         except RuntimeError as e:
-            if not is_out_of_memory(e):
-                raise
-            raise self._out_of_memory(trial, e, cfg, where) from None
+            raise self._runtime_error(trial, e, cfg, where) from None
         where["stage"] = "building the model"
         trial.set_user_attr("config", cfg.to_dict())
         self.emit({"event": "start", "trial": trial.number})
@@ -185,10 +186,8 @@ class Objective:
                 "fail_reason", "interrupted (the run was stopped); params re-queued"
             )
             raise
-        except RuntimeError as e:  # torch.OutOfMemoryError, cuDNN / cuBLAS allocation failures
-            if not is_out_of_memory(e):
-                raise
-            raise self._out_of_memory(trial, e, cfg, where) from None
+        except RuntimeError as e:  # torch.OutOfMemoryError, cuDNN / cuBLAS, CUDA errors
+            raise self._runtime_error(trial, e, cfg, where) from None
         finally:
             # written whatever the outcome, so pruned and failed trials show their cost too
             if history:
@@ -244,6 +243,25 @@ class Objective:
         assert src.value is not None
         return src.value
 
+    def _runtime_error(
+        self, trial: optuna.Trial, err: RuntimeError, cfg: RunConfig | None, where: dict
+    ) -> BaseException:
+        """What a RuntimeError out of torch means for the trial: out of memory fails the trial
+        (the worker goes on); a sticky CUDA error fails it with its reason and ends the worker
+        (CudaContextLost); anything else is raised as it is."""
+        if is_out_of_memory(err):
+            return self._out_of_memory(trial, err, cfg, where)
+        if is_cuda_context_lost(err):
+            err.with_traceback(None)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            reason = (
+                f"CUDA error on {self.device_name} while {where['stage']}: {first[:160]} "
+                "(the worker's CUDA context is lost: the worker restarts, the params are re-queued)"
+            )
+            trial.set_user_attr("fail_reason", reason)
+            return CudaContextLost(reason, getattr(trial, "_trial_id", None))
+        return err
+
     def _out_of_memory(
         self, trial: optuna.Trial, err: BaseException, cfg: RunConfig | None, where: dict
     ) -> TrialFailed:
@@ -280,6 +298,31 @@ def is_out_of_memory(err: BaseException) -> bool:
         return True
     msg = str(err).lower()
     return isinstance(err, RuntimeError) and any(m in msg for m in OOM_MARKERS)
+
+
+# CUDA's sticky errors: after one of these the process's context is corrupt and every later CUDA
+# call fails with the same error, so only a new process can use the GPU again.
+STICKY_CUDA_MARKERS = (
+    "illegal memory access",  # cudaErrorIllegalAddress
+    "device-side assert",  # cudaErrorAssert
+    "unspecified launch failure",  # cudaErrorLaunchFailure
+    "misaligned address",  # cudaErrorMisalignedAddress
+    "illegal instruction",  # cudaErrorIllegalInstruction
+    "invalid program counter",  # cudaErrorInvalidPc
+    "hardware stack error",  # cudaErrorHardwareStackError
+    "launch timed out",  # cudaErrorLaunchTimeout
+    "uncorrectable ecc error",  # cudaErrorECCUncorrectable
+    "uncorrectable nvlink error",  # cudaErrorNvlinkUncorrectable
+    "operation not supported on global/shared address space",  # cudaErrorInvalidAddressSpace
+)
+
+
+def is_cuda_context_lost(err: BaseException) -> bool:
+    """A CUDA error that leaves the process's CUDA context unusable (not out of memory)."""
+    if not isinstance(err, RuntimeError) or is_out_of_memory(err):
+        return False
+    msg = str(err).lower()
+    return any(m in msg for m in STICKY_CUDA_MARKERS)
 
 
 def _params_on_meta(cfg: RunConfig) -> int | None:

@@ -270,7 +270,13 @@ def release_memory(device: Any = None) -> None:
     if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
         import torch
 
-        torch.cuda.empty_cache()
+        from cnnopt.objective import is_cuda_context_lost
+
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError as e:  # after a sticky CUDA error every CUDA call fails: the
+            if not is_cuda_context_lost(e):  # trial's own CudaContextLost says it, not this
+                raise
 
 
 def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, events, inflight):
@@ -279,7 +285,7 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
     import torch
 
     from cnnopt.objective import Objective, worker_tag
-    from cnnopt.train import Interrupted
+    from cnnopt.train import CudaContextLost, Interrupted
 
     torch.set_num_threads(spec.threads)
     study = Study.load(study_path, overrides)
@@ -381,6 +387,38 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
                     }
                 )
             break
+        except CudaContextLost as lost:
+            number = _cuda_context_lost(
+                ostudy, lost, study.settings.retry_failed, tickets, inflight, slot
+            )
+            if number is not None:
+                events.put(
+                    {"event": "end", "worker": spec.index, "trial": number, "state": "FAIL",
+                     "value": None, "reason": lost.reason}
+                )  # fmt: skip
+            raise SystemExit(EXIT_CUDA_CONTEXT_LOST) from None
+
+
+# The exit code of a worker whose CUDA context was lost; the runner starts a new one in its place.
+EXIT_CUDA_CONTEXT_LOST = 75
+
+
+def _cuda_context_lost(ostudy, lost, retry_failed: int, tickets, inflight, slot: int) -> int | None:
+    """After a sticky CUDA error: Optuna has marked the trial FAIL with its reason. Its params go
+    back to the queue within the study's retry budget (the GPU failed, maybe not the config; a
+    config that always crashes the GPU stops after ``retry_failed`` tries), with the ticket back
+    to the budget when they do. This process's context is dead: the worker then exits."""
+    requeued, number = False, None
+    if lost.trial_id is not None:
+        t = ostudy._storage.get_trial(lost.trial_id)
+        requeued = len(t.system_attrs.get("retry_history", [])) < retry_failed
+        RetryStaleTrialCallback(max_retry=retry_failed)(ostudy, t)
+        number = t.number
+    if requeued:
+        _reclaim_slot(tickets, inflight, slot)
+    else:
+        _end_slot(inflight, slot)
+    return number
 
 
 def _space_used_up(grid: SpaceGrid, ostudy: optuna.Study, worker: int, events) -> bool:

@@ -46,7 +46,6 @@ from typing import Any
 
 import optuna
 from optuna.storages import (
-    BaseStorage,
     GrpcStorageProxy,
     RDBStorage,
     RetryHeartbeatStaleTrialCallback,
@@ -98,7 +97,7 @@ def is_file_storage(url: str) -> bool:
 
 
 def is_proxy_storage(url: str) -> bool:
-    return url.startswith("grpc://")
+    return url.startswith(("grpc://", "grpcs://"))
 
 
 def mask_url(url: str) -> str:
@@ -369,10 +368,12 @@ _CHANNEL_OPTIONS = [
 
 
 def parse_proxy_url(url: str) -> tuple[str, int]:
-    """grpc://host:port -> (host, port); the port defaults to PROXY_PORT."""
-    found = re.fullmatch(r"grpc://([^:/\s]+)(?::(\d+))?/?", url)
+    """grpc(s)://host:port -> (host, port); the port defaults to PROXY_PORT."""
+    found = re.fullmatch(r"grpcs?://([^:/\s]+)(?::(\d+))?/?", url)
     if not found:
-        raise StorageError(f"storage {mask_url(url)}: expected grpc://HOST:PORT")
+        raise StorageError(
+            f"storage {mask_url(url)}: expected grpc://HOST:PORT or grpcs://HOST:PORT"
+        )
     return found.group(1), int(found.group(2) or PROXY_PORT)
 
 
@@ -405,7 +406,9 @@ class RetryingGrpcStorageProxy(_RepeatSafe, GrpcStorageProxy, BaseHeartbeat):
         heartbeat_interval: int | None = None,
         grace_period: int | None = None,
         heartbeat_stale_trial_callback: Callable | None = None,
+        tls: bool = False,
     ) -> None:
+        self._tls = tls  # grpcs://: TLS with the CA in CNNOPT_PROXY_CA (cnnopt.proxy)
         self._local = threading.local()
         self._seen_lock = threading.Lock()
         if retry_seconds is not None:
@@ -420,17 +423,18 @@ class RetryingGrpcStorageProxy(_RepeatSafe, GrpcStorageProxy, BaseHeartbeat):
 
     @property
     def url(self) -> str:
-        return f"grpc://{self._host}:{self._port}"
+        return f"{'grpcs' if self._tls else 'grpc'}://{self._host}:{self._port}"
 
     def _retry_url(self) -> str:
         return self.url
 
     def _setup(self) -> None:
-        import grpc
         from optuna.storages._grpc.auto_generated import api_pb2_grpc
         from optuna.storages._grpc.client import GrpcClientCache
 
-        self._channel = grpc.insecure_channel(f"{self._host}:{self._port}", _CHANNEL_OPTIONS)
+        from cnnopt.proxy import client_channel  # TLS and the proxy token, from the environment
+
+        self._channel = client_channel(self._host, self._port, self._tls, _CHANNEL_OPTIONS)
         self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache = GrpcClientCache(self._stub)
 
@@ -543,7 +547,8 @@ for _name in _GRPC_CALLS:
 
 
 def open_proxy(url: str, connect_retry: float = 0.0, **kwargs: Any) -> RetryingGrpcStorageProxy:
-    """The client of the storage proxy at ``grpc://host:port``, once the proxy answers.
+    """The client of the storage proxy at ``grpc(s)://host:port``, once the proxy answers and
+    accepts this client (``cnnopt.proxy.check_client``).
 
     ``connect_retry`` as for ``open_rdb``; a CLI command waits a few seconds at most."""
     host, port = parse_proxy_url(url)
@@ -553,78 +558,17 @@ def open_proxy(url: str, connect_retry: float = 0.0, **kwargs: Any) -> RetryingG
         raise StorageError(
             f"storage {url}: the storage proxy needs grpcio: pip install grpcio protobuf"
         ) from None
+    from cnnopt.proxy import check_client
+
     with warnings.catch_warnings():  # experimental since Optuna 4.2
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RetryingGrpcStorageProxy(host, port, **kwargs)
+        storage = RetryingGrpcStorageProxy(host, port, tls=url.startswith("grpcs://"), **kwargs)
     try:
-        storage.wait_server_ready(timeout=max(connect_retry, 5.0))
-    except ConnectionError:
+        check_client(storage, wait=max(connect_retry, 5.0))
+    except BaseException:
         storage.close()
-        raise StorageError(
-            f"cannot reach the storage proxy at {url} (start it with `cnnopt storage proxy "
-            f"--storage DATABASE_URL --host {host} --port {port}`)"
-        ) from None
+        raise
     return storage
-
-
-def _proxy_cache(backend: RDBStorage) -> BaseStorage:
-    """Optuna's ``_CachedStorage`` (what ``optuna.storages.get_storage`` puts over an RDBStorage;
-    finished trials are read once), made to serve trials it did not create.
-
-    ``_CachedStorage.set_trial_param`` looks the trial up in what this process created or read,
-    and raises KeyError otherwise. Behind a proxy that is restarted, the clients' running trials
-    were created by the proxy that died: their params go to the database directly."""
-    from optuna.storages._cached_storage import _CachedStorage
-
-    class _ProxyCache(_CachedStorage):
-        def set_trial_param(self, trial_id, param_name, param_value_internal, distribution):
-            with self._lock:
-                known = trial_id in self._trial_id_to_study_id_and_number
-            if known:
-                super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
-            else:
-                self._backend.set_trial_param(
-                    trial_id, param_name, param_value_internal, distribution
-                )
-
-    return _ProxyCache(backend)
-
-
-def run_proxy(
-    url: str,
-    host: str = "127.0.0.1",
-    port: int = PROXY_PORT,
-    pool_size: int = PROXY_POOL_SIZE,
-    on_ready: Callable[[], None] | None = None,
-) -> None:
-    """Serve the database at ``url`` to ``grpc://host:port`` clients (blocks until killed).
-
-    Behind the proxy: Optuna's cache (``_proxy_cache``) over a RetryingRDBStorage whose pool
-    of ``pool_size`` connections is all the database ever sees. A database restart is ridden out
-    by its retries; the proxy's own restart by the clients' retries."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from optuna.storages import run_grpc_proxy_server
-
-    if is_file_storage(url) or is_proxy_storage(url) or url.startswith("sqlite"):
-        raise StorageError(
-            f"storage {mask_url(url)}: the storage proxy serves a database server "
-            "(postgresql+psycopg2://... or mysql+pymysql://...)"
-        )
-    backend = open_rdb(url, connect_retry=RETRY_SECONDS, pool_size=pool_size)
-    storage = _proxy_cache(backend)
-    threads = ThreadPoolExecutor(max_workers=pool_size * PROXY_THREADS_PER_CONNECTION)
-    log.warning(
-        "storage proxy for %s on grpc://%s:%d (at most %d database connections)",
-        mask_url(url), host, port, pool_size,
-    )  # fmt: skip
-    if on_ready is not None:
-        on_ready()
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        run_grpc_proxy_server(storage, host=host, port=port, thread_pool=threads)
-    except RuntimeError as e:  # gRPC: "Failed to bind to address"
-        raise StorageError(f"storage proxy: cannot listen on {host}:{port}: {e}") from None
 
 
 # -- opening a storage ---------------------------------------------------------------------------

@@ -34,6 +34,16 @@ class Interrupted(Exception):
     """Raised inside the loop when the worker was asked to stop (Ctrl-C on `cnnopt run`)."""
 
 
+class CudaContextLost(Exception):
+    """A sticky CUDA error (an illegal address, a device-side assert, an ECC error...): this
+    process's CUDA context is unusable, every later CUDA call fails. The trial ends FAIL with
+    ``reason`` and the worker process must be replaced (see runner._work)."""
+
+    def __init__(self, reason: str, trial_id: int | None = None):
+        super().__init__(reason)
+        self.reason, self.trial_id = reason, trial_id
+
+
 @dataclass
 class EpochStats:
     epoch: int  # 1-based
@@ -145,9 +155,14 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
         # bf16 only where the tensor cores do it natively (compute capability 8.0: A100, L4,
         # H100 and later). is_bf16_supported() is True on V100 and T4 too, where bf16 is
         # emulated without tensor cores: those get fp16 (their tensor cores) with a GradScaler.
+        # Below 7.0 (Pascal: P100, P40, GTX 10x0) there are no tensor cores: fp16 saves memory
+        # but autocast's casts and the GradScaler make it slower than fp32 (and on 6.1 fp16
+        # arithmetic runs at 1/64 rate), so those train in fp32 without autocast.
         # Asked of this device, not of the current one (which may be another GPU).
-        native = torch.cuda.get_device_capability(device) >= (8, 0)
-        return torch.bfloat16 if native else torch.float16
+        capability = torch.cuda.get_device_capability(device)
+        if capability < (7, 0):
+            return None
+        return torch.bfloat16 if capability >= (8, 0) else torch.float16
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None

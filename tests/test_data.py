@@ -130,3 +130,65 @@ def test_missing_fashion_mnist_fails_when_required(monkeypatch):
     monkeypatch.delenv("CNNOPT_REQUIRE_FASHION")
     with pytest.raises(pytest.skip.Exception, match="CNNOPT_TEST_FASHION_DIR"):
         conftest.require_fashion()
+
+
+def test_split_cache_makes_room_before_it_copies_to_the_device(monkeypatch):
+    """At most MAX_SPLITS splits on the device at any moment: the oldest goes before the new one
+    is copied (not after: MAX_SPLITS + 1 at the peak). A copy that runs out of memory drops
+    every other split and tries once more, so it does not fail every trial of that data."""
+    from cnnopt import data
+    from cnnopt.data.tensors import Split
+
+    data._SPLITS.clear()
+    real_to = Split.to
+    cached_at_copy: list[int] = []
+    oom_once = {"armed": False}
+
+    def watched_to(self, device):
+        cached_at_copy.append(len(data._SPLITS))
+        if oom_once["armed"] and data._SPLITS:
+            oom_once["armed"] = False
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real_to(self, device)
+
+    monkeypatch.setattr(Split, "to", watched_to)
+    for subset in (100, 120, 140, 160):
+        load_split(DataConfig(dataset="synthetic", train_subset=subset))
+        assert len(data._SPLITS) <= data.MAX_SPLITS
+    assert cached_at_copy == [0, 1, 1, 1]  # MAX_SPLITS - 1 = 1 other split during each copy
+    oom_once["armed"] = True
+    _, new = load_split(DataConfig(dataset="synthetic", train_subset=180))
+    assert cached_at_copy[-2:] == [1, 0]  # the first copy failed; the retry had the device alone
+    assert list(data._SPLITS.values()) == [new]
+
+
+def test_a_split_goes_to_the_gpu_without_pinning_the_dataset(monkeypatch):
+    """The one copy of a split to the GPU is a plain copy: pin_memory() of the whole dataset
+    would stay page-locked (torch caches pinned blocks) for the worker's life. CUDA is faked at
+    Tensor.to; pin_memory must not be called."""
+    from cnnopt.data.tensors import split
+
+    s = split(load_dataset(DataConfig(dataset="synthetic", train_subset=100)), 0.2, 0)
+    real_to = torch.Tensor.to
+    copies = []
+
+    def fake_to(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        if isinstance(target, (str, torch.device)) and torch.device(target).type == "cuda":
+            copies.append((tuple(self.shape), kwargs.get("non_blocking", False)))
+            return self  # "on the GPU"
+        return real_to(self, *args, **kwargs)
+
+    def no_pinning(self, *a, **k):
+        raise AssertionError("pin_memory() of a whole split")
+
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", no_pinning)
+    s.to("cuda:0")
+    assert [shape for shape, _ in copies][:4] == [
+        tuple(s.x_train.shape),
+        tuple(s.y_train.shape),
+        tuple(s.x_val.shape),
+        tuple(s.y_val.shape),
+    ]
+    assert not any(non_blocking for _, non_blocking in copies)  # pageable: a synchronous copy

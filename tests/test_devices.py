@@ -41,6 +41,9 @@ class FakeNVML(types.ModuleType):
     def nvmlDeviceGetHandleByUUID(self, uuid):
         return int(uuid.removeprefix("GPU-"))
 
+    def nvmlDeviceGetUUID(self, handle):
+        return f"GPU-{handle}"
+
     def nvmlDeviceGetMemoryInfo(self, handle):
         return types.SimpleNamespace(free=self.free[handle], total=80 * GIB)
 
@@ -125,6 +128,27 @@ def test_a_worker_sees_only_its_own_gpu():
     # numbered among the visible GPUs, as the runner planned them
     env = devices.worker_env("cuda:1", {"CUDA_VISIBLE_DEVICES": "4,GPU-abc,6"})
     assert env["CUDA_VISIBLE_DEVICES"] == "GPU-abc"
+
+
+def test_a_worker_gets_its_gpu_by_uuid_from_nvml(gpus, monkeypatch):
+    """NVML's index (PCI order) becomes the GPU's UUID: CUDA's own list skips MIG-enabled and
+    unsupported GPUs, so the same number could name another GPU there."""
+    gpus([GIB] * 8)
+    assert devices.worker_env("cuda:3", {})["CUDA_VISIBLE_DEVICES"] == "GPU-3"
+    visible = {"CUDA_VISIBLE_DEVICES": "4,GPU-abc,MIG-7f3e/1/0"}
+    assert devices.worker_env("cuda:0", visible)["CUDA_VISIBLE_DEVICES"] == "GPU-4"
+    assert devices.worker_env("cuda:1", visible)["CUDA_VISIBLE_DEVICES"] == "GPU-abc"
+    assert devices.worker_env("cuda:2", visible)["CUDA_VISIBLE_DEVICES"] == "MIG-7f3e/1/0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6,7")
+    assert devices.bind_worker("cuda:2") == "cuda:0"
+    import os
+
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-7"
+    # CUDA's own order (not NVML's): the runner numbered with CUDA, the number stands
+    env = devices.worker_env("cuda:1", {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"})
+    assert env == {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+    gpus(None)  # no NVML: the runner counted with CUDA in PCI order, the number stands
+    assert devices.worker_env("cuda:3", {})["CUDA_VISIBLE_DEVICES"] == "3"
 
 
 def test_bind_worker_sets_the_environment_before_cuda_starts(monkeypatch):

@@ -13,12 +13,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
-# docs/storage.md shows these commands; keep them identical to the images' commands.
-WORKER_COMMAND = "cnnopt run studies/fashion_cnn_bn.py --workers 1 --storage grpc://proxy:13000"
-DASHBOARD_COMMAND = "cnnopt dashboard --host 0.0.0.0 --storage grpc://proxy:13000"
+# The docs show these commands; keep them identical to the images' commands.
+WORKER_COMMAND = "cnnopt run studies/fashion_cnn_bn.py --workers 1 --storage grpcs://proxy:13000"
+DASHBOARD_COMMAND = "cnnopt dashboard --host 0.0.0.0 --storage grpcs://proxy:13000"
 PROXY_COMMAND = (
     "cnnopt storage proxy --host 0.0.0.0 --port 13000 "
+    "--tls-cert /app/certs/proxy.pem --tls-key /app/certs/proxy.key --token-file /app/certs/token "
     "--storage postgresql+psycopg2://cnnopt:cnnopt@postgres:5432/cnnopt"
+)
+CERTS_COMMAND = (
+    "cnnopt storage proxy-certs /app/certs --host proxy --host localhost --host 127.0.0.1"
 )
 
 
@@ -41,6 +45,26 @@ def test_compose_services_and_commands():
     assert "healthcheck" in services["postgres"]
     assert "ports" not in services["worker"]  # scalable: --scale worker=4
     assert services["worker"]["environment"]["CNNOPT_DATA_DIR"] == "/data"
+
+
+def test_compose_proxy_uses_tls_and_a_token():
+    """The proxy listens on 0.0.0.0, so it must have TLS and a token (cnnopt refuses otherwise):
+    a one-shot service writes them into a volume the others mount read-only, and the clients
+    find the CA and the token through the environment."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert services["proxy-certs"]["command"] == CERTS_COMMAND
+    assert services["proxy-certs"]["volumes"] == ["proxy-certs:/app/certs"]
+    assert services["proxy"]["depends_on"]["proxy-certs"]["condition"] == (
+        "service_completed_successfully"
+    )
+    for name in ("proxy", "worker", "dashboard"):
+        assert "proxy-certs:/app/certs:ro" in services[name]["volumes"]
+        env = services[name]["environment"]
+        assert env["CNNOPT_PROXY_CA"] == "/app/certs/ca.pem"
+        assert env["CNNOPT_PROXY_TOKEN_FILE"] == "/app/certs/token"
+        assert "CNNOPT_PROXY_TOKEN" not in env  # the token itself is never in the compose file
+    # every name a client uses for the proxy is in its certificate
+    assert all(f"--host {h}" in CERTS_COMMAND for h in ("proxy", "localhost"))
 
 
 def test_image_has_chromium_for_png_curves_where_the_base_offers_it():
@@ -82,8 +106,9 @@ def test_compose_config_is_valid():
     assert services["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"
 
 
-def test_docs_show_the_images_commands():
-    docs = "\n".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
-    assert f"`{WORKER_COMMAND}`" in docs
-    assert f"`{DASHBOARD_COMMAND}`" in docs
-    assert f"`{PROXY_COMMAND}`" in docs
+def test_readme_shows_the_images_commands():
+    """In the README or its docs pages (docs/storage-proxy.md walks through the compose stack)."""
+    readme = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))])
+    assert f"`{WORKER_COMMAND}`" in readme
+    assert f"`{DASHBOARD_COMMAND}`" in readme
+    assert f"`{PROXY_COMMAND}`" in readme

@@ -7,6 +7,8 @@ from cnnopt.errors import TrialFailed
 from cnnopt.objective import Objective
 from cnnopt.study import Study
 
+from .conftest import ROOT
+
 STUDY = """
 name = "obj"
 dataset = "synthetic"
@@ -228,3 +230,95 @@ def test_warm_start_is_never_pruned(write_study):
     # so later trials compete with its values
     rungs = sorted(k for k in warm.system_attrs if k.startswith("completed_rung_"))
     assert rungs == ["completed_rung_0", "completed_rung_1"], warm.system_attrs
+
+
+def test_out_of_memory_creating_the_cuda_context_fails_the_trial_not_the_worker(
+    write_study, monkeypatch
+):
+    """The worker's first CUDA call (train.hardware, which names the GPU) creates its context:
+    out of memory there is the trial's failure, with its reason."""
+    from cnnopt.runner import run_trial
+
+    study, ostudy = make(write_study)
+    study.fixed.update(epochs=1)
+
+    def no_room(*a, **k):
+        raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be reported late")
+
+    with monkeypatch.context() as m:
+        m.setattr("cnnopt.objective.hardware", no_room)
+        run_trial(ostudy, Objective(study), [])  # returns: the worker goes on
+    run_trial(ostudy, Objective(study), [])
+    bad, good = ostudy.trials
+    assert bad.state == TrialState.FAIL and good.state == TrialState.COMPLETE
+    reason = bad.user_attrs["fail_reason"]
+    assert reason.startswith("out of memory on cpu while starting CUDA (batch_size=?, model not")
+    assert reason.endswith("CUDA error: out of memory")
+
+
+def test_sticky_cuda_errors_are_told_apart():
+    from cnnopt.objective import is_cuda_context_lost
+
+    assert is_cuda_context_lost(
+        RuntimeError("CUDA error: an illegal memory access was encountered")
+    )
+    assert is_cuda_context_lost(RuntimeError("CUDA error: device-side assert triggered"))
+    assert is_cuda_context_lost(RuntimeError("CUDA error: unspecified launch failure"))
+    assert is_cuda_context_lost(RuntimeError("CUDA error: uncorrectable ECC error encountered"))
+    assert not is_cuda_context_lost(RuntimeError("CUDA error: out of memory"))
+    assert not is_cuda_context_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_cuda_context_lost(ValueError("illegal memory access"))
+
+
+STICKY = "CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA"
+
+
+def _worker_once(path, url, monkeypatch):
+    """One worker (runner._work, in this process) whose training hits a sticky CUDA error."""
+    import multiprocessing
+    import queue
+    import threading
+
+    from cnnopt import runner
+
+    def crash(*a, **k):
+        raise RuntimeError(STICKY)
+
+    monkeypatch.setattr("cnnopt.train.train_one_epoch", crash)
+    monkeypatch.setattr(torch.cuda, "empty_cache", crash)  # every CUDA call fails now
+    tickets, inflight, events = multiprocessing.Value("i", 0), [0], queue.Queue()
+    spec = runner.WorkerSpec(0, "cpu", 1, 0)
+    with pytest.raises(SystemExit) as e:
+        runner._work(
+            spec, str(path), {}, url, tickets, 4, None, threading.Event(), events, inflight
+        )
+    assert e.value.code == runner.EXIT_CUDA_CONTEXT_LOST  # the runner starts a fresh worker
+    ends = [ev for ev in list(events.queue) if ev["event"] == "end"]
+    return tickets.value, inflight[0], ends
+
+
+def test_a_sticky_cuda_error_fails_the_trial_requeues_it_and_ends_the_worker(tmp_path, monkeypatch):
+    from cnnopt.runner import IDLE, open_study
+    from cnnopt.storage import get_storage
+
+    path = tmp_path / "quick.py"
+    path.write_text((ROOT / "studies" / "quick_synthetic.py").read_text())
+    url = str(tmp_path / "s.journal")
+    open_study(Study.load(path), url)
+    tickets, slot, ends = _worker_once(path, url, monkeypatch)
+    ostudy = optuna.load_study(study_name="quick_synthetic", storage=get_storage(url))
+    failed, again = ostudy.get_trials()
+    assert failed.state == TrialState.FAIL
+    reason = failed.user_attrs["fail_reason"]
+    assert reason.startswith("CUDA error on cpu while training: CUDA error: an illegal memory")
+    assert "the worker restarts, the params are re-queued" in reason
+    assert again.state == TrialState.WAITING and again.params == failed.params
+    assert tickets == 0 and slot == IDLE  # the ticket went back with the re-queued params
+    assert ends == [
+        {"event": "end", "worker": 0, "trial": 0, "state": "FAIL", "value": None, "reason": reason}
+    ]
+    # the re-run crashes the GPU too: retry_failed (1) is spent, nothing more is queued, and the
+    # trial keeps its ticket (it is finished)
+    tickets, slot, _ = _worker_once(path, url, monkeypatch)
+    states = [t.state for t in ostudy.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.FAIL] and tickets == 1 and slot == IDLE

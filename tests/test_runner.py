@@ -189,3 +189,25 @@ def test_set_takes_every_string_setting_as_written(tmp_path):
     }  # fmt: skip
     (t,) = study.trials
     assert t.state == TrialState.COMPLETE and t.user_attrs["config"]["model"]["batchnorm"] == "none"
+
+
+def test_release_memory_after_a_lost_cuda_context_does_not_mask_it(monkeypatch):
+    """After a sticky CUDA error every CUDA call fails, empty_cache included: that second error
+    must not replace the trial's own (CudaContextLost); any other error still surfaces."""
+    import pytest
+    import torch
+
+    from cnnopt.runner import release_memory
+
+    def sticky():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", sticky)
+    release_memory(torch.device("cuda:0"))
+
+    def other():
+        raise RuntimeError("CUDA error: invalid argument")
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", other)
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        release_memory(torch.device("cuda:0"))

@@ -23,8 +23,8 @@ def load_split(cfg: DataConfig, device: torch.device | str = "cpu") -> tuple[Dat
     Trials of one worker differ in hyperparameters, never in data: the split is keyed by what
     its content depends on (the dataset's settings and the split's) and the device, so the second
     trial of a worker reads nothing from disk and copies nothing to the GPU. The ``MAX_SPLITS``
-    most recently used splits are kept; older ones are dropped (their memory goes back after the
-    trial, see ``runner.release_memory``).
+    most recently used splits are kept; the oldest is dropped *before* a new one is copied to
+    the device, so at most ``MAX_SPLITS`` are there at any moment.
     """
     ds = load_dataset(cfg)
     key = (
@@ -36,11 +36,34 @@ def load_split(cfg: DataConfig, device: torch.device | str = "cpu") -> tuple[Dat
     )
     if key in _SPLITS:
         _SPLITS.move_to_end(key)
-    else:
-        _SPLITS[key] = split(ds, cfg.val_fraction, cfg.split_seed, cfg.train_subset).to(device)
-        while len(_SPLITS) > MAX_SPLITS:
-            _SPLITS.popitem(last=False)
-    return ds, _SPLITS[key]
+        return ds, _SPLITS[key]
+    host = split(ds, cfg.val_fraction, cfg.split_seed, cfg.train_subset)
+    # Room first, then the copy: evicting after it would hold MAX_SPLITS + 1 splits on the GPU
+    # at the peak, and an out-of-memory there would recur on every trial of this data key.
+    _evict(MAX_SPLITS - 1, device)
+    try:
+        on_device = host.to(device)
+    except RuntimeError as e:  # torch.OutOfMemoryError, or CUDA's "out of memory" error
+        if "out of memory" not in str(e).lower():
+            raise
+        e.with_traceback(None)
+        _evict(0, device)  # every other split of this worker goes, then one more try
+        on_device = host.to(device)
+    _SPLITS[key] = on_device
+    return ds, on_device
+
+
+def _evict(keep: int, device: torch.device | str) -> None:
+    """Drop the least recently used splits until ``keep`` are left, and hand their device
+    memory back to the driver (a split on the GPU is most of a worker's idle footprint)."""
+    if len(_SPLITS) <= keep:
+        return
+    while len(_SPLITS) > keep:
+        _SPLITS.popitem(last=False)
+    if torch.device(device).type == "cuda":
+        # the splits' tensors are freed once no loader holds them (a finished trial's loaders
+        # are gone: see runner.release_memory); their blocks go back to the caching allocator
+        torch.cuda.empty_cache()
 
 
 __all__ = ["Dataset", "Split", "load_dataset", "load_split"]

@@ -69,10 +69,8 @@ class Split:
 
     def to(self, device: torch.device | str) -> Split:
         d = torch.device(device)
-        # pinned memory makes the one host->device copy asynchronous and faster on CUDA
-        pin = d.type == "cuda"
         return Split(
-            *(_move(t, d, pin) for t in (self.x_train, self.y_train, self.x_val, self.y_val)),
+            *(_move(t, d) for t in (self.x_train, self.y_train, self.x_val, self.y_val)),
             self.mean.to(d),
             self.std.to(d),
         )
@@ -83,12 +81,16 @@ def is_lazy(x: Any) -> bool:
     return x is not None and not isinstance(x, torch.Tensor)
 
 
-def _move(t: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor:
+def _move(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One copy to the device, from pageable memory. Not pinned: ``pin_memory()`` of the whole
+    split would be a page-locked copy of the dataset that torch's pinned-memory allocator keeps
+    cached for the life of the worker (N workers, each holding one or two: page-locked memory
+    the OS can neither swap nor reclaim, which invites the OOM-killer), to speed up a copy made
+    once per worker. The per-batch copies of a streamed dataset stay pinned (the DataLoader
+    pins one batch at a time)."""
     if is_lazy(t) or t.device == device:
         return t
-    if pin and t.device.type == "cpu":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=pin)
+    return t.to(device)
 
 
 def channel_stats(x: torch.Tensor, max_images: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
