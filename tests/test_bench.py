@@ -17,7 +17,7 @@ from cnnopt.bench.common import TINY, BenchOptions, Row
 from cnnopt.cli import cli
 
 KEYS = ("machine", "throughput_ratio", "search_default", "search_best_val_diff_vs_random",
-        "search_best_val_diff_vs_ray_asha")  # fmt: skip
+        "search_best_val_diff_vs_ray_asha", "search_best_val_diff_vs_ray_tpe_asha")  # fmt: skip
 
 
 @pytest.mark.slow  # spawns worker processes: ~30 s on a busy 2-core CPU
@@ -64,6 +64,7 @@ def test_bench_runs_on_tiny_data_and_writes_every_row_with_a_baseline(tmp_path, 
     assert report["search_default"] == report["plan"]["search"]["chosen"]
     assert diff["n"] == 2 and diff["low"] <= diff["mean"] <= diff["high"]
     assert report["search_best_val_diff_vs_ray_asha"] is None  # Ray not run in the tiny plan
+    assert report["search_best_val_diff_vs_ray_tpe_asha"] is None
     # the search files and the anytime figure lie next to the Markdown report
     for name in ("search.md", "search.json", "search.html"):
         assert (tmp_path / name).stat().st_size > 100, name

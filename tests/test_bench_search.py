@@ -239,6 +239,30 @@ def test_ray_results_are_cut_at_the_budget_like_a_replay():
     assert r.epochs_to(0.6) == 21
 
 
+@pytest.mark.slow  # starts Ray twice: ~40 s on a busy 2-core CPU
+def test_both_ray_searchers_replay_the_table_and_each_is_a_baseline(tmp_path):
+    """Ray Tune's random search and its OptunaSearch(TPESampler), each under the same ASHA, on
+    the same fresh seeds: two rows, and every variant is paired against both."""
+    pytest.importorskip("ray.tune")
+    from benchmarks.search import ray_asha, section
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(synth_table()))
+    rows, d = section.bench_search(
+        path, seeds=3, ray_seeds=2, quick=True, log=lambda m: None, pool_path=None,
+        live_path=None,
+    )  # fmt: skip
+    s = d["summary"]
+    for name in ray_asha.NAMES.values():
+        assert s[name]["seeds"] == 2 and s[name]["epochs_mean"] == 120  # the budget, spent
+    chosen = s[d["chosen"]]["vs"]
+    assert chosen[section.BASELINE_RAY]["best"]["n"] == 2
+    assert chosen[section.BASELINE_RAY_TPE]["best"]["n"] == 2
+    assert "| vs Ray random+ASHA | vs Ray TPE+ASHA |" in d["markdown"]
+    with pytest.raises(ValueError, match="unknown Ray searcher 'hyperopt'"):
+        ray_asha.run_asha(synth_table(), [0], searcher="hyperopt")
+
+
 def test_search_section_rows_choice_and_outputs(tmp_path):
     from benchmarks.search import section
 

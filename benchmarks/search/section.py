@@ -47,6 +47,8 @@ SECTION = "search"
 SMOKE = "SMOKE RUN (--quick): too few seeds to compare anything; not evidence"
 BASELINE_RANDOM = "random search, no pruning (R2)"  # the labels of the paired comparisons
 BASELINE_RAY = "Ray Tune random + ASHA"
+BASELINE_RAY_TPE = "Ray Tune TPE + ASHA"  # Ray's OptunaSearch(TPESampler): the strongest Ray peer
+RAY_BASELINES = {"random": BASELINE_RAY, "tpe": BASELINE_RAY_TPE}
 # the pool's paired comparisons: every pruner against these two, on the same permutations
 POOL_BASELINES = {
     "no pruning": variant_name(NO_PRUNING),
@@ -159,23 +161,24 @@ def bench_search(
     chosen = stats.choose(cand, tie)
     log(f"chosen on seeds 0..{seeds - 1}: {chosen}")
 
-    # Real Ray Tune on the first fresh seeds
+    # Real Ray Tune on the first fresh seeds: random search and TPE, each under ASHA
     ray_note = ""
-    ray_replays: list[Replay] = []
-    ray_timing: dict[str, float] = {}
+    ray_timing: dict[str, dict[str, float]] = {}
+    baselines = {BASELINE_RANDOM: RANDOM.name, "TPE, no pruning": TPE.name}
     if ray_seeds and ray_asha.available():
-        ray_replays, ray_timing = ray_asha.run_asha(
-            data, fresh_seeds[:ray_seeds], budget=budget, table_seeds=fresh_table.seeds, log=log
-        )
-        fig["fresh"][ray_asha.NAME] = _figures(ray_replays, target, budget, table.epochs)
-        on["fresh"][ray_asha.NAME] = ray_replays
+        for searcher, label in RAY_BASELINES.items():
+            name = ray_asha.NAMES[searcher]
+            replays, ray_timing[name] = ray_asha.run_asha(
+                data, fresh_seeds[:ray_seeds], budget=budget, table_seeds=fresh_table.seeds,
+                searcher=searcher, log=log,
+            )  # fmt: skip
+            fig["fresh"][name] = _figures(replays, target, budget, table.epochs)
+            on["fresh"][name] = replays
+            baselines[label] = name
     elif ray_seeds:
-        ray_note = "Ray Tune is not installed (pip install 'cnnopt[bench]'): its rows are skipped"
+        ray_note = "Ray Tune is not installed (pip install '.[bench]'): its rows are skipped"
         log(ray_note)
 
-    baselines = {BASELINE_RANDOM: RANDOM.name, "TPE, no pruning": TPE.name}
-    if ray_replays:
-        baselines[BASELINE_RAY] = ray_asha.NAME
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     base_best = float(np.mean(fig["fresh"][RANDOM.name]["best"]))
@@ -192,7 +195,7 @@ def bench_search(
             "epochs_mean": float(np.mean(f["epochs"])),
             "seconds_mean": float(np.mean(f["seconds"])),
             "seeds": n,
-            "ms_per_replay": 1000 * (ray_timing.get("seconds_per_replay", 0) if name == ray_asha.NAME else timing[name]),
+            "ms_per_replay": 1000 * (ray_timing[name]["seconds_per_replay"] if name in ray_timing else timing[name]),
             "vs": {},
         }  # fmt: skip
         for label, base in baselines.items():
@@ -241,7 +244,11 @@ def bench_search(
         "chosen": chosen,
         "choice_means": {k: float(np.mean(v)) for k, v in cand.items()},
         "summary": summary,
-        "ray": {"note": ray_note, **ray_timing, "seeds": len(ray_replays)},
+        "ray": {
+            "note": ray_note,
+            "seeds": min(ray_seeds, seeds) if ray_timing else 0,
+            **ray_timing,
+        },  # fmt: skip
         "seconds": time.perf_counter() - t0,
     }
     pool_rows, details["pool"], pool_replays = bench_pool(
@@ -496,6 +503,7 @@ def bench_payload(
         "search_default": chosen,
         "search_best_val_diff_vs_random": (vs.get(BASELINE_RANDOM) or {}).get("best"),
         "search_best_val_diff_vs_ray_asha": (vs.get(BASELINE_RAY) or {}).get("best"),
+        "search_best_val_diff_vs_ray_tpe_asha": (vs.get(BASELINE_RAY_TPE) or {}).get("best"),
         "plan": plan,
         "notes": notes,
     }
@@ -515,9 +523,10 @@ def to_markdown(d: dict[str, Any]) -> str:
         f"{d['fresh_train_seeds']}). Intervals: paired per-seed differences, 95% bootstrap. "
         "Best 0 = no trial completed within the budget.",
         "",
-        "| variant | best val acc | at half budget | vs random (R2) | vs TPE no pruning | vs Ray ASHA | epochs to target "
-        "(never = budget + 10) | reached | repeat epochs trained | ms / replay |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | best val acc | at half budget | vs random (R2) | vs TPE no pruning | vs Ray random+ASHA "
+        "| vs Ray TPE+ASHA | epochs to target (never = budget + 10) | reached | repeat epochs trained "
+        "| ms / replay |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in d["summary"].items():
 
@@ -528,7 +537,7 @@ def to_markdown(d: dict[str, Any]) -> str:
         lines.append(
             f"| {name}{' **(chosen)**' if name == d['chosen'] else ''} | {e['best_mean']:.4f} "
             f"| {e['best_half_mean']:.4f} | {vs('random search, no pruning (R2)')} | {vs('TPE, no pruning')} "
-            f"| {vs('Ray Tune random + ASHA')} | {e['epochs_to_target_mean']:.1f} "
+            f"| {vs(BASELINE_RAY)} | {vs(BASELINE_RAY_TPE)} | {e['epochs_to_target_mean']:.1f} "
             f"| {e['reached_fraction']:.0%} | {e['duplicate_epochs_mean']:.1f} "
             f"| {e['ms_per_replay']:.0f} ({e['seeds']} seeds) |"
         )
@@ -565,7 +574,8 @@ def live_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
                 "note": "; ".join(
                     x
                     for x in (
-                        f"paired diff {live._fmt_diff(vs)}, live seeds",
+                        f"paired diff {live._fmt_diff(vs, len(e['unpaired']))}, live seeds, "
+                        "clean pairs",
                         d["provisional"],
                     )
                     if x

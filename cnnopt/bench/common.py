@@ -183,7 +183,8 @@ class Report:
     # budget minus the baseline's, paired over fresh replay seeds: {mean, low, high, n} (95% CI)
     search_default: str | None = None
     search_best_val_diff_vs_random: dict[str, float] | None = None
-    search_best_val_diff_vs_ray_asha: dict[str, float] | None = None
+    search_best_val_diff_vs_ray_asha: dict[str, float] | None = None  # Ray: random + ASHA
+    search_best_val_diff_vs_ray_tpe_asha: dict[str, float] | None = None  # Ray: TPE + ASHA
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -320,8 +321,10 @@ def _headline(report: Report) -> str:
     m = report.machine
     return (
         f"throughput_ratio {show(report.throughput_ratio)} | search_best_val_diff_vs_random "
-        f"{diff(report.search_best_val_diff_vs_random)} | vs Ray ASHA "
-        f"{diff(report.search_best_val_diff_vs_ray_asha)} (default {report.search_default or 'n/a'})"
+        f"{diff(report.search_best_val_diff_vs_random)} | vs Ray random+ASHA "
+        f"{diff(report.search_best_val_diff_vs_ray_asha)} | vs Ray TPE+ASHA "
+        f"{diff(report.search_best_val_diff_vs_ray_tpe_asha)} "
+        f"(default {report.search_default or 'n/a'})"
         f" | {report.seconds:.0f} s, load average "
         f"{m.get('load_average_start')} -> {m.get('load_average_end')}"
     )

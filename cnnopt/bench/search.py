@@ -79,6 +79,7 @@ def run(opts: BenchOptions, ctx: Context) -> list[Row]:
     report.search_default = payload["search_default"]
     report.search_best_val_diff_vs_random = payload["search_best_val_diff_vs_random"]
     report.search_best_val_diff_vs_ray_asha = payload["search_best_val_diff_vs_ray_asha"]
+    report.search_best_val_diff_vs_ray_tpe_asha = payload["search_best_val_diff_vs_ray_tpe_asha"]
     report.plan["search"] = payload["plan"]
     report.notes.extend(payload["notes"])
     return [Row(**r) for r in payload["rows"]]
