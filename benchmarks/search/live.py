@@ -1,6 +1,6 @@
 """Live studies on a study's whole space: the replays' confirmation, with real training.
 
-Three variants, each given the same budget of trained epochs (120: twelve full trials of 10) on the
+Four variants, each given the same budget of trained epochs (120: twelve full trials of 10) on the
 search benchmark's 12k / 3k subset, without the study file's warm starts:
 
 - ``default``: ``cnnopt run`` with the study file's own sampler and pruner (TPE, successive
@@ -32,12 +32,11 @@ with the next study.
     python -m benchmarks.search.live --out benchmarks/search/tables/fashion_live.json \\
         --data-dir ../shared/data/fashion-mnist --seeds 101 102 103 104 105 106 107 108
 
-Eight seeds, not the five the benchmark asks for at least: with five, the paired differences
-were one-signed but Student's t interval still included zero, so the comparison was extended to
-eight seeds, decided before seeds 106 to 108 had results; every study run is in the table.
+Eight seeds, not the five the benchmark asks for at least: the seeds were extended after the
+first five had been seen (their t intervals included zero), decided before seeds 106 to 108 had
+results; every study run is in the table.
 
-Ray Tune is the optional ``bench`` extra; without it the ``ray_asha`` variant is skipped with a
-message.
+Ray Tune is the optional ``bench`` extra; without it the Ray variants are skipped with a message.
 """
 
 from __future__ import annotations
