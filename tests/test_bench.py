@@ -17,7 +17,7 @@ from cnnopt.bench.common import TINY, BenchOptions, Row
 from cnnopt.cli import cli
 
 KEYS = ("machine", "throughput_ratio", "search_default", "search_best_val_diff_vs_random",
-        "search_best_val_diff_vs_ray_asha")  # fmt: skip
+        "search_best_val_diff_vs_ray_asha", "search_best_val_diff_vs_ray_tpe_asha")  # fmt: skip
 
 
 @pytest.mark.slow  # spawns worker processes: ~30 s on a busy 2-core CPU
@@ -64,6 +64,7 @@ def test_bench_runs_on_tiny_data_and_writes_every_row_with_a_baseline(tmp_path, 
     assert report["search_default"] == report["plan"]["search"]["chosen"]
     assert diff["n"] == 2 and diff["low"] <= diff["mean"] <= diff["high"]
     assert report["search_best_val_diff_vs_ray_asha"] is None  # Ray not run in the tiny plan
+    assert report["search_best_val_diff_vs_ray_tpe_asha"] is None
     # the search files and the anytime figure lie next to the Markdown report
     for name in ("search.md", "search.json", "search.html"):
         assert (tmp_path / name).stat().st_size > 100, name
@@ -126,3 +127,24 @@ def test_help_names_no_issue_and_importing_the_cli_imports_no_torch():
     code = "import sys, cnnopt.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_search_section_runs_the_checkouts_benchmarks_and_says_when_there_is_none(
+    tmp_path, monkeypatch
+):
+    from cnnopt.bench import search
+    from cnnopt.bench.common import Context, Report
+
+    # from this checkout: benchmarks/search runs as a subprocess and its rows come back
+    logged: list[str] = []
+    opts = BenchOptions(plan=TINY, out_dir=str(tmp_path), log=logged.append)
+    ctx = Context(workdir=tmp_path, device=torch.device("cpu"), report=Report({}, {}))
+    rows = search.run(opts, ctx)
+    assert rows and all(isinstance(r, Row) and r.section == "search" for r in rows)
+    assert ctx.report.search_default == ctx.report.plan["search"]["chosen"]
+    assert any("SMOKE RUN" in m for m in logged)
+    assert (tmp_path / "search.md").exists()
+    # an installed cnnopt has no benchmarks/ beside it: one row says so, nothing fails
+    monkeypatch.setattr(search, "checkout_root", lambda: None)
+    (row,) = search.run(opts, ctx)
+    assert row.value is None and "needs a checkout" in row.note

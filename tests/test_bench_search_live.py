@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from cnnopt.bench.search import live
+from benchmarks.search import live
 
 LIVE_STUDY = """
 name = "live_tiny"
@@ -31,9 +31,21 @@ def space(trial):
 """
 
 
-def trial(values, state="COMPLETE", duplicate_of=None, key="k"):
+HW = {"cpu": "Some CPU", "torch_threads": 1}
+
+
+def trial(values, state="COMPLETE", duplicate_of=None, key="k", hardware=HW):
     return {"values": values, "state": state, "duplicate_of": duplicate_of,
-            "seconds": [1.0] * len(values), "params": {"lr": key}, "config_key": key}  # fmt: skip
+            "seconds": [1.0] * len(values), "params": {"lr": key}, "config_key": key,
+            "hardware": dict(hardware) if hardware else {}}  # fmt: skip
+
+
+FIRST = [0.4, 0.5, 0.6]  # every variant's first trial: the same draw, trained identically
+
+
+def full(top, **kw):
+    """A live study's trials: the shared first trial, then one that ends at ``top``."""
+    return [trial(FIRST, key="first", **kw), trial([0.5, 0.7, top], key=f"t{top}", **kw)]
 
 
 def test_a_live_record_replays_with_the_budget_rules():
@@ -67,7 +79,6 @@ def write_table(path, studies, budget=6, epochs=3):
 
 def test_summary_pairs_the_default_with_each_variant_on_common_seeds(tmp_path):
     path = tmp_path / "live.json"
-    full = lambda top: [trial([0.5, 0.7, top]), trial([0.5, 0.7, top - 0.1])]  # noqa: E731
     write_table(path, {
         ("default", 1): full(0.92), ("default", 2): full(0.90), ("default", 3): full(0.93),
         ("random", 1): full(0.90), ("random", 2): full(0.89),  # seed 3 still missing
@@ -80,21 +91,22 @@ def test_summary_pairs_the_default_with_each_variant_on_common_seeds(tmp_path):
     vs = s["random"]["vs_default"]
     assert vs["n"] == 2 and vs["mean"] == pytest.approx(0.015)  # seeds 1 and 2 only
     assert s["ray_asha"]["vs_default"] is None  # one common seed: no interval
-    assert d["provisional"] == "seeds so far default 3, random 2, ray_asha 1 (5 each required)"
+    assert d["provisional"] == (
+        "seeds so far default 3, random 2, ray_asha 1, ray_tpe_asha 0 (5 each required)"
+    )
     assert [len(v) for v in replays.values()] == [3, 2, 1]
     md = "\n".join(live.live_markdown(d))
     assert f"**Incomplete ({d['provisional']}): the live figures" in md
-    assert "+0.0150 (n=2, no interval below 5 seeds)" in md and "| 3 | 0.9300 | - | - |" in md
+    assert "+0.0150 (n=2, no interval below 5 pairs)" in md and "| 3 | 0.9300 | - | - |" in md
     # a second, reachable target: the pool's ceiling (only seed 3 of the default reaches 0.925)
     d, _ = live.summarize(path, target=0.91, reference=0.925)
     assert d["summary"]["default"]["reached_reference"] == 1
     md = "\n".join(live.live_markdown(d))
-    assert "| reached pool ceiling 0.9250 |" in md and "| - | 2 of 3 | 5 | 1 of 3 |" in md
+    assert "| reached pool ceiling 0.9250 |" in md and "| - | - | 2 of 3 | 7 | 1 of 3 |" in md
 
 
 def test_from_five_seeds_the_difference_has_bootstrap_and_t_intervals(tmp_path):
     path = tmp_path / "live.json"
-    full = lambda top: [trial([0.5, 0.7, top])]  # noqa: E731
     diffs = [0.0443, 0.0010, 0.0053, 0.0287, 0.0157]  # one sign, widely spread
     studies = {("default", s): full(0.90) for s in range(1, 6)}
     studies |= {("random", s): full(0.90 - x) for s, x in zip(range(1, 6), diffs)}
@@ -115,11 +127,47 @@ def test_from_five_seeds_the_difference_has_bootstrap_and_t_intervals(tmp_path):
     )
 
 
+def test_only_clean_pairs_enter_the_interval_and_the_rest_are_named(tmp_path):
+    """A pair counts only where both studies record one and the same hardware and, for variants
+    that start from the default's first configuration, the first trials agree to the last digit;
+    the others are left out, each with its reason, and n counts the clean pairs."""
+    path = tmp_path / "live.json"
+    other_cpu = {"cpu": "Other CPU", "torch_threads": 1}
+    studies = {("default", s): full(0.90) for s in range(1, 9)}
+    studies |= {("random", s): full(0.90 - 0.01 * s) for s in range(1, 6)}  # clean: 1..5
+    studies[("random", 6)] = [trial([0.4, 0.5, 0.61], key="first"), *full(0.85)[1:]]
+    studies[("random", 7)] = full(0.85, hardware=other_cpu)
+    studies[("random", 8)] = full(0.85, hardware=None)  # an old record: no hardware
+    # noaug trains its first trial differently by design: only the hardware is compared
+    studies |= {("noaug", s): [trial([0.5, 0.6, 0.7]), *full(0.91)[1:]] for s in (1, 2)}
+    studies[("default", 2)][1]["hardware"] = {"cpu": "Some CPU", "torch_threads": 2}  # mixed
+    write_table(path, studies)
+    d, _ = live.summarize(path, target=0.95)
+    r = d["summary"]["random"]
+    # seed 2 of the default moved machines mid-study: not clean for any variant
+    assert r["vs_default"]["seeds"] == [1, 3, 4, 5] and r["vs_default"]["n"] == 4
+    assert r["vs_default"]["mean"] == pytest.approx(0.0325)
+    assert r["unpaired"] == {
+        2: "hardware mixed within a study (default's study)",
+        6: "first trials differ",
+        7: "hardware differs (Some CPU, 1 threads vs Other CPU, 1 threads)",
+        8: "hardware not recorded (this study)",
+    }
+    # the weaker figure adds the seed whose only fault is the missing record: first trials agree
+    assert r["vs_default_first_match"]["seeds"] == [1, 3, 4, 5, 8]
+    noaug = d["summary"]["noaug"]
+    assert noaug["vs_default"] is None and list(noaug["unpaired"]) == [2]
+    assert noaug["vs_default_first_match"] is None  # its first trial is not the default's
+    md = "\n".join(live.live_markdown(d))
+    assert "(n=4, 4 unpaired, no interval below 5 pairs)" in md
+    assert "- random search, no pruning: seed 2 (hardware mixed within a study" in md
+    assert "seed 6 (first trials differ)" in md
+
+
 def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):
-    from cnnopt.bench.search import section
+    from benchmarks.search import section
 
     path = tmp_path / "live.json"
-    full = lambda top: [trial([0.5, 0.7, top])]  # noqa: E731
     write_table(path, {("default", 1): full(0.92), ("default", 2): full(0.90),
                        ("random", 1): full(0.90), ("random", 2): full(0.91)})  # fmt: skip
     out = tmp_path / "out"
@@ -130,8 +178,8 @@ def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):
     (row,) = [r for r in rows if r["name"].startswith("live:")]
     assert row["value"] == pytest.approx(0.91) and row["baseline_value"] == pytest.approx(0.905)
     assert (
-        "(n=2, no interval below 5 seeds)" in row["note"]
-        and "default 2, random 2, ray_asha 0 (5 each" in row["note"]
+        "(n=2, no interval below 5 pairs)" in row["note"]
+        and "default 2, random 2, ray_asha 0, ray_tpe_asha 0 (5 each" in row["note"]
     )
     assert "### Live studies on the full space" in d["markdown"]
     assert (out / "search_live.html").stat().st_size > 100
@@ -191,6 +239,19 @@ def test_live_studies_spend_the_budget_warm_starts_only_in_warm_and_resume(tmp_p
     assert len(logs) == n  # every study was already in the table
     assert not list((tmp_path / "journals").glob("*.claim"))  # claims released
     assert json.loads(out.read_text())["meta"]["command"] == "cmd"
+    # a study recorded without its hardware (an older run) pairs with none: --redo-unrecorded
+    # runs that one again (here its journal, whose trials record it, is resumed) and no other
+    table = json.loads(out.read_text())
+    for t in table["studies"]["random/7"]["trials"]:
+        t.pop("hardware")
+    out.write_text(json.dumps(table))
+    live.run_live(out, **kw, redo_unrecorded=True)
+    assert logs[n:].count("random/7: hardware not recorded: running it again") == 1
+    assert not any(m.startswith(("default/7: h", "warm/7: h")) for m in logs[n:])
+    redone = json.loads(out.read_text())["studies"]["random/7"]
+    assert (
+        live.study_hardware(redone)[0] == "" and redone["trials"] == studies["random/7"]["trials"]
+    )
 
 
 @pytest.mark.slow
@@ -204,6 +265,15 @@ def test_live_ray_tune_samples_the_study_space_under_asha(tmp_path, write_study)
     rec = {"variant": "ray_asha", "seed": 7, "trials": trials}
     r = live.to_replay(rec, 5, 2)
     assert r.epochs == 5 and math.isfinite(r.best)
+    # every trial records where it ran, as cnnopt's trials do: pairs can be checked
+    assert all(t["hardware"]["cpu"] and t["hardware"]["torch_threads"] == 1 for t in trials)
+    # Ray's OptunaSearch with TPE, the same seed: TPE's startup draws are the random sampler's,
+    # so its first trial is the random searcher's, trained identically
+    tpe = live.run_ray(7, study_file=str(study_file), budget=5, epochs=2, train_subset=None,
+                       data_dir=None, log=lambda m: None, sampler="tpe")  # fmt: skip
+    assert sum(len(t["values"]) for t in tpe) >= 5
+    assert tpe[0]["params"] == trials[0]["params"] and tpe[0]["values"] == trials[0]["values"]
+    assert live.pair_fault("ray_tpe_asha", {"trials": trials}, {"trials": tpe}) == ""
 
 
 @pytest.mark.slow

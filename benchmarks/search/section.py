@@ -6,13 +6,15 @@ over it with each pruner (``pool_replay.py``): the same choice on some order see
 fresh ones, cnnopt's default pruner against no pruning and against ASHA-like epoch-1 rungs, and
 its own anytime figure (search_pool.html).
 
-    cnnopt bench --section search --markdown runs/bench.md     # the evidence, in the bench report
-    python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results            # the same
-    python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results --quick    # a smoke run
+Run from the repository root (this folder is not installed with the package):
+
+    python -m benchmarks.search.section --out-dir benchmarks/search/results            # the evidence
+    python -m benchmarks.search.section --out-dir benchmarks/search/results --quick    # a smoke run
+    cnnopt bench --section search --markdown runs/bench.md     # the same, in the bench report
 
 Rows are plain dicts with the fields of ``cnnopt bench``'s ``Row`` (section, name, value, unit,
 baseline, baseline_value, ratio, better, note, extra), so the bench report takes them as they are;
-``run`` is the section as ``cnnopt bench`` calls it.
+``bench_payload`` is what ``cnnopt bench`` reads back (``--bench-json``).
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from cnnopt.bench.search import live, ray_asha, stats
-from cnnopt.bench.search.live import TABLE as LIVE_TABLE
-from cnnopt.bench.search.pool import TABLE as POOL_TABLE
-from cnnopt.bench.search.pool_replay import (
+from benchmarks.search import live, ray_asha, stats
+from benchmarks.search.live import TABLE as LIVE_TABLE
+from benchmarks.search.pool import TABLE as POOL_TABLE
+from benchmarks.search.pool_replay import (
     ASHA_LIKE,
     DEFAULT_PRUNER,
     NO_PRUNING,
@@ -38,16 +40,15 @@ from cnnopt.bench.search.pool_replay import (
     replay_pool,
     variant_name,
 )
-from cnnopt.bench.search.replay import PRUNERS, Replay, Table, Variant, replay
-
-if TYPE_CHECKING:
-    from cnnopt.bench.common import BenchOptions, Context, Row
+from benchmarks.search.replay import PRUNERS, Replay, Table, Variant, replay
 
 TABLE = Path(__file__).with_name("tables") / "r2_grid.json"
 SECTION = "search"
 SMOKE = "SMOKE RUN (--quick): too few seeds to compare anything; not evidence"
 BASELINE_RANDOM = "random search, no pruning (R2)"  # the labels of the paired comparisons
 BASELINE_RAY = "Ray Tune random + ASHA"
+BASELINE_RAY_TPE = "Ray Tune TPE + ASHA"  # Ray's OptunaSearch(TPESampler): the strongest Ray peer
+RAY_BASELINES = {"random": BASELINE_RAY, "tpe": BASELINE_RAY_TPE}
 # the pool's paired comparisons: every pruner against these two, on the same permutations
 POOL_BASELINES = {
     "no pruning": variant_name(NO_PRUNING),
@@ -160,23 +161,24 @@ def bench_search(
     chosen = stats.choose(cand, tie)
     log(f"chosen on seeds 0..{seeds - 1}: {chosen}")
 
-    # Real Ray Tune on the first fresh seeds
+    # Real Ray Tune on the first fresh seeds: random search and TPE, each under ASHA
     ray_note = ""
-    ray_replays: list[Replay] = []
-    ray_timing: dict[str, float] = {}
+    ray_timing: dict[str, dict[str, float]] = {}
+    baselines = {BASELINE_RANDOM: RANDOM.name, "TPE, no pruning": TPE.name}
     if ray_seeds and ray_asha.available():
-        ray_replays, ray_timing = ray_asha.run_asha(
-            data, fresh_seeds[:ray_seeds], budget=budget, table_seeds=fresh_table.seeds, log=log
-        )
-        fig["fresh"][ray_asha.NAME] = _figures(ray_replays, target, budget, table.epochs)
-        on["fresh"][ray_asha.NAME] = ray_replays
+        for searcher, label in RAY_BASELINES.items():
+            name = ray_asha.NAMES[searcher]
+            replays, ray_timing[name] = ray_asha.run_asha(
+                data, fresh_seeds[:ray_seeds], budget=budget, table_seeds=fresh_table.seeds,
+                searcher=searcher, log=log,
+            )  # fmt: skip
+            fig["fresh"][name] = _figures(replays, target, budget, table.epochs)
+            on["fresh"][name] = replays
+            baselines[label] = name
     elif ray_seeds:
-        ray_note = "Ray Tune is not installed (pip install 'cnnopt[bench]'): its rows are skipped"
+        ray_note = "Ray Tune is not installed (pip install '.[bench]'): its rows are skipped"
         log(ray_note)
 
-    baselines = {BASELINE_RANDOM: RANDOM.name, "TPE, no pruning": TPE.name}
-    if ray_replays:
-        baselines[BASELINE_RAY] = ray_asha.NAME
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     base_best = float(np.mean(fig["fresh"][RANDOM.name]["best"]))
@@ -193,7 +195,7 @@ def bench_search(
             "epochs_mean": float(np.mean(f["epochs"])),
             "seconds_mean": float(np.mean(f["seconds"])),
             "seeds": n,
-            "ms_per_replay": 1000 * (ray_timing.get("seconds_per_replay", 0) if name == ray_asha.NAME else timing[name]),
+            "ms_per_replay": 1000 * (ray_timing[name]["seconds_per_replay"] if name in ray_timing else timing[name]),
             "vs": {},
         }  # fmt: skip
         for label, base in baselines.items():
@@ -242,7 +244,11 @@ def bench_search(
         "chosen": chosen,
         "choice_means": {k: float(np.mean(v)) for k, v in cand.items()},
         "summary": summary,
-        "ray": {"note": ray_note, **ray_timing, "seeds": len(ray_replays)},
+        "ray": {
+            "note": ray_note,
+            "seeds": min(ray_seeds, seeds) if ray_timing else 0,
+            **ray_timing,
+        },  # fmt: skip
         "seconds": time.perf_counter() - t0,
     }
     pool_rows, details["pool"], pool_replays = bench_pool(
@@ -303,7 +309,7 @@ def bench_pool(
     if pool_path is None or not Path(pool_path).is_file():
         note = (
             f"random pool: no table at {_shown(Path(pool_path))} (tabulate it with "
-            "`python -m cnnopt.bench.search.pool`); the pool part is skipped"
+            "`python -m benchmarks.search.pool`); the pool part is skipped"
             if pool_path is not None
             else "random pool: not requested"
         )
@@ -441,62 +447,66 @@ def bench_pool(
 DEFAULT_OUT = Path("runs/bench-search")
 
 
-def run(opts: BenchOptions, ctx: Context) -> list[Row]:
-    """The section as ``cnnopt bench`` calls it. The plan sets the seeds (full: 100 replay seeds
-    per set and 30 Ray Tune seeds; --quick and tiny: a smoke run that says so everywhere) and
-    ``--seeds`` overrides the replay seeds (the pool's order seeds too). It always replays the
-    committed tables (R2's grid and, where tabulated, the random pool, both on FashionMNIST):
-    ``--dataset``/``--data-dir`` do not apply. search.md, search.json and the anytime figures
-    search.html (and search_pool.html) go to ``opts.out_dir`` (the folder of --markdown/--json)."""
-    from cnnopt.bench.common import Row
-
-    plan = opts.plan
-    out_dir = Path(opts.out_dir) if opts.out_dir else DEFAULT_OUT
-    if plan.search_smoke:
-        opts.log(f"search: {SMOKE}")
+def bench_payload(
+    *,
+    seeds: int,
+    ray_seeds: int,
+    smoke: bool,
+    out_dir: Path | str = DEFAULT_OUT,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
+    """The section as ``cnnopt bench --section search`` takes it: the rows (plain dicts with the
+    fields of the bench's ``Row``), the report's headline fields, its plan entry and notes. The
+    package never imports this folder: ``cnnopt bench`` runs ``python -m benchmarks.search.section
+    --bench-json FILE`` in the checkout and reads this back. It always replays the committed tables
+    (R2's grid and, where tabulated, the random pool and the live studies, all on FashionMNIST):
+    the bench's ``--dataset``/``--data-dir`` do not apply."""
+    out_dir = Path(out_dir)
+    if smoke:
+        log(SMOKE)
     rows, details = bench_search(
-        TABLE, seeds=opts.seeds or plan.search_seeds, ray_seeds=plan.search_ray_seeds,
-        quick=plan.search_smoke, out_dir=out_dir, log=lambda m: opts.log(f"search: {m}"),
+        TABLE, seeds=seeds, ray_seeds=ray_seeds, quick=smoke, out_dir=out_dir, log=log,
         pool_path=POOL_TABLE,
     )  # fmt: skip
-    report = ctx.report
     chosen = details["chosen"]
     vs = details["summary"][chosen]["vs"]
-    report.search_default = chosen
-    report.search_best_val_diff_vs_random = (vs.get(BASELINE_RANDOM) or {}).get("best")
-    report.search_best_val_diff_vs_ray_asha = (vs.get(BASELINE_RAY) or {}).get("best")
-    report.plan["search"] = {
-        k: v for k, v in details.items() if k not in ("markdown", "summary", "pool", "live")
-    }
-    report.plan["search"]["pool"] = {k: v for k, v in details["pool"].items() if k != "summary"}
-    report.plan["search"]["out_dir"] = str(out_dir)
-    report.notes.append(
+    plan = {k: v for k, v in details.items() if k not in ("markdown", "summary", "pool", "live")}
+    plan["pool"] = {k: v for k, v in details["pool"].items() if k != "summary"}
+    plan["out_dir"] = str(out_dir)
+    notes = [
         f"search: the anytime-performance figure is {out_dir / 'search.html'}, every variant's "
-        f"figures and intervals in {out_dir / 'search.md'}"
-        + (f" ({SMOKE})" if plan.search_smoke else "")
-    )
+        f"figures and intervals in {out_dir / 'search.md'}" + (f" ({SMOKE})" if smoke else "")
+    ]
     if details["ray"]["note"]:
-        report.notes.append(f"search: {details['ray']['note']}")
+        notes.append(f"search: {details['ray']['note']}")
     pool = details["pool"]
     if "summary" in pool:
-        report.notes.append(
+        notes.append(
             f"search: random search over the pool ({pool['configs']} configurations"
             + (f", {pool['provisional']}" if pool["provisional"] else "")
             + f"): the anytime figure is {out_dir / 'search_pool.html'}"
         )
     else:
-        report.notes.append(f"search: {pool['note']}")
+        notes.append(f"search: {pool['note']}")
     lv = details.get("live", {})
     if "summary" in lv:
-        report.notes.append(
+        notes.append(
             "search: live studies on the full space"
             + (f" ({lv['provisional']})" if lv["provisional"] else "")
             + f": the anytime figure is {out_dir / 'search_live.html'}"
         )
     elif lv:
-        report.notes.append(f"search: {lv['note']}")
-    report.plan["search"]["live"] = {k: v for k, v in lv.items() if k != "summary"}
-    return [Row(**r) for r in rows]
+        notes.append(f"search: {lv['note']}")
+    plan["live"] = {k: v for k, v in lv.items() if k != "summary"}
+    return {
+        "rows": rows,
+        "search_default": chosen,
+        "search_best_val_diff_vs_random": (vs.get(BASELINE_RANDOM) or {}).get("best"),
+        "search_best_val_diff_vs_ray_asha": (vs.get(BASELINE_RAY) or {}).get("best"),
+        "search_best_val_diff_vs_ray_tpe_asha": (vs.get(BASELINE_RAY_TPE) or {}).get("best"),
+        "plan": plan,
+        "notes": notes,
+    }
 
 
 def to_markdown(d: dict[str, Any]) -> str:
@@ -513,9 +523,10 @@ def to_markdown(d: dict[str, Any]) -> str:
         f"{d['fresh_train_seeds']}). Intervals: paired per-seed differences, 95% bootstrap. "
         "Best 0 = no trial completed within the budget.",
         "",
-        "| variant | best val acc | at half budget | vs random (R2) | vs TPE no pruning | vs Ray ASHA | epochs to target "
-        "(never = budget + 10) | reached | repeat epochs trained | ms / replay |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | best val acc | at half budget | vs random (R2) | vs TPE no pruning | vs Ray random+ASHA "
+        "| vs Ray TPE+ASHA | epochs to target (never = budget + 10) | reached | repeat epochs trained "
+        "| ms / replay |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in d["summary"].items():
 
@@ -526,7 +537,7 @@ def to_markdown(d: dict[str, Any]) -> str:
         lines.append(
             f"| {name}{' **(chosen)**' if name == d['chosen'] else ''} | {e['best_mean']:.4f} "
             f"| {e['best_half_mean']:.4f} | {vs('random search, no pruning (R2)')} | {vs('TPE, no pruning')} "
-            f"| {vs('Ray Tune random + ASHA')} | {e['epochs_to_target_mean']:.1f} "
+            f"| {vs(BASELINE_RAY)} | {vs(BASELINE_RAY_TPE)} | {e['epochs_to_target_mean']:.1f} "
             f"| {e['reached_fraction']:.0%} | {e['duplicate_epochs_mean']:.1f} "
             f"| {e['ms_per_replay']:.0f} ({e['seeds']} seeds) |"
         )
@@ -563,7 +574,8 @@ def live_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
                 "note": "; ".join(
                     x
                     for x in (
-                        f"paired diff {live._fmt_diff(vs)}, live seeds",
+                        f"paired diff {live._fmt_diff(vs, len(e['unpaired']))}, live seeds, "
+                        "clean pairs",
                         d["provisional"],
                     )
                     if x
@@ -698,7 +710,7 @@ def write_figure(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.section", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.search.section", description=__doc__)
     p.add_argument("--table", default=str(TABLE))
     p.add_argument(
         "--seeds",
@@ -712,7 +724,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", default=str(POOL_TABLE), help="the random pool's table (pool.py)")
     p.add_argument("--live", default=str(LIVE_TABLE), help="the live studies' table (live.py)")
     p.add_argument("--quick", action="store_true", help=SMOKE)
+    p.add_argument(
+        "--bench-json",
+        metavar="FILE",
+        help="write what `cnnopt bench --section search` reports (rows, headline, notes) to FILE",
+    )
     a = p.parse_args(argv)
+    if a.bench_json:
+        payload = bench_payload(
+            seeds=a.seeds, ray_seeds=a.ray_seeds, smoke=a.quick, out_dir=a.out_dir,
+            log=lambda m: print(m, flush=True),
+        )  # fmt: skip
+        Path(a.bench_json).write_text(json.dumps(payload, default=str))
+        return
     _rows, details = bench_search(
         a.table, seeds=a.seeds, budget=a.budget, ray_seeds=a.ray_seeds, quick=a.quick,
         out_dir=a.out_dir, pool_path=a.pool, live_path=a.live,

@@ -1,6 +1,6 @@
 """Live studies on a study's whole space: the replays' confirmation, with real training.
 
-Three variants, each given the same budget of trained epochs (120: twelve full trials of 10) on the
+Four variants, each given the same budget of trained epochs (120: twelve full trials of 10) on the
 search benchmark's 12k / 3k subset, without the study file's warm starts:
 
 - ``default``: ``cnnopt run`` with the study file's own sampler and pruner (TPE, successive
@@ -8,29 +8,35 @@ search benchmark's 12k / 3k subset, without the study file's warm starts:
 - ``random``: ``cnnopt run --set sampler=random --set pruner=none`` (R2's method in cnnopt);
 - ``ray_asha``: real Ray Tune, random search through the study file's own ``space()``
   (``OptunaSearch`` with Optuna's RandomSampler, define-by-run) under ``ASHAScheduler`` as in Ray's
-  PyTorch tutorial that R2 followed, with cnnopt's trainer inside the Ray trainable.
+  PyTorch tutorial that R2 followed, with cnnopt's trainer inside the Ray trainable;
+- ``ray_tpe_asha``: the same with ``OptunaSearch``'s own default sampler, TPE (seeded): the
+  strongest Ray peer a Ray user would configure for this space.
 
 Three more, run only when asked (``--variants``): ``tpe_sh1`` (the default with rungs from epoch
 1), ``noaug`` (the default with the study file's augmentation off: what the final recipe's crop,
 mirror and mirror TTA cost a 10-epoch trial on 12k images) and ``warm`` (the default with the
 study file's warm starts, as a user runs it: what they are worth).
 
-Every study's seed is the sampler's seed and the training seed, so a seed pairs the three variants
-on the same data split (``split_seed`` is the benchmark's, not the seed). The cnnopt variants run the
+Every study's seed is the sampler's seed and the training seed, so a seed pairs the variants on
+the same data split (``split_seed`` is the benchmark's, not the seed). A pair counts only where it
+is clean (``pair_fault``): both studies record the hardware they ran on (CPU model, torch threads),
+the same, and where the two variants start from the same configuration (the first trial of TPE's
+startup, random search and Ray's searchers is the same draw), the same first-trial curve to the
+last digit. A curve reproduces to the last digit only on the same kind of CPU with the same thread
+count, so a pair across environments mixes a machine difference into the search difference. The cnnopt variants run the
 real command, one worker, stopped with SIGTERM (as a user stops it) once its journal shows the
 budget trained (a copy from deduplication costs none); the trial the budget cuts counts as never
 completed, as in the replays. Records are written after every study, so an interrupted run resumes
 with the next study.
 
-    python -m cnnopt.bench.search.live --out cnnopt/bench/search/tables/fashion_live.json \\
+    python -m benchmarks.search.live --out benchmarks/search/tables/fashion_live.json \\
         --data-dir ../shared/data/fashion-mnist --seeds 101 102 103 104 105 106 107 108
 
-Eight seeds, not the five the benchmark asks for at least: with five, the paired differences
-were one-signed but Student's t interval still included zero, so the comparison was extended to
-eight seeds, decided before seeds 106 to 108 had results; every study run is in the table.
+Eight seeds, not the five the benchmark asks for at least: the seeds were extended after the
+first five had been seen (their t intervals included zero), decided before seeds 106 to 108 had
+results; every study run is in the table.
 
-Ray Tune is the optional ``bench`` extra; without it the ``ray_asha`` variant is skipped with a
-message.
+Ray Tune is the optional ``bench`` extra; without it the Ray variants are skipped with a message.
 """
 
 from __future__ import annotations
@@ -50,10 +56,10 @@ from typing import Any
 
 import optuna
 
-from cnnopt.bench.search import ray_asha
-from cnnopt.bench.search.pool import STUDY_FILE, load_study
-from cnnopt.bench.search.replay import Replay
-from cnnopt.bench.search.tabulate import (
+from benchmarks.search import ray_asha
+from benchmarks.search.pool import STUDY_FILE, load_study
+from benchmarks.search.replay import Replay
+from benchmarks.search.tabulate import (
     EPOCHS,
     SPLIT_SEED,
     TRAIN_SUBSET,
@@ -82,12 +88,18 @@ CNNOPT_VARIANTS: dict[str, list[str]] = {
     "warm": [],
 }
 WITH_WARM_STARTS = ("warm",)  # every other variant runs without the study file's warm starts
-VARIANTS = (*CNNOPT_VARIANTS, "ray_asha")
-REQUIRED = ("default", "random", "ray_asha")  # the comparison the benchmark owes
+# Ray Tune variants: OptunaSearch's sampler under the same ASHA
+RAY_VARIANTS: dict[str, str] = {"ray_asha": "random", "ray_tpe_asha": "tpe"}
+VARIANTS = (*CNNOPT_VARIANTS, *RAY_VARIANTS)
+REQUIRED = ("default", "random", "ray_asha", "ray_tpe_asha")  # the comparison the benchmark owes
+# variants whose first trial is the default's (same configuration, seed and training): their
+# first-trial curves must agree to the last digit for a pair to count
+SAME_FIRST_TRIAL = ("random", "ray_asha", "ray_tpe_asha", "tpe_sh1")
 LABELS = {
     "default": "cnnopt default (tpe+sh3+dedup)",
     "random": "random search, no pruning",
     "ray_asha": "Ray Tune random + ASHA",
+    "ray_tpe_asha": "Ray Tune TPE + ASHA",
     "tpe_sh1": "cnnopt TPE + SH from epoch 1",
     "noaug": "cnnopt default, trials without augmentation",
     "warm": "cnnopt default with the study file's warm starts",
@@ -210,9 +222,10 @@ def _live_trainable(config: dict[str, Any], study_file, epochs, train_subset, da
     from ray import tune
 
     from cnnopt.errors import TrialFailed
-    from cnnopt.train import fit
+    from cnnopt.train import fit, hardware
 
     torch.set_num_threads(1)  # the one CPU Ray was given
+    hw = hardware("cpu")  # recorded with every epoch, as a cnnopt trial records it
     args = (study_file, epochs, train_subset, data_dir)
     if args not in _STUDIES:  # once per actor: Ray reuses it for every trial (reuse_actors)
         _STUDIES[args] = load_study(
@@ -229,6 +242,8 @@ def _live_trainable(config: dict[str, Any], study_file, epochs, train_subset, da
                 "val_loss": stats.metrics["val_loss"],
                 "seconds": stats.seconds,
                 "config_key": key,
+                "cpu": hw["cpu"],
+                "torch_threads": hw["torch_threads"],
             }
         )
 
@@ -269,14 +284,20 @@ def run_ray(
     train_subset: int | None,
     data_dir: str | None,
     log: Callable[[str], None],
+    sampler: str = "random",
 ) -> list[dict[str, Any]]:
-    """One live Ray Tune experiment: random search over the study's space under ASHA (grace period
-    1, reduction factor 2, on validation loss as Ray's tutorial), stopped at ``budget`` epochs."""
+    """One live Ray Tune experiment: OptunaSearch over the study's space with ``sampler`` (random
+    or tpe, seeded with the study seed) under ASHA (grace period 1, reduction factor 2, on
+    validation loss as Ray's tutorial), stopped at ``budget`` epochs."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    samplers = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
+    if sampler not in samplers:
+        raise ValueError(f"unknown Ray sampler {sampler!r} (known: {', '.join(samplers)})")
+    variant = next(v for v, s in RAY_VARIANTS.items() if s == sampler)
     ray_asha.quiet_ray()
     # Ray runs trainables in worker processes with their own working directory
     study_file = str(Path(study_file).resolve())
@@ -299,7 +320,7 @@ def run_ray(
                     ),
                     search_alg=OptunaSearch(
                         space=space, metric="val_loss", mode="min",
-                        sampler=optuna.samplers.RandomSampler(seed=seed),
+                        sampler=samplers[sampler](seed=seed),
                     ),
                     num_samples=budget,  # more than fit: the budget stopper ends it
                     # one actor for all trials: torch and cnnopt imported once, the data split
@@ -307,7 +328,7 @@ def run_ray(
                     reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
-                    name=f"live-ray-{seed}", storage_path=tmp, stop=stopper, verbose=0
+                    name=f"live-{variant}-{seed}", storage_path=tmp, stop=stopper, verbose=0
                 ),
             )  # fmt: skip
             grid = tuner.fit()
@@ -336,9 +357,15 @@ def run_ray(
                 "seconds": [r["seconds"] for r in rows],
                 "duplicate_of": None,
                 "config_key": rows[0]["config_key"],
+                "hardware": {
+                    "cpu": rows[0].get("cpu"),
+                    "torch_threads": rows[0].get("torch_threads"),
+                }
+                if rows[0].get("cpu")
+                else {},
             }
         )
-    log(f"live-ray_asha-{seed}: {len(records)} trials")
+    log(f"live-{variant}-{seed}: {len(records)} trials")
     return records
 
 
@@ -386,11 +413,15 @@ def run_live(
     data_dir: str | None = None,
     command: str = "",
     workdir: Path | str | None = None,
+    redo_unrecorded: bool = False,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Every (seed, variant) study the table at ``out`` lacks, seeds outer (a finished seed pairs
     its variants), saved after each. Several runs may share a table (one per core, with
-    different seed orders): a study another run finished or holds is skipped."""
+    different seed orders): a study another run finished or holds is skipped. With
+    ``redo_unrecorded``, a study the table holds without one hardware record (run before trials
+    recorded it, or resumed on another machine) is run again and replaced: such a study pairs
+    with no other (``pair_fault``)."""
     table = load_table(out)
     table.setdefault("studies", {})
     table.pop("runs", None)
@@ -407,9 +438,10 @@ def run_live(
         "machine": platform.processor() or platform.machine(),
     }
     variants = list(variants)
-    if "ray_asha" in variants and not ray_asha.available():
-        log("Ray Tune is not installed (pip install 'cnnopt[bench]'): ray_asha skipped")
-        variants.remove("ray_asha")
+    ray = [v for v in variants if v in RAY_VARIANTS]
+    if ray and not ray_asha.available():
+        log(f"Ray Tune is not installed (pip install '.[bench]'): {', '.join(ray)} skipped")
+        variants = [v for v in variants if v not in RAY_VARIANTS]
     # the cnnopt studies' journals live beside the table's runs, so a killed run resumes the
     # study it was in (cnnopt run resumes a study from its storage) instead of starting it over
     workdir = Path(workdir) if workdir else Path("runs") / "live-journals"
@@ -418,14 +450,20 @@ def run_live(
         for v in variants:
             key = f"{v}/{seed}"
             # another live run (one per core) may have finished or be running this study
-            if key in load_table(out).get("studies", {}) or not _claim(workdir, v, seed):
+            held = load_table(out).get("studies", {}).get(key)
+            if held is not None and not (redo_unrecorded and study_hardware(held)[0]):
                 continue
+            if not _claim(workdir, v, seed):
+                continue
+            if held is not None:
+                log(f"{key}: {study_hardware(held)[0]}: running it again")
+                _drop_stale_journal(workdir, v, seed)
             t0 = time.perf_counter()
             common = dict(study_file=study_file, budget=budget, epochs=epochs,
                           train_subset=train_subset, data_dir=data_dir, log=log)  # fmt: skip
             try:
-                if v == "ray_asha":
-                    trials = run_ray(seed, **common)
+                if v in RAY_VARIANTS:
+                    trials = run_ray(seed, sampler=RAY_VARIANTS[v], **common)
                 else:
                     trials = run_cnnopt(v, seed, workdir=workdir, **common)
                 rec = {"variant": v, "seed": seed, "trials": trials,
@@ -439,6 +477,16 @@ def run_live(
                 f"{rec['wall_s']:.0f}s")  # fmt: skip
     table["studies"] = load_table(out).get("studies", {})
     return table
+
+
+def _drop_stale_journal(workdir: Path, variant: str, seed: int) -> None:
+    """Before a study is run again: set its old journal aside (``.stale``) if it holds trials
+    without a hardware record, which ``cnnopt run`` would otherwise resume as they are; a journal
+    of an interrupted rerun (its trials record their hardware) is kept and resumed."""
+    path = workdir / f"live-{variant}-{seed}.journal"
+    trials = _trials(str(path), f"live-{variant}-{seed}")
+    if any(t.intermediate_values and not t.user_attrs.get("hardware") for t in trials):
+        path.replace(path.with_name(path.name + ".stale"))
 
 
 def _claim(workdir: Path, variant: str, seed: int) -> bool:
@@ -472,12 +520,12 @@ def summarize(
     "reached" says whether 120 epochs of search found what a thousand epochs of random search did.
 
     Returns (details, replays by variant); without a table, details with a one-line ``note``."""
-    from cnnopt.bench.search import stats
+    from benchmarks.search import stats
 
     path = Path(path)
     if not path.is_file():
         note = (
-            f"live studies: no table at {path.name} (run `python -m cnnopt.bench.search.live`); "
+            f"live studies: no table at {path.name} (run `python -m benchmarks.search.live`); "
             "the live part is skipped"
         )
         return {"note": note}, {}
@@ -485,9 +533,11 @@ def summarize(
     meta = table["meta"]
     budget, epochs = int(meta["budget"]), int(meta["epochs"])
     by: dict[str, dict[int, Replay]] = {}
+    recs: dict[str, dict[int, dict[str, Any]]] = {}
     walls: dict[str, dict[int, float]] = {}
     for rec in table.get("studies", {}).values():
         by.setdefault(rec["variant"], {})[int(rec["seed"])] = to_replay(rec, budget, epochs)
+        recs.setdefault(rec["variant"], {})[int(rec["seed"])] = rec
         walls.setdefault(rec["variant"], {})[int(rec["seed"])] = float(rec.get("wall_s") or 0)
     order = [v for v in dict.fromkeys((*REQUIRED, *VARIANTS)) if v in by]  # the owed ones first
     cap = budget + epochs  # 'never within the budget' counts as one more full trial
@@ -514,18 +564,11 @@ def summarize(
             # a study resumed from its journal by an older version recorded no wall time (0)
             "wall_min_mean": _mean([w for w in walls[v].values() if w > 0]) / 60,
             "vs_default": None,
+            "unpaired": {},
+            "vs_default_first_match": None,
         }
         if v != "default" and "default" in by:
-            common = sorted(set(by[v]) & set(by["default"]))
-            if len(common) >= 2:
-                a = [max(by["default"][s].best, 0.0) for s in common]
-                b = [max(by[v][s].best, 0.0) for s in common]
-                diffs = [x - y for x, y in zip(a, b, strict=True)]
-                ci, t = stats.bootstrap_mean(diffs), stats.t_mean(diffs)
-                entry["vs_default"] = {
-                    "mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n,
-                    "t_low": t.low, "t_high": t.high, "ahead": sum(x > 0 for x in diffs),
-                }  # fmt: skip
+            entry.update(_versus_default(v, recs["default"], recs[v], by["default"], by[v]))
         summary[v] = entry
     counts = {v: len(by.get(v, {})) for v in REQUIRED}
     if len(set(counts.values())) == 1:
@@ -549,22 +592,113 @@ def summarize(
     return details, replays
 
 
+def study_hardware(rec: dict[str, Any]) -> tuple[str, Any]:
+    """Where a live study ran: ("", (cpu, torch_threads)) when every trained trial records the
+    same; otherwise the fault, "not recorded" or "mixed" (resumed on another machine)."""
+    seen = {
+        (t["hardware"].get("cpu"), t["hardware"].get("torch_threads"))
+        for t in rec["trials"]
+        if t.get("values")
+        and t.get("duplicate_of") is None
+        and (t.get("hardware") or {}).get("cpu")
+    }
+    untracked = any(
+        t.get("values")
+        and t.get("duplicate_of") is None
+        and not (t.get("hardware") or {}).get("cpu")
+        for t in rec["trials"]
+    )
+    if not seen:
+        return "hardware not recorded", None
+    if len(seen) > 1 or untracked:
+        return "hardware mixed within a study", None
+    return "", next(iter(seen))
+
+
+def first_curve(rec: dict[str, Any]) -> list[float] | None:
+    trials = rec.get("trials") or []
+    return list(trials[0]["values"]) if trials else None
+
+
+def pair_fault(variant: str, default: dict[str, Any], other: dict[str, Any]) -> str:
+    """Why the default's study and ``other`` (same seed) are not a clean pair, or "" if they are:
+    both record one and the same hardware, and where the two start from the same configuration
+    (SAME_FIRST_TRIAL) their first-trial curves agree to the last digit."""
+    faults = []
+    if variant in SAME_FIRST_TRIAL and first_curve(default) != first_curve(other):
+        faults.append("first trials differ")
+    (fa, ha), (fb, hb) = study_hardware(default), study_hardware(other)
+    if fa:
+        faults.append(f"{fa} (default's study)")
+    if fb:
+        faults.append(f"{fb} (this study)")
+    if not (fa or fb) and ha != hb:
+        faults.append(f"hardware differs ({ha[0]}, {ha[1]} threads vs {hb[0]}, {hb[1]} threads)")
+    return "; ".join(faults)
+
+
+def _paired(a: dict[int, Replay], b: dict[int, Replay], seeds: list[int]) -> dict[str, Any] | None:
+    """The default's best minus the variant's on ``seeds``: bootstrap and t intervals."""
+    from benchmarks.search import stats
+
+    if len(seeds) < 2:
+        return None
+    diffs = [max(a[s].best, 0.0) - max(b[s].best, 0.0) for s in seeds]
+    ci, t = stats.bootstrap_mean(diffs), stats.t_mean(diffs)
+    return {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "t_low": t.low,
+            "t_high": t.high, "ahead": sum(x > 0 for x in diffs), "seeds": seeds}  # fmt: skip
+
+
+def _versus_default(
+    variant: str,
+    default_recs: dict[int, dict[str, Any]],
+    recs: dict[int, dict[str, Any]],
+    default: dict[int, Replay],
+    other: dict[int, Replay],
+) -> dict[str, Any]:
+    """The paired difference over clean pairs only (``vs_default``, with n), the seeds left
+    unpaired and why; and, for the variants that share the default's first trial, the weaker
+    figure over the pairs whose only fault is a missing hardware record while their first-trial
+    curves agree to the last digit (``vs_default_first_match``): evidence that the two ran alike,
+    not proof, so no claim rests on it."""
+    common = sorted(set(default) & set(other))
+    faults = {s: pair_fault(variant, default_recs[s], recs[s]) for s in common}
+    clean = [s for s in common if not faults[s]]
+    out: dict[str, Any] = {
+        "vs_default": _paired(default, other, clean),
+        "unpaired": {s: f for s, f in faults.items() if f},
+        "vs_default_first_match": None,
+    }
+    if variant in SAME_FIRST_TRIAL:
+        # the only fault a missing record, however many sides miss it
+        matched = [
+            s
+            for s in common
+            if all(f.startswith("hardware not recorded") for f in faults[s].split("; ") if f)
+        ]
+        if matched != clean:
+            out["vs_default_first_match"] = _paired(default, other, matched)
+    return out
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def _fmt_diff(vs: dict[str, float] | None) -> str:
-    """A paired difference; its intervals only from SEEDS_REQUIRED seeds on (with two or three
-    seeds a bootstrap interval is little more than the range of the differences). Both intervals
-    are shown: with this few seeds the t interval is the one a claim rests on (stats.t_mean)."""
+def _fmt_diff(vs: dict[str, float] | None, unpaired: int = 0) -> str:
+    """A paired difference over clean pairs; its intervals only from SEEDS_REQUIRED pairs on (with
+    two or three a bootstrap interval is little more than the range of the differences). Both
+    intervals are shown: with this few seeds the t interval is the one a claim rests on
+    (stats.t_mean). ``unpaired``: the common seeds left out as not clean."""
+    left = f", {unpaired} unpaired" if unpaired else ""
     if not vs:
-        return "-"
+        return f"no clean pairs{left}" if unpaired else "-"
     if vs["n"] < SEEDS_REQUIRED:
-        return f"{vs['mean']:+.4f} (n={vs['n']}, no interval below {SEEDS_REQUIRED} seeds)"
+        return f"{vs['mean']:+.4f} (n={vs['n']}{left}, no interval below {SEEDS_REQUIRED} pairs)"
     return (
         f"{vs['mean']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}] bootstrap, "
         f"[{vs['t_low']:+.4f}, {vs['t_high']:+.4f}] t; ahead in {vs['ahead']} of {vs['n']} "
-        f"(n={vs['n']})"
+        f"(n={vs['n']}{left})"
     )
 
 
@@ -589,7 +723,9 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
         if ref is not None
         else "."
     )
-    header = ["variant", "seeds", "best val acc", "at half budget", "default minus this",
+    header = ["variant", "seeds", "best val acc", "at half budget",
+              "default minus this, clean pairs",
+              "default minus this, first trials identical (hardware not recorded)",
               f"reached {d['target']:.2f}", "epochs to target"]  # fmt: skip
     header += [f"reached pool ceiling {ref:.4f}"] if ref is not None else []
     header += ["trials", "pruned", "copies", "min / study"]
@@ -600,7 +736,12 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
         "subset; a seed is the sampler's and the training seed, shared by the variants. "
         "Differences: cnnopt's default minus the variant, paired per seed, with 95% percentile "
         "bootstrap and Student's t intervals (with this few seeds the bootstrap is too narrow: "
-        "a difference counts only where the t interval excludes zero). "
+        "a difference counts only where the t interval excludes zero). A pair is clean when both "
+        "studies record the same hardware (CPU model, torch threads) and, where both start from "
+        "the same configuration, their first trials' curves agree to the last digit; only clean "
+        "pairs enter the interval a claim rests on, and n counts them. The column beside it is "
+        "weaker evidence, not a claim: the pairs whose first trials agree to the last digit but "
+        "whose hardware was not recorded. "
         f"Target {d['target']:.2f} val accuracy{second}",
         "",
         _md_row(header),
@@ -609,7 +750,9 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
     for e in d["summary"].values():
         n = len(e["seeds"])
         cells = [e["label"], str(n), f"{e['best_mean']:.4f}", f"{e['best_half_mean']:.4f}",
-                 _fmt_diff(e["vs_default"]), f"{e['reached']} of {n}",
+                 _fmt_diff(e["vs_default"], len(e["unpaired"])),
+                 _fmt_diff(e["vs_default_first_match"]) if e["vs_default_first_match"] else "-",
+                 f"{e['reached']} of {n}",
                  f"{e['epochs_to_target_mean']:.0f}"]  # fmt: skip
         if ref is not None:
             cells.append(f"{e['reached_reference']} of {n}")
@@ -626,11 +769,26 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
             e = d["summary"][v]
             cells.append(f"{e['best'][e['seeds'].index(s)]:.4f}" if s in e["seeds"] else "-")
         lines.append(_md_row([str(s), *cells]))
+    unpaired = [(e["label"], e["unpaired"]) for e in d["summary"].values() if e["unpaired"]]
+    if unpaired:
+        lines += ["", "Unpaired seeds (left out of the clean-pair intervals):", ""]
+        for label, faults in unpaired:
+            by_fault: dict[str, list[int]] = {}
+            for seed, fault in sorted(faults.items()):
+                by_fault.setdefault(fault, []).append(seed)
+            lines.append(
+                f"- {label}: "
+                + "; ".join(
+                    f"seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))} "
+                    f"({f.replace('; ', ', ')})"
+                    for f, ss in by_fault.items()
+                )
+            )
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.live", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.search.live", description=__doc__)
     p.add_argument("--out", default=str(TABLE))
     p.add_argument("--study", default=STUDY_FILE)
     p.add_argument("--data-dir", default=None)
@@ -640,18 +798,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--train-subset", type=int, default=TRAIN_SUBSET)
     p.add_argument("--workdir", default=None, help="the studies' journals [runs/live-journals]")
+    p.add_argument(
+        "--redo-unrecorded",
+        action="store_true",
+        help="run again the studies the table holds without one hardware record (they pair with "
+        "no other study)",
+    )
     a = p.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # the table records the command that regenerates all of it, not this run's share of the
     # seeds and variants (runs on several cores split them)
     canonical = argparse.Namespace(
-        **{**vars(a), "seeds": p.get_default("seeds"), "variants": p.get_default("variants")}
-    )
+        **{**vars(a), "seeds": p.get_default("seeds"), "variants": p.get_default("variants"),
+           "redo_unrecorded": False}
+    )  # fmt: skip
     run_live(
         Path(a.out), variants=a.variants, seeds=a.seeds, study_file=a.study, budget=a.budget,
         epochs=a.epochs, train_subset=a.train_subset, data_dir=a.data_dir,
-        command=command_line("python -m cnnopt.bench.search.live", canonical), workdir=a.workdir,
-        log=lambda msg: print(msg, flush=True, file=sys.stdout),
+        command=command_line("python -m benchmarks.search.live", canonical), workdir=a.workdir,
+        redo_unrecorded=a.redo_unrecorded, log=lambda msg: print(msg, flush=True, file=sys.stdout),
     )  # fmt: skip
 
 

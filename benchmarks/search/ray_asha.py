@@ -1,16 +1,22 @@
-"""Real Ray Tune on the table: random search + ``ASHAScheduler`` configured as in Ray's PyTorch
-tutorial that report R2 followed (max_t=10, grace_period=1, reduction_factor=2, the scheduler
-watching validation loss), with a function trainable that reports the tabulated curve epoch by
-epoch, so Ray's own scheduler decides what stops.
+"""Real Ray Tune on the table: ``ASHAScheduler`` configured as in Ray's PyTorch tutorial that report
+R2 followed (max_t=10, grace_period=1, reduction_factor=2, the scheduler watching validation loss),
+with a function trainable that reports the tabulated curve epoch by epoch, so Ray's own scheduler
+decides what stops. Two searchers under it:
 
-Ray samples (``tune.choice`` per grid key, ``BasicVariantGenerator`` seeded per replay) and trains
-repeats again, as R2's search did; a repeat reports the next training seed's curve, as in the
+- ``random`` (``ray_random+asha``): random search, as R2's search (``tune.choice`` per grid key,
+  ``BasicVariantGenerator`` seeded per replay);
+- ``tpe`` (``ray_tpe+asha``): the strongest peer a Ray user would pick for this, Ray's
+  ``OptunaSearch`` with Optuna's ``TPESampler`` (its default sampler, seeded per replay) under
+  the same ASHA. Ray tells the searcher each trial's last reported validation loss, a stopped
+  trial's included: that is how OptunaSearch learns under a Ray scheduler.
+
+Ray samples and trains repeats again, as R2's search did; a repeat reports the next training seed's curve, as in the
 Optuna replays without deduplication. Trials run one at a time (ASHA decides from results already
 reported, so the order is the only thing concurrency would change) and a stopper ends the
 experiment when the epoch budget is spent; the trial the budget cuts never completes, as in
 ``replay``. Many replay seeds share one Ray session: Ray starts once.
 
-Ray Tune is the optional ``bench`` extra (``pip install 'cnnopt[bench]'``); without it
+Ray Tune is the optional ``bench`` extra (``pip install '.[bench]'`` in a checkout); without it
 ``available()`` is False and the search section says so and skips these rows.
 """
 
@@ -25,10 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnopt.bench.search.replay import Replay, Table
-from cnnopt.bench.search.tabulate import config_key
+from benchmarks.search.replay import Replay, Table
+from benchmarks.search.tabulate import config_key
 
-NAME = "ray_random+asha"
+NAME = "ray_random+asha"  # the replays' row names, by searcher
+NAMES = {"random": NAME, "tpe": "ray_tpe+asha"}
 
 
 def available() -> bool:
@@ -127,15 +134,18 @@ def run_asha(
     metric: str = "val_loss",
     mode: str = "min",
     num_cpus: int = 1,
+    searcher: str = "random",
     log: Callable[[str], None] = lambda msg: None,
 ) -> tuple[list[Replay], dict[str, float]]:
-    """One Ray Tune experiment per replay seed, all in one Ray session; returns the replays and
-    timings (Ray start, seconds per replay)."""
+    """One Ray Tune experiment per replay seed, all in one Ray session, with ``searcher`` (random
+    or tpe) under ASHA; returns the replays and timings (Ray start, seconds per replay)."""
+    if searcher not in NAMES:
+        raise ValueError(f"unknown Ray searcher {searcher!r} (known: {', '.join(NAMES)})")
+    name = NAMES[searcher]
     quiet_ray()
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     grid = {k: list(v) for k, v in data["meta"]["grid"].items()}
     epochs = int(data["meta"]["epochs"])
@@ -163,7 +173,7 @@ def run_asha(
                             metric=metric, mode=mode, max_t=epochs, grace_period=1,
                             reduction_factor=2,
                         ),
-                        search_alg=BasicVariantGenerator(random_state=seed),
+                        search_alg=_search_alg(searcher, seed, metric, mode),
                         num_samples=budget,  # more than fit: the budget stopper ends it
                         reuse_actors=True,  # one actor for all trials: no per-trial start-up
                     ),
@@ -172,21 +182,37 @@ def run_asha(
                     ),
                 )  # fmt: skip
                 tuner.fit()
-                replays.append(_to_replay(stopper.results, seed, budget, epochs))
+                replays.append(_to_replay(stopper.results, seed, budget, epochs, name))
             per = (time.perf_counter() - t1) / max(len(replays), 1)
     finally:
         ray.shutdown()
-    log(f"{NAME}: {len(replays)} replays, Ray start {started:.1f}s, {per:.1f}s per replay")
+    log(f"{name}: {len(replays)} replays, Ray start {started:.1f}s, {per:.1f}s per replay")
     return replays, {"ray_start_s": started, "seconds_per_replay": per}
 
 
-def _to_replay(results: list[tuple[str, dict]], seed: int, budget: int, epochs: int) -> Replay:
+def _search_alg(searcher: str, seed: int, metric: str, mode: str):
+    """Ray's searcher for one replay seed: seeded random search, or OptunaSearch with TPE (the
+    param_space's ``tune.choice`` keys become Optuna categorical distributions)."""
+    if searcher == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per replay's in-memory study
+    return OptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=seed))
+
+
+def _to_replay(
+    results: list[tuple[str, dict]], seed: int, budget: int, epochs: int, name: str = NAME
+) -> Replay:
     """Ray's results, in the order they arrived (one trial at a time: the one CPU Ray is given
     holds one trial), cut at the budget, as a Replay."""
     by_trial: dict[str, list[dict]] = {}
     for trial_id, result in results:
         by_trial.setdefault(trial_id, []).append(result)  # dicts keep first-seen order
-    out = Replay(NAME, seed, budget)
+    out = Replay(name, seed, budget)
     seen: dict[str, int] = {}
     for rows in by_trial.values():
         if out.epochs >= budget:
