@@ -255,7 +255,12 @@ def test_clients_ride_out_proxy_restarts(proxy):
     trials = _trials(proxy, "restart")
     assert len(trials) == n_clients * per_client, [t.state for t in trials]
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert all(t.system_attrs.get(CREATE_TOKEN_KEY) for t in trials)
+    # each was created with its token (hidden from users, seen by the raw read)
+    storage = get_storage(proxy.db_url, heartbeat=False)
+    raw = storage.raw_trials(storage.get_study_id_from_name("restart"))
+    storage.engine.dispose()
+    assert len(raw) == len(trials) and all(t.system_attrs.get(CREATE_TOKEN_KEY) for t in raw)
+    assert not any(CREATE_TOKEN_KEY in t.system_attrs for t in trials)
     assert proxy.log.read_text().count("storage proxy for") == 3
 
 
