@@ -468,7 +468,7 @@ def _work(
                 raise
             number = current.get("trial", "?")
             log.warning(
-                "worker %d: trial %s was ended by another process (%s); going on",
+                "worker %d: trial %s was ended by another process; going on (%s)",
                 spec.index, number, str(e).splitlines()[0] if str(e) else type(e).__name__,
             )  # fmt: skip
             _reclaim_slot(tickets, inflight, slot)
