@@ -991,8 +991,10 @@ def get_storage(
         path = Path(url.removeprefix("journal://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         # The open-lock works on every local filesystem (the symlink lock needs symlink support).
-        return OwnedJournalStorage(
-            JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        return _with_owner(
+            OwnedJournalStorage(
+                JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+            )
         )
     kwargs: dict[str, Any] = {}
     if heartbeat:
@@ -1004,8 +1006,19 @@ def get_storage(
             else None,
         )
     if is_proxy_storage(url):
-        return open_proxy(url, connect_retry=connect_retry, **kwargs)
-    return open_rdb(url, connect_retry=connect_retry, owned=True, **kwargs)
+        return _with_owner(open_proxy(url, connect_retry=connect_retry, **kwargs))
+    return _with_owner(open_rdb(url, connect_retry=connect_retry, owned=True, **kwargs))
+
+
+def _with_owner(storage: Any) -> Any:
+    """Every storage get_storage opens owns the trials it starts, under a random id of its own
+    (a `cnnopt run` worker replaces it with its runner's run id): so a lost reply to a claim is
+    recognised in any script, and no runner can take these trials for its own."""
+    import socket
+    import uuid
+
+    storage.owner = f"{uuid.uuid4().hex[:12]}/{socket.gethostname()}:{os.getpid()}"
+    return storage
 
 
 def describe(url: str) -> str:
