@@ -1,6 +1,6 @@
 """Optuna's own storage test suite (``optuna.testing.pytest_storages.StorageTestCase``) against
-what ``cnnopt.storage.get_storage`` returns: the direct PostgreSQL storage, and the ``grpc://``
-client through a real ``cnnopt storage proxy`` in front of the same kind of database. Whatever
+what ``cnnopt.storage.get_storage`` returns: the direct PostgreSQL storage, and the ``grpcs://``
+client through a real ``cnnopt storage proxy`` (TLS and token) in front of the same kind of database. Whatever
 cnnopt adds (retries, creation tokens, trial owners, heartbeats) must leave them drop-in Optuna
 storages: nothing of its bookkeeping shows in the trials a user reads."""
 
@@ -12,10 +12,11 @@ import optuna
 import pytest
 from optuna.testing.pytest_storages import StorageTestCase
 
+from cnnopt.proxy import CA_ENV, TOKEN_FILE_ENV, write_proxy_certs
 from cnnopt.storage import get_storage
 
 from .conftest import create_database, drop_database
-from .test_storage_proxy import Proxy
+from .test_proxy import SecureProxy
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -45,12 +46,15 @@ def direct_storage(database):
 
 @pytest.fixture(scope="module")
 def proxy_storage(database, tmp_path_factory):
-    # a plain loopback proxy (the fixture is the one place to change for TLS and a token)
-    proxy = Proxy(database, 4, tmp_path_factory.mktemp("proxy"))
-    proxy.start()
-    storage = get_storage(proxy.url, heartbeat=False, connect_retry=30)
-    yield storage
-    storage.close()
+    # the proxy as it is deployed: TLS and a token checked on every call
+    certs = write_proxy_certs(tmp_path_factory.mktemp("certs"), ["127.0.0.1"])
+    proxy = SecureProxy(database, certs, tmp_path_factory.mktemp("proxy"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(CA_ENV, str(certs["ca.pem"]))
+        env.setenv(TOKEN_FILE_ENV, str(certs["token"]))
+        storage = get_storage(f"grpcs://127.0.0.1:{proxy.port}", heartbeat=False, connect_retry=30)
+        yield storage
+        storage.close()
     proxy.stop()
 
 
