@@ -107,7 +107,7 @@ def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
                 ostudy = optuna.create_study(
                     storage=storage,
                     study_name=study.name,
-                    direction=study.settings.direction,
+                    directions=study.directions,
                     sampler=study.make_sampler(),
                     pruner=study.make_pruner(),
                     load_if_exists=True,
@@ -315,8 +315,10 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
                 "worker": spec.index,
                 "trial": t.number,
                 "state": t.state.name,
-                "value": t.value,
+                # the metric (a Pareto study's trial has several values: the metric is first)
+                "value": t.values[0] if t.values else None,
                 "reason": t.user_attrs.get("fail_reason"),
+                "over_budget": t.user_attrs.get("over_budget"),
                 "duplicate_of": t.user_attrs.get("duplicate_of"),
             }
         )
@@ -618,7 +620,7 @@ class Runner:
         best = None
         try:
             best = ostudy.best_trial
-        except ValueError:
+        except (ValueError, RuntimeError):  # none complete yet; a Pareto study has a front
             pass
         return RunSummary(
             study_name=self.study.name,
