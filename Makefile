@@ -47,12 +47,12 @@ gpu-final:
 	@$(MAKE) --no-print-directory gpu-check GPU_CHECK_EXTRA="--final --study-seed $(STUDY_SEED)"
 
 lint: install
-	$(BIN)/ruff check cnnopt tests studies
-	$(BIN)/ruff format --check cnnopt tests studies
+	$(BIN)/ruff check cnnopt tests studies benchmarks
+	$(BIN)/ruff format --check cnnopt tests studies benchmarks
 
 format: install
-	$(BIN)/ruff format cnnopt tests studies
-	$(BIN)/ruff check --fix cnnopt tests studies
+	$(BIN)/ruff format cnnopt tests studies benchmarks
+	$(BIN)/ruff check --fix cnnopt tests studies benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -18,7 +18,7 @@ val_fraction = 0.2
 split_seed = 0
 epochs = 10
 
-# R2's CNN-BN, fixed (see cnnopt/bench/search/tabulate.py, which tabulates this grid)
+# R2's CNN-BN, fixed (see benchmarks/search/tabulate.py, which tabulates this grid)
 family = "cnn"
 conv_blocks = 2
 filters = [32, 64]

@@ -126,3 +126,24 @@ def test_help_names_no_issue_and_importing_the_cli_imports_no_torch():
     code = "import sys, cnnopt.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_search_section_runs_the_checkouts_benchmarks_and_says_when_there_is_none(
+    tmp_path, monkeypatch
+):
+    from cnnopt.bench import search
+    from cnnopt.bench.common import Context, Report
+
+    # from this checkout: benchmarks/search runs as a subprocess and its rows come back
+    logged: list[str] = []
+    opts = BenchOptions(plan=TINY, out_dir=str(tmp_path), log=logged.append)
+    ctx = Context(workdir=tmp_path, device=torch.device("cpu"), report=Report({}, {}))
+    rows = search.run(opts, ctx)
+    assert rows and all(isinstance(r, Row) and r.section == "search" for r in rows)
+    assert ctx.report.search_default == ctx.report.plan["search"]["chosen"]
+    assert any("SMOKE RUN" in m for m in logged)
+    assert (tmp_path / "search.md").exists()
+    # an installed cnnopt has no benchmarks/ beside it: one row says so, nothing fails
+    monkeypatch.setattr(search, "checkout_root", lambda: None)
+    (row,) = search.run(opts, ctx)
+    assert row.value is None and "needs a checkout" in row.note

@@ -10,8 +10,8 @@ import math
 import optuna
 import pytest
 
-from cnnopt.bench.search import replay as R
-from cnnopt.bench.search import stats, tabulate
+from benchmarks.search import replay as R
+from benchmarks.search import stats, tabulate
 
 GRID = {"batch_size": (32, 64), "lr": (1e-3, 1e-2), "l1": (64, 128)}  # 8 configurations
 
@@ -221,7 +221,7 @@ def test_tabulation_resumes_and_skips_what_the_table_has(tmp_path):
 def test_ray_results_are_cut_at_the_budget_like_a_replay():
     """Ray's results (in arrival order) become a Replay with the same accounting: a trial
     stopped early is pruned, a repeat costs its epochs, the trial the budget cuts never completes."""
-    from cnnopt.bench.search.ray_asha import _to_replay
+    from benchmarks.search.ray_asha import _to_replay
 
     def rows(trial, key, accs):
         return [(trial, {"config_key": key, "val_accuracy": a, "seconds": 2.0}) for a in accs]
@@ -240,7 +240,7 @@ def test_ray_results_are_cut_at_the_budget_like_a_replay():
 
 
 def test_search_section_rows_choice_and_outputs(tmp_path):
-    from cnnopt.bench.search import section
+    from benchmarks.search import section
 
     path = tmp_path / "table.json"
     path.write_text(json.dumps(synth_table()))
@@ -265,37 +265,33 @@ def test_search_section_rows_choice_and_outputs(tmp_path):
     assert len(missing) == 1 and "no table at" in missing[0] and "no_pool.json" in missing[0]
 
 
-def test_bench_section_adapter_sets_the_headline_and_writes_beside_the_report(
-    tmp_path, monkeypatch
-):
-    """``cnnopt bench --section search``: the plan's seeds (``--seeds`` overrides them), the
-    chosen default's paired difference as the report headline, search.* in ``opts.out_dir``,
-    the pool part where its table is."""
-    import torch
-
-    from cnnopt.bench.common import TINY, BenchOptions, Context, Report
-    from cnnopt.bench.search import section
+def test_bench_payload_sets_the_headline_and_writes_beside_the_report(tmp_path, monkeypatch):
+    """What ``cnnopt bench --section search`` reads back (``--bench-json``): the seeds it is
+    given, the chosen default's paired difference as the report headline, search.* in the out
+    folder, the pool part where its table is."""
+    from benchmarks.search import section
 
     pool_path = tmp_path / "pool.json"
     pool_path.write_text(json.dumps(synth_pool()))
     monkeypatch.setattr(section, "POOL_TABLE", pool_path)
 
     logs: list[str] = []
-    opts = BenchOptions(plan=TINY, seeds=3, out_dir=str(tmp_path), log=logs.append)
-    report = Report(machine={}, plan={})
-    rows = section.run(opts, Context(workdir=tmp_path, device=torch.device("cpu"), report=report))
-    assert {r.section for r in rows} == {"search"} and all(r.unit == "accuracy" for r in rows)
-    assert report.plan["search"]["fresh_seeds"] == [3, 5]  # --seeds 3 over the tiny plan's 2
-    assert report.search_default == report.plan["search"]["chosen"]
-    assert report.search_best_val_diff_vs_random["n"] == 3
-    assert report.search_best_val_diff_vs_ray_asha is None  # the tiny plan runs no Ray
-    assert any("SMOKE RUN" in m for m in logs) and any("SMOKE RUN" in n for n in report.notes)
-    assert str(tmp_path / "search.html") in report.notes[0]
+    p = section.bench_payload(seeds=3, ray_seeds=0, smoke=True, out_dir=tmp_path, log=logs.append)
+    rows, plan, notes = p["rows"], p["plan"], p["notes"]
+    assert {r["section"] for r in rows} == {"search"}
+    assert all(r["unit"] == "accuracy" for r in rows)
+    assert plan["fresh_seeds"] == [3, 5]
+    assert p["search_default"] == plan["chosen"]
+    assert p["search_best_val_diff_vs_random"]["n"] == 3
+    assert p["search_best_val_diff_vs_ray_asha"] is None  # no Ray seeds
+    assert any("SMOKE RUN" in m for m in logs) and any("SMOKE RUN" in n for n in notes)
+    assert str(tmp_path / "search.html") in notes[0]
     assert (tmp_path / "search.html").stat().st_size > 100
-    assert report.plan["search"]["pool"]["configs"] == 8  # the plan's copy, without the summary
-    assert "summary" not in report.plan["search"]["pool"]
-    assert sum(r.name.startswith("pool:") for r in rows) == len(R.PRUNERS)
-    assert any("search_pool.html" in n and "provisional" in n for n in report.notes)
+    assert plan["pool"]["configs"] == 8  # the plan's copy, without the summary
+    assert "summary" not in plan["pool"]
+    assert sum(r["name"].startswith("pool:") for r in rows) == len(R.PRUNERS)
+    assert any("search_pool.html" in n and "provisional" in n for n in notes)
+    json.dumps(p)  # it crosses a process boundary as JSON
 
 
 # -- the random pool -----------------------------------------------------------------------------
@@ -340,13 +336,13 @@ def synth_pool(n: int = 8, epochs: int = 4, size: int = 10, unfinished: bool = T
 
 @pytest.fixture
 def pool():
-    from cnnopt.bench.search.pool_replay import PoolTable
+    from benchmarks.search.pool_replay import PoolTable
 
     return PoolTable(synth_pool())
 
 
 def test_pool_table_keeps_finished_runs_in_pool_order(pool):
-    from cnnopt.bench.search.pool_replay import PoolTable
+    from benchmarks.search.pool_replay import PoolTable
 
     data = synth_pool()
     assert pool.n_configs == 8 and not pool.complete  # 8 of 10 planned; the 9th still training
@@ -365,7 +361,7 @@ def test_pool_table_keeps_finished_runs_in_pool_order(pool):
 
 def test_search_section_skips_an_unusable_pool_in_one_line(tmp_path):
     """A pool table whose first run is still training: the grid part stands, one line says why."""
-    from cnnopt.bench.search import section
+    from benchmarks.search import section
 
     grid_path, pool_path = tmp_path / "grid.json", tmp_path / "pool.json"
     grid_path.write_text(json.dumps(synth_table()))
@@ -384,7 +380,7 @@ def test_search_section_skips_an_unusable_pool_in_one_line(tmp_path):
 
 
 def test_pool_replay_spends_the_budget_and_cuts_the_last_trial(pool):
-    from cnnopt.bench.search.pool_replay import replay_pool
+    from benchmarks.search.pool_replay import replay_pool
 
     r = replay_pool(pool, "none", order_seed=0, budget=10)
     assert (r.trials, r.epochs, r.pruned) == (3, 10, 0)
@@ -402,7 +398,7 @@ def test_pool_replay_spends_the_budget_and_cuts_the_last_trial(pool):
 def test_pool_replay_is_deterministic_and_paired_per_order_seed(pool):
     """The same order seed gives the same study; every pruner plays the same permutation (so the
     differences between pruners are paired), and other seeds play other permutations."""
-    from cnnopt.bench.search.pool_replay import replay_pool
+    from benchmarks.search.pool_replay import replay_pool
 
     for pruner in R.PRUNERS:
         a, b = (replay_pool(pool, pruner, order_seed=3, budget=20) for _ in range(2))
@@ -413,7 +409,7 @@ def test_pool_replay_is_deterministic_and_paired_per_order_seed(pool):
 
 
 def test_pool_pruned_trials_stop_early_and_cost_only_their_epochs(pool):
-    from cnnopt.bench.search.pool_replay import ASHA_LIKE, DEFAULT_PRUNER, replay_pool
+    from benchmarks.search.pool_replay import ASHA_LIKE, DEFAULT_PRUNER, replay_pool
 
     bad = {pool.order[i] for i in POOL_BAD}
     for seed in range(6):
@@ -442,8 +438,8 @@ def test_pool_pruned_trials_stop_early_and_cost_only_their_epochs(pool):
 def test_search_section_reports_the_pool_beside_the_real_grid(tmp_path):
     """--quick on the committed grid and a tiny, incomplete pool: the pool part's rows, paired
     comparisons of the default pruner, its figure, and the provisional warning everywhere."""
-    from cnnopt.bench.search import section
-    from cnnopt.bench.search.pool_replay import DEFAULT_PRUNER
+    from benchmarks.search import section
+    from benchmarks.search.pool_replay import DEFAULT_PRUNER
 
     pool_path = tmp_path / "pool.json"
     pool_path.write_text(json.dumps(synth_pool()))
@@ -492,7 +488,7 @@ def space(trial):
 def test_sample_pool_is_seeded_and_draws_distinct_configurations():
     """Sampling only (no training, no data): the real study's space, deterministic in the pool
     seed, every configuration once."""
-    from cnnopt.bench.search import pool
+    from benchmarks.search import pool
     from cnnopt.dedup import config_hash
 
     study = pool.load_study(pool.STUDY_FILE, epochs=10, train_subset=15000)
@@ -506,8 +502,8 @@ def test_sample_pool_is_seeded_and_draws_distinct_configurations():
 def test_tabulate_pool_writes_runs_in_pool_order_and_resumes_without_retraining(
     tmp_path, write_study
 ):
-    from cnnopt.bench.search import pool
-    from cnnopt.bench.search.pool_replay import PoolTable
+    from benchmarks.search import pool
+    from benchmarks.search.pool_replay import PoolTable
 
     study_file = write_study(POOL_STUDY)
     out = tmp_path / "pool.json"
@@ -537,7 +533,7 @@ def test_warm_starts_play_first_are_never_pruned_and_still_enter_the_rungs(tmp_p
     """The study file's warm starts, tabulated beside the pool: the +warm replay trains them to the
     end before the permutation (a slow starter that epoch-1 rungs would cut), and later trials
     are compared with their rung values."""
-    from cnnopt.bench.search.pool_replay import PoolTable, replay_pool
+    from benchmarks.search.pool_replay import PoolTable, replay_pool
 
     data = synth_pool(unfinished=False)
     slow = {"lr": 0.05, "width": 999}  # a warm start that trails at every early epoch
@@ -555,7 +551,7 @@ def test_warm_starts_play_first_are_never_pruned_and_still_enter_the_rungs(tmp_p
     # the same permutation follows the warm start
     assert [k for k, _, _ in warm.log[1:]] == [k for k, _, _ in cold.log][: len(warm.log) - 1]
     # the section adds the +warm row (not a candidate) and says what the warm starts are worth
-    from cnnopt.bench.search import section
+    from benchmarks.search import section
 
     path = tmp_path / "pool.json"
     path.write_text(json.dumps(data))

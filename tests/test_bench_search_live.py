@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from cnnopt.bench.search import live
+from benchmarks.search import live
 
 LIVE_STUDY = """
 name = "live_tiny"
@@ -116,7 +116,7 @@ def test_from_five_seeds_the_difference_has_bootstrap_and_t_intervals(tmp_path):
 
 
 def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):
-    from cnnopt.bench.search import section
+    from benchmarks.search import section
 
     path = tmp_path / "live.json"
     full = lambda top: [trial([0.5, 0.7, top])]  # noqa: E731

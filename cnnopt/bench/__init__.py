@@ -4,9 +4,10 @@ Each section is one module with ``run(opts, ctx) -> list[Row]``; every row is on
 to its baseline:
 
 - ``throughput`` (throughput.py): cnnopt's training step against report R2's training loop.
-- ``search`` (search/section.py): replays of Optuna samplers x pruners x deduplication, and real
-  Ray Tune ASHA, on a committed table of R2's grid's learning curves; the best validation accuracy
-  within a 120-epoch budget, paired per seed against random search (R2's method) and Ray Tune,
+- ``search`` (search.py; the research itself is ``benchmarks/search/`` of a checkout, run as a
+  subprocess): replays of Optuna samplers x pruners x deduplication, and real Ray Tune ASHA, on a
+  committed table of R2's grid's learning curves; the best validation accuracy within a 120-epoch
+  budget, paired per seed against random search (R2's method) and Ray Tune,
   with 95% bootstrap intervals, plus an anytime-performance figure (search.html).
 - ``scaling`` (scaling.py): trials/hour with 1, 2 (and 4) workers; per-trial overhead.
 - ``gpu`` (gpu.py): with CUDA only, images/s and memory of k workers sharing one GPU over one
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 # package and add ONE line here; `cnnopt bench --section NAME` and the default run pick it up.
 SECTIONS: dict[str, str] = {
     "throughput": "cnnopt.bench.throughput:run",
-    "search": "cnnopt.bench.search.section:run",
+    "search": "cnnopt.bench.search:run",
     "scaling": "cnnopt.bench.scaling:run",
     "gpu": "cnnopt.bench.gpu:run",
 }

@@ -262,7 +262,7 @@ def step_final_train(s: Settings) -> dict[str, Any]:
     """``cnnopt train EXPORT --epochs N`` once per training seed; the test accuracy of each and
     their mean with Student's t interval (a final model's accuracy varies with its seed by about
     as much as the differences a reader would care about)."""
-    from cnnopt.bench.search.stats import t_mean
+    from cnnopt.bench.common import t_mean
 
     runs, failed = [], None
     for seed in s.final_seeds:

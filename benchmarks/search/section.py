@@ -6,13 +6,15 @@ over it with each pruner (``pool_replay.py``): the same choice on some order see
 fresh ones, cnnopt's default pruner against no pruning and against ASHA-like epoch-1 rungs, and
 its own anytime figure (search_pool.html).
 
-    cnnopt bench --section search --markdown runs/bench.md     # the evidence, in the bench report
-    python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results            # the same
-    python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results --quick    # a smoke run
+Run from the repository root (this folder is not installed with the package):
+
+    python -m benchmarks.search.section --out-dir benchmarks/search/results            # the evidence
+    python -m benchmarks.search.section --out-dir benchmarks/search/results --quick    # a smoke run
+    cnnopt bench --section search --markdown runs/bench.md     # the same, in the bench report
 
 Rows are plain dicts with the fields of ``cnnopt bench``'s ``Row`` (section, name, value, unit,
 baseline, baseline_value, ratio, better, note, extra), so the bench report takes them as they are;
-``run`` is the section as ``cnnopt bench`` calls it.
+``bench_payload`` is what ``cnnopt bench`` reads back (``--bench-json``).
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from cnnopt.bench.search import live, ray_asha, stats
-from cnnopt.bench.search.live import TABLE as LIVE_TABLE
-from cnnopt.bench.search.pool import TABLE as POOL_TABLE
-from cnnopt.bench.search.pool_replay import (
+from benchmarks.search import live, ray_asha, stats
+from benchmarks.search.live import TABLE as LIVE_TABLE
+from benchmarks.search.pool import TABLE as POOL_TABLE
+from benchmarks.search.pool_replay import (
     ASHA_LIKE,
     DEFAULT_PRUNER,
     NO_PRUNING,
@@ -38,10 +40,7 @@ from cnnopt.bench.search.pool_replay import (
     replay_pool,
     variant_name,
 )
-from cnnopt.bench.search.replay import PRUNERS, Replay, Table, Variant, replay
-
-if TYPE_CHECKING:
-    from cnnopt.bench.common import BenchOptions, Context, Row
+from benchmarks.search.replay import PRUNERS, Replay, Table, Variant, replay
 
 TABLE = Path(__file__).with_name("tables") / "r2_grid.json"
 SECTION = "search"
@@ -303,7 +302,7 @@ def bench_pool(
     if pool_path is None or not Path(pool_path).is_file():
         note = (
             f"random pool: no table at {_shown(Path(pool_path))} (tabulate it with "
-            "`python -m cnnopt.bench.search.pool`); the pool part is skipped"
+            "`python -m benchmarks.search.pool`); the pool part is skipped"
             if pool_path is not None
             else "random pool: not requested"
         )
@@ -441,62 +440,65 @@ def bench_pool(
 DEFAULT_OUT = Path("runs/bench-search")
 
 
-def run(opts: BenchOptions, ctx: Context) -> list[Row]:
-    """The section as ``cnnopt bench`` calls it. The plan sets the seeds (full: 100 replay seeds
-    per set and 30 Ray Tune seeds; --quick and tiny: a smoke run that says so everywhere) and
-    ``--seeds`` overrides the replay seeds (the pool's order seeds too). It always replays the
-    committed tables (R2's grid and, where tabulated, the random pool, both on FashionMNIST):
-    ``--dataset``/``--data-dir`` do not apply. search.md, search.json and the anytime figures
-    search.html (and search_pool.html) go to ``opts.out_dir`` (the folder of --markdown/--json)."""
-    from cnnopt.bench.common import Row
-
-    plan = opts.plan
-    out_dir = Path(opts.out_dir) if opts.out_dir else DEFAULT_OUT
-    if plan.search_smoke:
-        opts.log(f"search: {SMOKE}")
+def bench_payload(
+    *,
+    seeds: int,
+    ray_seeds: int,
+    smoke: bool,
+    out_dir: Path | str = DEFAULT_OUT,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
+    """The section as ``cnnopt bench --section search`` takes it: the rows (plain dicts with the
+    fields of the bench's ``Row``), the report's headline fields, its plan entry and notes. The
+    package never imports this folder: ``cnnopt bench`` runs ``python -m benchmarks.search.section
+    --bench-json FILE`` in the checkout and reads this back. It always replays the committed tables
+    (R2's grid and, where tabulated, the random pool and the live studies, all on FashionMNIST):
+    the bench's ``--dataset``/``--data-dir`` do not apply."""
+    out_dir = Path(out_dir)
+    if smoke:
+        log(SMOKE)
     rows, details = bench_search(
-        TABLE, seeds=opts.seeds or plan.search_seeds, ray_seeds=plan.search_ray_seeds,
-        quick=plan.search_smoke, out_dir=out_dir, log=lambda m: opts.log(f"search: {m}"),
+        TABLE, seeds=seeds, ray_seeds=ray_seeds, quick=smoke, out_dir=out_dir, log=log,
         pool_path=POOL_TABLE,
     )  # fmt: skip
-    report = ctx.report
     chosen = details["chosen"]
     vs = details["summary"][chosen]["vs"]
-    report.search_default = chosen
-    report.search_best_val_diff_vs_random = (vs.get(BASELINE_RANDOM) or {}).get("best")
-    report.search_best_val_diff_vs_ray_asha = (vs.get(BASELINE_RAY) or {}).get("best")
-    report.plan["search"] = {
-        k: v for k, v in details.items() if k not in ("markdown", "summary", "pool", "live")
-    }
-    report.plan["search"]["pool"] = {k: v for k, v in details["pool"].items() if k != "summary"}
-    report.plan["search"]["out_dir"] = str(out_dir)
-    report.notes.append(
+    plan = {k: v for k, v in details.items() if k not in ("markdown", "summary", "pool", "live")}
+    plan["pool"] = {k: v for k, v in details["pool"].items() if k != "summary"}
+    plan["out_dir"] = str(out_dir)
+    notes = [
         f"search: the anytime-performance figure is {out_dir / 'search.html'}, every variant's "
-        f"figures and intervals in {out_dir / 'search.md'}"
-        + (f" ({SMOKE})" if plan.search_smoke else "")
-    )
+        f"figures and intervals in {out_dir / 'search.md'}" + (f" ({SMOKE})" if smoke else "")
+    ]
     if details["ray"]["note"]:
-        report.notes.append(f"search: {details['ray']['note']}")
+        notes.append(f"search: {details['ray']['note']}")
     pool = details["pool"]
     if "summary" in pool:
-        report.notes.append(
+        notes.append(
             f"search: random search over the pool ({pool['configs']} configurations"
             + (f", {pool['provisional']}" if pool["provisional"] else "")
             + f"): the anytime figure is {out_dir / 'search_pool.html'}"
         )
     else:
-        report.notes.append(f"search: {pool['note']}")
+        notes.append(f"search: {pool['note']}")
     lv = details.get("live", {})
     if "summary" in lv:
-        report.notes.append(
+        notes.append(
             "search: live studies on the full space"
             + (f" ({lv['provisional']})" if lv["provisional"] else "")
             + f": the anytime figure is {out_dir / 'search_live.html'}"
         )
     elif lv:
-        report.notes.append(f"search: {lv['note']}")
-    report.plan["search"]["live"] = {k: v for k, v in lv.items() if k != "summary"}
-    return [Row(**r) for r in rows]
+        notes.append(f"search: {lv['note']}")
+    plan["live"] = {k: v for k, v in lv.items() if k != "summary"}
+    return {
+        "rows": rows,
+        "search_default": chosen,
+        "search_best_val_diff_vs_random": (vs.get(BASELINE_RANDOM) or {}).get("best"),
+        "search_best_val_diff_vs_ray_asha": (vs.get(BASELINE_RAY) or {}).get("best"),
+        "plan": plan,
+        "notes": notes,
+    }
 
 
 def to_markdown(d: dict[str, Any]) -> str:
@@ -698,7 +700,7 @@ def write_figure(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.section", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.search.section", description=__doc__)
     p.add_argument("--table", default=str(TABLE))
     p.add_argument(
         "--seeds",
@@ -712,7 +714,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", default=str(POOL_TABLE), help="the random pool's table (pool.py)")
     p.add_argument("--live", default=str(LIVE_TABLE), help="the live studies' table (live.py)")
     p.add_argument("--quick", action="store_true", help=SMOKE)
+    p.add_argument(
+        "--bench-json",
+        metavar="FILE",
+        help="write what `cnnopt bench --section search` reports (rows, headline, notes) to FILE",
+    )
     a = p.parse_args(argv)
+    if a.bench_json:
+        payload = bench_payload(
+            seeds=a.seeds, ray_seeds=a.ray_seeds, smoke=a.quick, out_dir=a.out_dir,
+            log=lambda m: print(m, flush=True),
+        )  # fmt: skip
+        Path(a.bench_json).write_text(json.dumps(payload, default=str))
+        return
     _rows, details = bench_search(
         a.table, seeds=a.seeds, budget=a.budget, ray_seeds=a.ray_seeds, quick=a.quick,
         out_dir=a.out_dir, pool_path=a.pool, live_path=a.live,

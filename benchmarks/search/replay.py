@@ -25,7 +25,7 @@ from typing import Any
 
 import optuna
 
-from cnnopt.bench.search.tabulate import config_key
+from benchmarks.search.tabulate import config_key
 
 MAX_TRIALS = 2000  # a guard only: a deduplicated study stops when its grid is exhausted
 

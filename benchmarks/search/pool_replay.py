@@ -11,7 +11,7 @@ a trial cut by the budget never completes. The per-trial step is the grid replay
 Every pruner plays the same permutation for the same order seed: differences between pruners are
 paired per order seed (the pool has one training seed, so the order is what varies).
 
-    python -m cnnopt.bench.search.section --out-dir cnnopt/bench/search/results   # grid and pool
+    python -m benchmarks.search.section --out-dir benchmarks/search/results   # grid and pool
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import optuna
 
-from cnnopt.bench.search.replay import PRUNERS, Replay, train_trial
-from cnnopt.bench.search.tabulate import config_key
+from benchmarks.search.replay import PRUNERS, Replay, train_trial
+from benchmarks.search.tabulate import config_key
 
 # cnnopt's default pruner, as studies/fashion_cnn_bn.py sets it: successive halving, first rung at
 # epoch 3 of 10 (what ``study.first_rung`` gives without min_resource: 30% of the epochs), the top

@@ -12,7 +12,7 @@ The pool is trained in its sampling order and written after every run (atomicall
 interrupted tabulation resumes where it stopped and every prefix of the table is itself a random
 sample of the space: a table of 60 configurations is a smaller pool, not a biased one.
 
-    python -m cnnopt.bench.search.pool --out cnnopt/bench/search/tables/fashion_pool.json \
+    python -m benchmarks.search.pool --out benchmarks/search/tables/fashion_pool.json \
         --data-dir ../shared/data/fashion-mnist --size 100 --seeds 0 --threads 1
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import optuna
 
-from cnnopt.bench.search.tabulate import (
+from benchmarks.search.tabulate import (
     EPOCHS,
     SPLIT_SEED,
     TRAIN_SUBSET,
@@ -165,7 +165,7 @@ def tabulate_pool(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.pool", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.search.pool", description=__doc__)
     p.add_argument("--out", default=str(TABLE))
     p.add_argument("--study", default=STUDY_FILE)
     p.add_argument("--data-dir", default=None)
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    command = command_line("python -m cnnopt.bench.search.pool", a)
+    command = command_line("python -m benchmarks.search.pool", a)
     tabulate_pool(
         Path(a.out), study_file=a.study, size=a.size, pool_seed=a.pool_seed, seeds=a.seeds,
         data_dir=a.data_dir, epochs=a.epochs, train_subset=a.train_subset, command=command,

@@ -22,7 +22,7 @@ budget trained (a copy from deduplication costs none); the trial the budget cuts
 completed, as in the replays. Records are written after every study, so an interrupted run resumes
 with the next study.
 
-    python -m cnnopt.bench.search.live --out cnnopt/bench/search/tables/fashion_live.json \\
+    python -m benchmarks.search.live --out benchmarks/search/tables/fashion_live.json \\
         --data-dir ../shared/data/fashion-mnist --seeds 101 102 103 104 105 106 107 108
 
 Eight seeds, not the five the benchmark asks for at least: with five, the paired differences
@@ -50,10 +50,10 @@ from typing import Any
 
 import optuna
 
-from cnnopt.bench.search import ray_asha
-from cnnopt.bench.search.pool import STUDY_FILE, load_study
-from cnnopt.bench.search.replay import Replay
-from cnnopt.bench.search.tabulate import (
+from benchmarks.search import ray_asha
+from benchmarks.search.pool import STUDY_FILE, load_study
+from benchmarks.search.replay import Replay
+from benchmarks.search.tabulate import (
     EPOCHS,
     SPLIT_SEED,
     TRAIN_SUBSET,
@@ -472,12 +472,12 @@ def summarize(
     "reached" says whether 120 epochs of search found what a thousand epochs of random search did.
 
     Returns (details, replays by variant); without a table, details with a one-line ``note``."""
-    from cnnopt.bench.search import stats
+    from benchmarks.search import stats
 
     path = Path(path)
     if not path.is_file():
         note = (
-            f"live studies: no table at {path.name} (run `python -m cnnopt.bench.search.live`); "
+            f"live studies: no table at {path.name} (run `python -m benchmarks.search.live`); "
             "the live part is skipped"
         )
         return {"note": note}, {}
@@ -630,7 +630,7 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.live", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.search.live", description=__doc__)
     p.add_argument("--out", default=str(TABLE))
     p.add_argument("--study", default=STUDY_FILE)
     p.add_argument("--data-dir", default=None)
@@ -650,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
     run_live(
         Path(a.out), variants=a.variants, seeds=a.seeds, study_file=a.study, budget=a.budget,
         epochs=a.epochs, train_subset=a.train_subset, data_dir=a.data_dir,
-        command=command_line("python -m cnnopt.bench.search.live", canonical), workdir=a.workdir,
+        command=command_line("python -m benchmarks.search.live", canonical), workdir=a.workdir,
         log=lambda msg: print(msg, flush=True, file=sys.stdout),
     )  # fmt: skip
 

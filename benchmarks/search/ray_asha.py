@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnopt.bench.search.replay import Replay, Table
-from cnnopt.bench.search.tabulate import config_key
+from benchmarks.search.replay import Replay, Table
+from benchmarks.search.tabulate import config_key
 
 NAME = "ray_random+asha"
 

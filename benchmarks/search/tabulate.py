@@ -9,7 +9,7 @@ The table is written after every finished run (atomically), so an interrupted ta
 where it stopped: runs already in the table are skipped. Seeds are the outer loop, so every finished
 seed is a complete grid that replays can use on its own.
 
-    python -m cnnopt.bench.search.tabulate --out cnnopt/bench/search/tables/r2_grid.json \
+    python -m benchmarks.search.tabulate --out benchmarks/search/tables/r2_grid.json \
         --data-dir ../shared/data/fashion-mnist --seeds 0 1 2 --threads 2
 """
 
@@ -225,8 +225,8 @@ def command_line(prog: str, args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cnnopt.bench.search.tabulate", description=__doc__)
-    p.add_argument("--out", default="cnnopt/bench/search/tables/r2_grid.json")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.search.tabulate", description=__doc__)
+    p.add_argument("--out", default="benchmarks/search/tables/r2_grid.json")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    command = command_line("python -m cnnopt.bench.search.tabulate", a)
+    command = command_line("python -m benchmarks.search.tabulate", a)
     tabulate(
         Path(a.out), seeds=a.seeds, dataset=a.dataset, data_dir=a.data_dir, epochs=a.epochs,
         train_subset=a.train_subset, command=command, limit=a.limit,
