@@ -116,3 +116,52 @@ def test_hypervolume_of_a_two_point_front():
     # a point beyond the reference adds nothing; no point: 0
     assert hypervolume([*pts, (0.9, (11.0,))], (0.0, (10.0,))) == pytest.approx(6.9)
     assert hypervolume([], (0.0, (10.0,))) == 0.0
+
+
+# -- a stored Pareto study, made by hand (for status, export and report tests) ---------------------
+
+
+def stored_pareto_study(tmp_path, name="po"):
+    """A journal with a two-objective study as cnnopt stores one: (val_accuracy, flops), per-epoch
+    accuracy in the ``intermediate`` user attribute, one over-budget proposal. Trials:
+    #0 (0.90, 400k), #1 (0.85, 100k), #2 (0.80, 300k: dominated by #1), #3 pruned at epoch 3
+    with 0.88 at 50k (no complete front point dominates it), #4 pruned at 3 with 0.5 at 500k
+    (dominated), #5 over budget (never trained)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from cnnopt.config import RunConfig
+    from cnnopt.storage import get_storage
+
+    url = str(tmp_path / f"{name}.journal")
+    study = optuna.create_study(
+        study_name=name, storage=get_storage(url), directions=["maximize", "minimize"]
+    )
+    settings = {"objectives": ["val_accuracy", "flops"], "max_flops": 1_000_000}
+    study.set_user_attr("study_file", {"path": "po.py", "settings": settings})
+    study.set_user_attr("metric", "val_accuracy")
+    rows = [
+        ("complete", 0.90, 400_000, 10),
+        ("complete", 0.85, 100_000, 10),
+        ("complete", 0.80, 300_000, 10),
+        ("pruned", 0.88, 50_000, 3),
+        ("pruned", 0.50, 500_000, 3),
+        ("over", None, 2_000_000, 0),
+    ]
+    for state, acc, flops, epochs in rows:
+        t = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+        t.set_user_attr("flops", flops)
+        t.set_user_attr("config", RunConfig().to_dict())
+        t.set_user_attr("params_count", flops // 10)
+        t.set_constraint("flops", flops / 1_000_000 - 1)
+        if epochs:
+            curve = {str(e): acc - 0.01 * (epochs - e) for e in range(1, epochs + 1)}
+            t.set_user_attr("intermediate", curve)
+            t.set_user_attr("history", [{"epoch": e} for e in range(1, epochs + 1)])
+        if state == "complete":
+            study.tell(t, [acc, flops])
+        else:
+            if state == "over":
+                t.set_user_attr("over_budget", [f"flops {flops:,} > 1,000,000"])
+            study.tell(t, state=TrialState.PRUNED)
+    return study, url
