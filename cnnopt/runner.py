@@ -79,6 +79,7 @@ class RunSummary:
     interrupted: bool = False
     events: list[dict] = field(default_factory=list)
     exhausted: str | None = None  # why the run stopped early: no untried configuration left
+    pareto: bool = False  # a Pareto study: a front, no single best trial
 
 
 # -- devices (which GPU each worker uses: cnnopt.devices) -----------------------------------------
@@ -637,4 +638,5 @@ class Runner:
             worker_deaths=deaths,
             interrupted=interrupted,
             events=events,
+            pareto=self.study.multi_objective,
         )
