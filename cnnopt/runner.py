@@ -129,6 +129,12 @@ def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
     except Exception as e:  # noqa: BLE001
         msg = (str(e).strip().splitlines() or [""])[0]
         raise StorageError(f"{mask_url(url)}: {type(e).__name__}: {mask_url(msg)}") from None
+    stored = [d.name.lower() for d in ostudy.directions]
+    if stored != study.directions:  # e.g. a study file turned into a Pareto study since
+        raise StorageError(
+            f"study {study.name!r} in {mask_url(url)} has directions {stored}, but "
+            f"{study.path} asks for {study.directions}: run it under another --study-name"
+        )
     if create and study.settings.enqueue and not ostudy.get_trials(deepcopy=False):
         # Warm start, once, when the study is new: the report's own configuration goes first,
         # so the search starts from what the user already had and can only improve on it.

@@ -4,6 +4,7 @@ resume, and the device/thread plan."""
 import subprocess
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from cnnopt.runner import plan_devices, threads_per_worker
@@ -189,3 +190,18 @@ def test_set_takes_every_string_setting_as_written(tmp_path):
     }  # fmt: skip
     (t,) = study.trials
     assert t.state == TrialState.COMPLETE and t.user_attrs["config"]["model"]["batchnorm"] == "none"
+
+
+def test_a_stored_study_with_other_directions_is_named_not_mixed(write_study, tmp_path):
+    from cnnopt.errors import StorageError
+    from cnnopt.runner import open_study
+    from cnnopt.study import Study
+
+    url = str(tmp_path / "d.journal")
+    single = Study.load(write_study("name = 'd'\ndataset = 'synthetic'\n", "d.py"))
+    open_study(single, url)
+    pareto = Study.load(
+        write_study("name = 'd'\ndataset = 'synthetic'\nobjectives = ['val_accuracy', 'flops']\n")
+    )
+    with pytest.raises(StorageError, match=r"has directions \['maximize'\].*another --study-name"):
+        open_study(pareto, url)
