@@ -49,3 +49,12 @@ def test_replays_are_paired_by_seed(pool, study_file):
     r0 = P.replay(pool, "random", 5, 10, study_file)
     r1 = P.replay(pool, "random+nds1", 5, 10, study_file)
     assert r0.curve == r1.curve and len(r0.curve) == 1 and r0.curve[0][1] > 0
+
+
+def test_budget_replay_records_over_budget_proposals_as_the_objective_does(pool, study_file):
+    over = P.budget_replay(
+        pool, "tpe", seed=1, n_trials=8, max_params=100_000, study_file=study_file
+    )
+    assert len(over) == 8 and any(over)  # half the pool is over 100k: the first eight meet some
+    blind = P.budget_replay(pool, "tpe-blind", 1, 5, 100_000, study_file)
+    assert blind == over[:5]  # the startup trials are random either way: same proposals

@@ -69,6 +69,7 @@ class Pool:
     params: dict[str, dict[str, Any]]
     curves: dict[str, list[float]]
     flops: dict[str, int]
+    params_count: dict[str, int]
 
     @classmethod
     def load(cls, path: Path = POOL) -> Pool:
@@ -80,6 +81,7 @@ class Pool:
             {k: runs[k]["config"] for k in keys},
             {k: [e["val_accuracy"] for e in runs[k]["epochs"][:EPOCHS]] for k in keys},
             {k: int(runs[k]["flops"]) for k in keys},
+            {k: int(runs[k]["params"]) for k in keys},
         )
 
 
@@ -194,6 +196,51 @@ def replay(
     return out
 
 
+def budget_replay(
+    pool: Pool,
+    variant: str,
+    seed: int,
+    n_trials: int,
+    max_params: int,
+    study_file: Study,
+) -> list[bool]:
+    """Does the sampler learn a budget? A single-objective study (final accuracy) on the pool in
+    which a proposal over ``max_params`` is recorded as the objective records it (PRUNED, no
+    epoch, constraint ``params / max_params - 1``); returns, per trial, whether it was over.
+    Variants: ``tpe`` (constraints set, as cnnopt does), ``tpe-blind`` (the same pruned trials
+    without constraints), ``random`` (random proposals, snapped alike)."""
+    sampler = (
+        optuna.samplers.RandomSampler(seed=seed)
+        if variant == "random"
+        else optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    tried: set[str] = set()
+    over: list[bool] = []
+    for _ in range(n_trials):
+        proposal = study.ask()
+        study_file.sample(proposal)
+        wanted, dists = proposal.params, proposal.distributions
+        study.tell(proposal, state=TrialState.FAIL)
+        key = min(
+            (k for k in pool.keys if k not in tried),
+            key=lambda k: _distance(wanted, pool.params[k], dists),
+        )
+        tried.add(key)
+        study.enqueue_trial(pool.params[key])
+        trial = study.ask()
+        study_file.sample(trial)
+        violation = pool.params_count[key] / max_params - 1
+        if variant != "tpe-blind":
+            trial.set_constraint("params", violation)
+        over.append(violation > 0)
+        if violation > 0:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, pool.curves[key][-1])
+    return over
+
+
 def run(variants: list[str], seeds: list[int], budget: int, log=print) -> dict[str, list[Replay]]:
     pool = Pool.load()
     study_file = Study.load(STUDY_FILE)
@@ -291,5 +338,31 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def budget_main() -> None:
+    """Over-budget proposals per sampler (python -m benchmarks.search.pareto_replay budget)."""
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    pool, study_file = Pool.load(), Study.load(STUDY_FILE)
+    seeds, n = list(range(2000, 2010)), 30
+    share = float(np.mean([pool.params_count[k] > 100_000 for k in pool.keys]))
+    print(f"pool: {100 * share:.0f}% of the configurations have more than 100,000 parameters")
+    print("| sampler | over budget, trials 1-5 | over budget, trials 6-30 (95% CI) |")
+    print("|---|---|---|")
+    for v in ("random", "tpe-blind", "tpe"):
+        rows = [budget_replay(pool, v, s, n, 100_000, study_file) for s in seeds]
+        early = float(np.mean([np.mean(r[:5]) for r in rows]))
+        late = bootstrap_mean([float(np.mean(r[5:])) for r in rows])
+        print(
+            f"| {v} | {100 * early:.0f}% | {100 * late.mean:.0f}% "
+            f"[{100 * late.low:.0f}, {100 * late.high:.0f}] (n={late.n} seeds) |",
+            flush=True,
+        )
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["budget"]:
+        budget_main()
+    else:
+        main()
