@@ -58,3 +58,24 @@ def test_budget_replay_records_over_budget_proposals_as_the_objective_does(pool,
     assert len(over) == 8 and any(over)  # half the pool is over 100k: the first eight meet some
     blind = P.budget_replay(pool, "tpe-blind", 1, 5, 100_000, study_file)
     assert blind == over[:5]  # the startup trials are random either way: same proposals
+
+
+def test_summary_table_and_figure_of_a_small_comparison():
+    res = P.run(["tpe+nds3", "tpe", "random"], [7, 8], budget=30, log=lambda m: None)
+    table = P.summarize(res, 30, base="tpe")
+    assert "diff@25" in table["random"] and "diff@25" not in table["tpe"]
+    hv = [r.hv_at(25) for r in res["random"]]
+    assert table["random"]["hv@25"]["mean"] == pytest.approx(sum(hv) / 2)
+    data = {
+        "budget": 30,
+        "table": table,
+        "report_seeds": [7, 8],
+        "curves": {
+            v: [{"seed": r.seed, "curve": r.curve, "front": r.front} for r in reps]
+            for v, reps in res.items()
+        },
+    }
+    md = P.markdown(data)
+    assert md.count("\n") == 4 and "(baseline)" in md
+    fig = P.figure(data)
+    assert len(fig.data) == 3 * 3  # per variant: band, mean, front

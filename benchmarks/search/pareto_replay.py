@@ -314,6 +314,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1) + "\n")
+    figure(data).write_html(args.out.with_suffix(".html"), include_plotlyjs="cdn")
     print(markdown(data))
 
 
@@ -336,6 +337,72 @@ def markdown(data: dict[str, Any]) -> str:
             + f" | {diff} |"
         )
     return "\n".join(lines)
+
+
+def figure(data: dict[str, Any]):
+    """Mean hypervolume against epochs per variant, with pointwise 95% bootstrap bands over the
+    report seeds; and the front each variant found on one seed."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from benchmarks.search.stats import band
+
+    budget = data["budget"]
+    xs = np.arange(1, budget + 1)
+    colors = ["#d62728", "#1f77b4", "#7f7f7f", "#2ca02c"]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.6, 0.4],
+        subplot_titles=(
+            f"hypervolume of the complete front, mean of {len(data['report_seeds'])} seeds (95%)",
+            f"fronts at {budget} epochs, seed {data['report_seeds'][0]}",
+        ),
+    )
+    for (v, reps), color in zip(data["curves"].items(), colors, strict=False):
+        rows = np.array(
+            [[max([0.0, *(h for e, h in r["curve"] if e <= x)]) for x in xs] for r in reps]
+        )
+        mean, low, high = band(rows)
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([xs, xs[::-1]]),
+                y=np.concatenate([high, low[::-1]]),
+                fill="toself",
+                fillcolor=color,
+                opacity=0.15,
+                line={"width": 0},
+                showlegend=False,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(x=xs, y=mean, name=v, line={"color": color}, legendgroup=v),
+            row=1,
+            col=1,
+        )
+        front = sorted(reps[0]["front"], key=lambda p: p[1])
+        fig.add_trace(
+            go.Scatter(
+                x=[p[1] for p in front],
+                y=[p[0] for p in front],
+                mode="lines+markers",
+                line={"shape": "hv", "color": color},
+                name=v,
+                legendgroup=v,
+                showlegend=False,
+            ),
+            row=1,
+            col=2,
+        )
+    fig.update_xaxes(title_text="epochs trained", row=1, col=1)
+    fig.update_yaxes(title_text="hypervolume (accuracy x decades of FLOPs)", row=1, col=1)
+    fig.update_xaxes(title_text="FLOPs per image (log)", type="log", row=1, col=2)
+    fig.update_yaxes(title_text="validation accuracy", row=1, col=2)
+    fig.update_layout(width=1100, height=450, margin={"t": 40})
+    return fig
 
 
 def budget_main() -> None:
@@ -364,5 +431,10 @@ if __name__ == "__main__":
 
     if sys.argv[1:2] == ["budget"]:
         budget_main()
+    elif sys.argv[1:2] == ["figure"]:  # redraw from a results file: figure RESULTS.json
+        path = Path(sys.argv[2])
+        figure(json.loads(path.read_text())).write_html(
+            path.with_suffix(".html"), include_plotlyjs="cdn"
+        )
     else:
         main()
