@@ -117,6 +117,7 @@ class StudyStatus:
     workers: list[WorkerStatus] = field(default_factory=list)
     # trial number -> the trial whose result it copied (deduplicate = True: trained no epoch)
     duplicates: dict[int, int] = field(default_factory=dict)
+    started: str | None = None  # the first trial's start, ISO 8601 to the second
     # proposals over the study's budget (max_params, max_flops, max_latency_ms): never trained
     over_budget: int = 0
     proposals: int = 0  # finished trials, the over-budget ones included
@@ -227,8 +228,10 @@ def study_status(ostudy: optuna.Study, url: str) -> StudyStatus:
         for t in finished
         if t.user_attrs.get("duplicate_of") is not None
     }
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    if starts:
+        st.started = min(starts).isoformat(timespec="seconds")
     if finished:
-        starts = [t.datetime_start for t in trials if t.datetime_start]
         end = max(t.datetime_complete for t in finished)
         hours = (end - min(starts)).total_seconds() / 3600 if starts else 0
         if any(t.state == TrialState.RUNNING for t in trials):
@@ -270,7 +273,7 @@ def pareto_rows(ostudy: optuna.Study) -> list[dict[str, Any]]:
     names = objective_names(ostudy)
     maximize = ostudy.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     cost_attrs = [_cost_attr(n) for n in names[1:]]
-    complete = [t for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    complete = list(ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     points = [(t.values[0], tuple(t.values[1:])) for t in complete]
     rows = [
         _front_row(t, names, "complete", t.values[0], t.values[1:], None)
@@ -309,70 +312,91 @@ def _front_row(t, names, state, metric, costs, epoch) -> dict[str, Any]:
 
 
 # -- printing ------------------------------------------------------------------------------------
+# One "label  value" line per fact, never a table cell: a table on an 80-column terminal, or in a
+# log (rich assumes 80 columns there), cuts a study name or a storage URL to "fashion_cnn_…", and
+# those are what a reader copies into the next command. Lines are soft-wrapped (the terminal
+# wraps them, rich inserts no line break), so every name stays whole and in one piece.
+
+LABEL = 16  # width of the label column
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def print_status(st: StudyStatus, console: Any = None) -> None:
+def _console(console: Any) -> Any:
     from rich.console import Console
-    from rich.table import Table
 
-    console = console or Console()
-    table = Table(title=f"study {st.study}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("storage", st.storage)
+    return console or Console()
+
+
+def _line(console: Any, label: str, value: str, style: str = "bold") -> None:
+    from rich.text import Text
+
+    text = Text(f"{label:<{LABEL}}", style=style)
+    text.append(" " + value)
+    console.print(text, soft_wrap=True)
+
+
+def print_status(st: StudyStatus, console: Any = None) -> None:
+    from rich.text import Text
+
+    console = _console(console)
+    console.print(Text(f"study {st.study}", style="bold underline"), soft_wrap=True)
+    _line(console, "storage", st.storage)
+    if st.started:
+        _line(console, "started", st.started)
     if st.objectives:  # a Pareto study: each objective with its direction
         dirs = st.direction.split(",")
-        table.add_row("objectives", ", ".join(f"{d} {n}" for d, n in zip(dirs, st.objectives)))
+        _line(console, "objectives", ", ".join(f"{d} {n}" for d, n in zip(dirs, st.objectives)))
     else:
-        table.add_row("direction", f"{st.direction} {st.metric}")
-    table.add_row(
+        _line(console, "direction", f"{st.direction} {st.metric}")
+    _line(
+        console,
         "trials",
         f"{st.n_trials}: " + ", ".join(f"{n} {k.lower()}" for k, n in sorted(st.states.items()))
         if st.n_trials
         else "none",
     )
     if st.best_value is not None:
-        table.add_row("best", f"#{st.best_number}: {st.best_value:.4f}")
+        _line(console, "best", f"#{st.best_number}: {st.best_value:.4f}")
         for k, v in st.best_params.items():
-            table.add_row(f"  {k}", _fmt(v))
+            _line(console, f"  {k}", _fmt(v), style="")
     if st.trials_per_hour is not None:
-        table.add_row("trials per hour", f"{st.trials_per_hour:.1f}")
+        _line(console, "trials per hour", f"{st.trials_per_hour:.1f}")
     if st.median_trial_seconds is not None:
-        table.add_row("median trial", f"{st.median_trial_seconds:.1f}s")
+        _line(console, "median trial", f"{st.median_trial_seconds:.1f}s")
     if st.pruned_fraction is not None:
-        table.add_row("pruned", f"{100 * st.pruned_fraction:.0f}% of finished trials")
+        _line(console, "pruned", f"{100 * st.pruned_fraction:.0f}% of finished trials")
     if st.duplicates:
         pairs = [f"#{n} = #{o}" for n, o in sorted(st.duplicates.items())]
         more = f", ... ({len(pairs) - 12} more)" if len(pairs) > 12 else ""
-        table.add_row(
+        _line(
+            console,
             "duplicates",
             f"{len(pairs)} copied an earlier trial's result without training: "
             + ", ".join(pairs[:12])
             + more,
         )
     if st.over_budget:
-        table.add_row(
+        _line(
+            console,
             "over budget",
             f"{st.over_budget} of {st.proposals} proposals, recorded before their first epoch "
             "(never trained)",
         )
-    console.print(table)
     if st.objectives:
         print_front(st, console)
-    if st.workers:
-        wt = Table(title="workers with running trials", title_justify="left")
-        for col in ("worker", "trials", "alive", "how we know"):
-            wt.add_column(col)
-        for w in st.workers:
-            alive = {True: "[green]alive[/]", False: "[red]dead[/]", None: "unknown"}[w.alive]
-            wt.add_row(w.worker, ", ".join(f"#{n}" for n in w.trials), alive, w.how)
-        console.print(wt)
-    else:
+    console.print()
+    if not st.workers:
         console.print("no running trials (no worker is busy)")
+        return
+    console.print(Text("workers with running trials", style="bold"))
+    for w in st.workers:
+        alive = {True: ("alive", "green"), False: ("dead", "red"), None: ("unknown", "")}[w.alive]
+        trials = ", ".join(f"#{n}" for n in w.trials)
+        line = Text.assemble(f"  {w.worker}  ", alive, f"  trials {trials}  ({w.how})")
+        console.print(line, soft_wrap=True)
 
 
 def _fmt_objective(name: str, v: float) -> str:
@@ -384,55 +408,54 @@ def _fmt_objective(name: str, v: float) -> str:
 
 
 def print_front(st: StudyStatus, console: Any) -> None:
-    """The Pareto front, best metric first; pruned trials marked with the epoch of their value."""
-    from rich.table import Table
+    """The Pareto front, best metric first, one trial per line; pruned trials marked with the
+    epoch their metric is from."""
+    from rich.text import Text
 
+    console.print()
     if not st.front:
-        console.print("Pareto front: no complete trial yet")
+        console.print(f"Pareto front ({' vs '.join(st.objectives)}): no complete trial yet")
         return
     n_complete = sum(r["state"] == "complete" for r in st.front)
-    ft = Table(
-        title=f"Pareto front ({' vs '.join(st.objectives)})",
-        title_justify="left",
-        caption=f"{n_complete} complete trials; pruned: not dominated by them at the "
-        "epoch it stopped",
-        caption_justify="left",
+    console.print(
+        Text(f"Pareto front ({' vs '.join(st.objectives)})", style="bold"), soft_wrap=True
     )
-    ft.add_column("trial")
-    for name in st.objectives:
-        ft.add_column(name, justify="right")
-    ft.add_column("state")
     for r in st.front:
-        state = (
-            "complete" if r["state"] == "complete" else f"[yellow]pruned at epoch {r['epoch']}[/]"
+        cells = "  ".join(
+            f"{n} {_fmt_objective(n, v)}" for n, v in zip(st.objectives, r["values"], strict=True)
         )
-        cells = [_fmt_objective(n, v) for n, v in zip(st.objectives, r["values"], strict=True)]
-        ft.add_row(f"#{r['number']}", *cells, state)
-    console.print(ft)
-    console.print("export one: cnnopt export STUDY --trial N; list the front: --pareto")
+        if r["state"] == "complete":
+            line = Text(f"  #{r['number']:<5} {cells}  complete")
+        else:
+            line = Text.assemble(
+                f"  #{r['number']:<5} {cells}  ", (f"pruned at epoch {r['epoch']}", "yellow")
+            )
+        console.print(line, soft_wrap=True)
+    console.print(
+        f"{n_complete} complete trials on the front; a pruned one is listed when none of them "
+        "dominates it at the epoch it stopped. Export one: cnnopt export STUDY --trial N; "
+        "the list: --pareto",
+        soft_wrap=True,
+    )
 
 
 def print_study_list(rows: list[dict[str, Any]], console: Any = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """One block per study: its name, then its storage, direction, trials, best and start."""
+    from rich.text import Text
 
-    console = console or Console()
+    console = _console(console)
     if not rows:
         console.print("no studies found")
         return
-    table = Table(title="studies", title_justify="left")
-    for col in ("study", "storage", "direction", "trials", "best", "started"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["study"],
-            r["storage"],
-            r["direction"],
-            str(r["trials"]),
-            "" if r["best"] is None else f"{r['best']:.4f}",
-            r["started"] or "",
-        )
-    console.print(table)
+    for i, r in enumerate(rows):
+        if i:
+            console.print()
+        console.print(Text(r["study"], style="bold"), soft_wrap=True)
+        _line(console, "  storage", r["storage"], style="")
+        best = "" if r["best"] is None else f", best {r['best']:.4f}"
+        _line(console, "  trials", f"{r['trials']} ({r['direction']}{best})", style="")
+        if r["started"]:
+            _line(console, "  started", r["started"], style="")
 
 
 def status(study_name: str | None, storage: str | None) -> StudyStatus | list[dict[str, Any]]:

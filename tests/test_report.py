@@ -189,6 +189,7 @@ def test_numeric_categories_are_ordered_by_value_on_every_axis(tmp_path):
     axes = []
     s["slices"].figure.for_each_xaxis(lambda ax: axes.append(ax.categoryarray))
     assert ("32", "64", "128") in [tuple(a) for a in axes if a]
+    assert max(ax.domain[1] for ax in s["slices"].figure.select_xaxes()) > 0.95  # full width
 
 
 def test_heatmap_compares_the_common_epoch_not_pruned_against_complete(tmp_path):

@@ -13,7 +13,14 @@ from rich.console import Console
 
 from cnnopt.cli import cli
 from cnnopt.errors import StorageError
-from cnnopt.status import load_study, print_status, status, study_status
+from cnnopt.status import (
+    list_studies,
+    load_study,
+    print_status,
+    print_study_list,
+    status,
+    study_status,
+)
 from cnnopt.storage import get_storage
 
 from .conftest import make_study
@@ -148,3 +155,51 @@ def test_status_of_a_pareto_study_shows_its_front_and_the_over_budget_count(tmp_
     assert "1 of 6 proposals" in text
     r = CliRunner().invoke(cli, ["status", "po", "--storage", url, "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["over_budget"] == 1
+
+
+# -- whole names at 80 columns and in logs ---------------------------------------------------------
+
+LONG = "fashion_cnn_bn_with_a_name_longer_than_a_table_cell"
+
+
+@pytest.fixture
+def long_named(tmp_path):
+    """A study whose name and storage path are each wider than an 80-column table cell."""
+    folder = tmp_path / "a_storage_folder_with_a_long_name" / "and_another_level"
+    folder.mkdir(parents=True)
+    url = str(folder / f"{LONG}.journal")
+    ostudy = optuna.create_study(study_name=LONG, storage=get_storage(url), direction="maximize")
+    ostudy.optimize(lambda t: t.suggest_float("dropout_rate_of_the_block", 0, 0.5), n_trials=2)
+    return ostudy, url
+
+
+def test_status_shows_whole_names_at_80_columns(long_named, tmp_path):
+    ostudy, url = long_named
+    started = min(t.datetime_start for t in ostudy.trials).isoformat(timespec="seconds")
+    console = Console(record=True, width=80)
+    print_status(study_status(ostudy, url), console)
+    lines = console.export_text().splitlines()
+    for whole in (f"study {LONG}", url, started, "dropout_rate_of_the_block"):
+        assert any(whole in line for line in lines), whole  # in one piece, on one line
+    assert "…" not in console.export_text()
+    console = Console(record=True, width=80)
+    print_study_list(list_studies(url), console)
+    text = console.export_text()
+    for whole in (LONG, url, started):
+        assert any(whole in line for line in text.splitlines()), whole
+    assert "…" not in text
+
+
+def test_status_in_a_log_keeps_whole_names(long_named):
+    """`cnnopt status` as a real process writing to a pipe (a log), COLUMNS=80: nothing cut."""
+    _, url = long_named
+    env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
+    for args in ([LONG, "--storage", url], ["--storage", url]):
+        out = subprocess.run(
+            [sys.executable, "-m", "cnnopt.cli", "status", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+        assert LONG in out and url in out and "…" not in out, out

@@ -88,6 +88,7 @@ def wrap_subplots(fig: Any, cols: int = SLICE_COLUMNS, row_px: int = SLICE_ROW_P
     fig.layout.width = None
     if n == 1:
         return 1
+    cols = min(cols, n)  # two panels share the width, not half of it
     rows = math.ceil(n / cols)
     height = rows * row_px + 60
     hgap, vgap = 0.05, min(0.3, 90 / height)  # room for the x axis title under each panel
