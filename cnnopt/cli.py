@@ -315,9 +315,18 @@ def status(study, storage, as_json):
 @click.argument("study")
 @_storage_option
 @click.option(
-    "-o", "--out", default="best.json", show_default=True, type=click.Path(dir_okay=False)
+    "-o",
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="[default: best.json; with --pareto: pareto.json]",
 )
 @click.option("--trial", "trial", type=int, default=None, help="Trial number [default: the best].")
+@click.option(
+    "--pareto",
+    is_flag=True,
+    help="A Pareto study: list its front (pruned points marked) and write it to --out.",
+)
 @click.option(
     "--format",
     "fmt",
@@ -332,10 +341,30 @@ def status(study, storage, as_json):
     help="Also download the trial's checkpoint artifact to this file (no retraining needed).",
 )
 @_artifacts_option("Artifact location [default: the one the study recorded].")
-def export(study, storage, out, trial, fmt, checkpoint, artifacts):
+def export(study, storage, out, trial, pareto, fmt, checkpoint, artifacts):
     """Write trial (default: best) of STUDY as a file that rebuilds its run without the storage."""
     from cnnopt.export import export as do_export
 
+    if pareto:
+        from cnnopt.export import export_pareto
+        from cnnopt.status import _fmt_objective
+
+        if trial is not None or checkpoint:
+            raise click.UsageError("--pareto lists the front: export one point with --trial N")
+        path, data = export_pareto(study, out or "pareto.json", fmt, storage)
+        names = data["objectives"]
+        for r in data["front"]:
+            cells = ", ".join(
+                f"{n} {_fmt_objective(n, v)}" for n, v in zip(names, r["values"], strict=True)
+            )
+            mark = f" (pruned at epoch {r['epoch']})" if r["state"] == "pruned" else ""
+            click.echo(f"#{r['number']}: {cells}{mark}")
+        click.echo(
+            f"wrote the front of {study} ({len(data['front'])} points) to {path}; "
+            f"export one for `cnnopt train` with: cnnopt export {study} --trial N"
+        )
+        return
+    out = out or "best.json"
     path, data = do_export(study, out, trial, fmt, storage, checkpoint, artifacts)
     t = data["trial"]
     click.echo(f"exported {study} trial #{t['number']} ({t['metric']} {t['value']}) to {path}")

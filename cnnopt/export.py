@@ -48,6 +48,11 @@ def file_sha256(path: str | Path) -> str | None:
 
 def pick_trial(ostudy: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
     if number is None:
+        if len(ostudy.directions) > 1:
+            raise StorageError(
+                f"study {ostudy.study_name!r} is a Pareto study: it has a front, not one best "
+                "trial; pass --trial N (--pareto lists the front)"
+            )
         try:
             return ostudy.best_trial
         except ValueError:
@@ -108,7 +113,7 @@ def build_export(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, url: str
         "study": {
             "name": ostudy.study_name,
             "storage": mask_url(url),
-            "direction": ostudy.direction.name.lower(),
+            "direction": ",".join(d.name.lower() for d in ostudy.directions),
             "metric": metric,
             "file": {"path": path, "sha256": stored_hash, "current_sha256": current},
             "settings": study_file.get("settings", {}),
@@ -117,12 +122,16 @@ def build_export(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, url: str
         "trial": {
             "number": trial.number,
             "state": trial.state.name,
-            "value": trial.value,
+            # the metric (a Pareto study's trials have the metric first, then their costs)
+            "value": trial.values[0] if trial.values else None,
+            "values": trial.values,
             "metric": metric,
             "params": trial.params,
             "seed": trial.user_attrs.get("seed", cfg.train.seed),
             "params_count": trial.user_attrs.get("params_count"),
             "flops": trial.user_attrs.get("flops"),
+            "latency_ms": trial.user_attrs.get("latency_ms"),
+            "over_budget": trial.user_attrs.get("over_budget"),
             "seconds_per_epoch": trial.user_attrs.get("seconds_per_epoch"),
             "images_per_second": trial.user_attrs.get("images_per_second"),
             "device": trial.user_attrs.get("device"),
@@ -199,4 +208,29 @@ def export(
         data["checkpoint"] = {"path": str(path), "artifact": meta.filename}
     for w in data["warnings"]:
         log.warning(w)
+    return dump(data, out, fmt), data
+
+
+def export_pareto(
+    study_name: str, out: str | Path, fmt: str | None = None, storage: str | None = None
+) -> tuple[Path, dict]:
+    """Write a Pareto study's front (status.pareto_rows: complete front trials, and pruned
+    trials no complete front point dominates, marked) with each point's params; any one of them
+    is then exported for ``cnnopt train`` with ``--trial N``."""
+    from cnnopt.status import objective_names, pareto_rows
+
+    ostudy, url = load_study(study_name, storage)
+    if len(ostudy.directions) < 2:
+        raise StorageError(
+            f"study {study_name!r} has one objective, so no Pareto front; export its best "
+            "trial without --pareto"
+        )
+    data = {
+        "format": "cnnopt-pareto/1",
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "study": {"name": ostudy.study_name, "storage": mask_url(url)},
+        "objectives": objective_names(ostudy),
+        "directions": [d.name.lower() for d in ostudy.directions],
+        "front": pareto_rows(ostudy),
+    }
     return dump(data, out, fmt), data

@@ -17,16 +17,40 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from cnnopt import dedup
 from cnnopt.checkpoint import origin_number
 from cnnopt.config import RunConfig
+from cnnopt.cost import COST_ATTR, COSTS, Cost, describe_over, violations
+from cnnopt.cost import measure as measure_cost
 from cnnopt.data import load_split
 from cnnopt.errors import CnnoptError, ConfigError, TrialFailed
 from cnnopt.study import WARM_START, Study
 from cnnopt.train import CudaContextLost, EpochStats, Interrupted, TrainResult, fit, hardware
 
 Event = Callable[[dict[str, Any]], None]
+# user attributes: the reasons an over-budget proposal was not trained; a Pareto study's
+# per-epoch metric ({"epoch": value}), which Optuna's trial.report refuses to take there
+OVER_BUDGET = "over_budget"
+INTERMEDIATE = "intermediate"
+
+
+def rung_points(
+    ostudy: optuna.Study, step: int, study: Study, exclude: int | None = None
+) -> list[tuple[float, tuple[float, ...]]]:
+    """(metric at epoch ``step``, costs) of every trial of a Pareto study that reached it."""
+    out = []
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    for t in ostudy.get_trials(deepcopy=False, states=states):
+        value = t.user_attrs.get(INTERMEDIATE, {}).get(str(step))
+        if t.number == exclude or value is None:
+            continue
+        costs = [t.user_attrs.get(COST_ATTR[c]) for c in study.cost_objectives]
+        if any(c is None for c in costs):
+            continue
+        out.append((float(value), tuple(float(c) for c in costs)))
+    return out
 
 
 def worker_tag() -> str:
@@ -65,11 +89,13 @@ class Objective:
         self.metric = study.settings.metric
         self.checkpoints = checkpoints  # cnnopt.checkpoint.CheckpointStore or None
         self.artifacts = artifacts  # cnnopt.artifacts.TrialArtifacts or None
+        self.cost: Cost | None = None  # the running trial's, when the study measures costs
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_tag())
         trial.set_user_attr("device", self.device_name)
         cfg = None
+        self.cost = None
         # what the trial was doing and how large its model is, for an out-of-memory message
         where: dict[str, Any] = {"stage": "starting CUDA", "params": None}
         try:
@@ -81,6 +107,9 @@ class Objective:
             where["stage"] = "preparing the data"
             cfg = self.study.resolve(trial)
             trial.set_user_attr("seed", cfg.train.seed)
+            if self.study.needs_cost:  # before deduplication: an over-budget twin is not waited on
+                where["stage"] = "measuring the model's cost"
+                self.cost = self._measure_cost(trial, cfg)
             plan = self._plan(trial, cfg)
             if plan.source is not None:
                 return self._copy(trial, plan)
@@ -112,7 +141,7 @@ class Objective:
             trial.set_user_attr("history", history)
             if not math.isfinite(value):
                 raise TrialFailed(f"{self.metric} became {value} at epoch {stats.epoch}")
-            trial.report(value, stats.epoch)
+            self._report(trial, value, stats.epoch)
             self.emit(
                 {
                     "event": "epoch",
@@ -129,7 +158,11 @@ class Objective:
             # asked for a warm start too, and its answer ignored: successive halving and
             # Hyperband record a trial's rung value inside should_prune(), and a trial that
             # never asks is no competitor at any rung
-            if stats.epoch < cfg.train.epochs and trial.should_prune() and not warm_start:
+            if (
+                stats.epoch < cfg.train.epochs
+                and self._should_prune(trial, value, stats.epoch)
+                and not warm_start
+            ):
                 raise optuna.TrialPruned(
                     f"pruned at epoch {stats.epoch} ({self.metric}={value:.4f})"
                 )
@@ -158,7 +191,7 @@ class Objective:
             for h in resume.get("history", []):
                 stats = EpochStats(**h)
                 history.append(_epoch_record(stats))
-                trial.report(stats.metrics[self.metric], stats.epoch)
+                self._report(trial, stats.metrics[self.metric], stats.epoch)
             trial.set_user_attr("history", history)
             trial.set_user_attr("resumed_from_epoch", int(resume["epoch"]))
         outcome = "failed"  # for the learning-curve artifact
@@ -205,7 +238,67 @@ class Objective:
             if self.artifacts is not None:
                 on_best = lambda path: self.artifacts.checkpoint(trial, path)  # noqa: E731
             self.checkpoints.finished(trial, on_best)
-        return result.last(self.metric)
+        return self._values(result.last(self.metric))
+
+    # -- costs, budgets and Pareto studies (cnnopt/cost.py, cnnopt/pareto.py) -------------------
+    def _measure_cost(self, trial: optuna.Trial, cfg: RunConfig) -> Cost:
+        """Measure the configuration's cost before training; store it, set the sampler's
+        constraints, and stop here (pruned at epoch 0, nothing trained) when it is over budget.
+
+        PRUNED rather than FAIL or COMPLETE: a FAIL is invisible to every sampler, and a COMPLETE
+        needs a value the trial never earned (and would stand in plots and counts as a result).
+        A pruned trial has no value, so it is never the study's best, and its constraint
+        violation makes TPE rank it below every feasible trial whatever its state."""
+        _ds, _split, sized = prepare(self.study, cfg, self.device)
+        cost = measure_cost(
+            sized, self.device, self.study.needs_latency, self.study.settings.latency_batch
+        )
+        for name in COSTS:
+            if cost.get(name) is not None:
+                trial.set_user_attr(COST_ATTR[name], cost.get(name))
+        if cost.latency_ms is not None:
+            trial.set_user_attr(
+                "latency", {"batch": cost.latency_batch, "device": self.device_name}
+            )
+        limits = self.study.limits
+        for name, v in violations(cost, limits).items():
+            trial.set_constraint(name, v)
+        over = describe_over(cost, limits)
+        if over:
+            trial.set_user_attr(OVER_BUDGET, over)
+            trial.set_user_attr("config", sized.to_dict())  # export and status show what it was
+            self.emit({"event": "start", "trial": trial.number, "over_budget": over})
+            raise optuna.TrialPruned(f"over budget, not trained: {'; '.join(over)}")
+        return cost
+
+    def _report(self, trial: optuna.Trial, value: float, step: int) -> None:
+        """One epoch's metric to the storage: trial.report, or in a Pareto study (where Optuna's
+        report raises) the ``intermediate`` user attribute that cnnopt's rung pruner reads."""
+        if not self.study.multi_objective:
+            trial.report(value, step)
+            return
+        values = dict(trial.user_attrs.get(INTERMEDIATE, {}))
+        values[str(step)] = float(value)
+        trial.set_user_attr(INTERMEDIATE, values)
+
+    def _should_prune(self, trial: optuna.Trial, value: float, step: int) -> bool:
+        if not self.study.multi_objective:
+            return trial.should_prune()
+        pruner = self.study.make_rung_pruner()
+        if pruner is None or not pruner.decides_at(step) or not isinstance(trial, optuna.Trial):
+            return False
+        return pruner.should_stop(
+            (value, self._costs()), rung_points(trial.study, step, self.study, trial.number)
+        )
+
+    def _costs(self) -> tuple[float, ...]:
+        return tuple(float(self.cost.get(c)) for c in self.study.cost_objectives)  # type: ignore[arg-type]
+
+    def _values(self, value: float) -> float | tuple[float, ...]:
+        """What the trial returns: the metric, or in a Pareto study the metric and its costs."""
+        if not self.study.multi_objective:
+            return value
+        return (value, *self._costs())
 
     # -- deduplication (cnnopt/dedup.py decides, this carries it out on the trial) --------------
     def _plan(self, trial: optuna.Trial, cfg: RunConfig) -> dedup.Plan:
@@ -230,18 +323,21 @@ class Objective:
         src = plan.source
         assert src is not None
         trial.set_user_attr("duplicate_of", plan.duplicate_of)
-        for key in ("config", "params_count", "flops"):  # what the model is, not what it cost
+        # what the model is, not what it cost to train
+        for key in ("config", "params_count", "flops", "latency_ms", "latency"):
             if key in src.user_attrs:
                 trial.set_user_attr(key, src.user_attrs[key])
         self.emit({"event": "start", "trial": trial.number, "duplicate_of": plan.duplicate_of})
+        if self.study.multi_objective:
+            trial.set_user_attr(INTERMEDIATE, dict(src.user_attrs.get(INTERMEDIATE, {})))
         for step, value in sorted(src.intermediate_values.items()):
             trial.report(value, step)
         if src.state == optuna.trial.TrialState.PRUNED:
             raise optuna.TrialPruned(
                 f"duplicate of #{plan.duplicate_of}, pruned at epoch {src.last_step}"
             )
-        assert src.value is not None
-        return src.value
+        assert src.values
+        return src.values[0] if len(src.values) == 1 else tuple(src.values)
 
     def _runtime_error(
         self, trial: optuna.Trial, err: RuntimeError, cfg: RunConfig | None, where: dict

@@ -85,6 +85,8 @@ class RunDisplay:
                 reason = f" ({ev['reason']})" if ev.get("reason") and state != "COMPLETE" else ""
                 if ev.get("duplicate_of") is not None:  # copied, not trained
                     reason = f" (duplicate of #{ev['duplicate_of']})"
+                if ev.get("over_budget"):  # recorded, never trained
+                    reason = f" (over budget, not trained: {'; '.join(ev['over_budget'])})"
                 self.console.print(
                     f"trial {ev['trial']:>4} {state.lower():<9}{value}{reason}  [{self._totals()}]"
                 )

@@ -91,6 +91,7 @@ class RunSummary:
     interrupted: bool = False
     events: list[dict] = field(default_factory=list)
     exhausted: str | None = None  # why the run stopped early: no untried configuration left
+    pareto: bool = False  # a Pareto study: a front, no single best trial
 
 
 # -- devices (which GPU each worker uses: cnnopt.devices) -----------------------------------------
@@ -119,7 +120,7 @@ def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
                 ostudy = optuna.create_study(
                     storage=storage,
                     study_name=study.name,
-                    direction=study.settings.direction,
+                    directions=study.directions,
                     sampler=study.make_sampler(),
                     pruner=study.make_pruner(),
                     load_if_exists=True,
@@ -140,6 +141,12 @@ def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
     except Exception as e:  # noqa: BLE001
         msg = (str(e).strip().splitlines() or [""])[0]
         raise StorageError(f"{mask_url(url)}: {type(e).__name__}: {mask_url(msg)}") from None
+    stored = [d.name.lower() for d in ostudy.directions]
+    if stored != study.directions:  # e.g. a study file turned into a Pareto study since
+        raise StorageError(
+            f"study {study.name!r} in {mask_url(url)} has directions {stored}, but "
+            f"{study.path} asks for {study.directions}: run it under another --study-name"
+        )
     if create and study.settings.enqueue and not ostudy.get_trials(deepcopy=False):
         # Warm start, once, when the study is new: the report's own configuration goes first,
         # so the search starts from what the user already had and can only improve on it.
@@ -419,8 +426,10 @@ def _work(
                 "worker": spec.index,
                 "trial": t.number,
                 "state": t.state.name,
-                "value": t.value,
+                # the metric (a Pareto study's trial has several values: the metric is first)
+                "value": t.values[0] if t.values else None,
                 "reason": t.user_attrs.get("fail_reason"),
+                "over_budget": t.user_attrs.get("over_budget"),
                 "duplicate_of": t.user_attrs.get("duplicate_of"),
             }
         )
@@ -787,7 +796,7 @@ class Runner:
         best = None
         try:
             best = ostudy.best_trial
-        except ValueError:
+        except (ValueError, RuntimeError):  # none complete yet; a Pareto study has a front
             pass
         return RunSummary(
             study_name=self.study.name,
@@ -804,4 +813,5 @@ class Runner:
             worker_deaths=deaths,
             interrupted=interrupted,
             events=events,
+            pareto=self.study.multi_objective,
         )

@@ -118,6 +118,12 @@ class StudyStatus:
     # trial number -> the trial whose result it copied (deduplicate = True: trained no epoch)
     duplicates: dict[int, int] = field(default_factory=dict)
     started: str | None = None  # the first trial's start, ISO 8601 to the second
+    # proposals over the study's budget (max_params, max_flops, max_latency_ms): never trained
+    over_budget: int = 0
+    proposals: int = 0  # finished trials, the over-budget ones included
+    # a Pareto study: its objectives, and the front (see pareto_rows)
+    objectives: list[str] = field(default_factory=list)
+    front: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -240,7 +246,69 @@ def study_status(ostudy: optuna.Study, url: str) -> StudyStatus:
         ]
         st.median_trial_seconds = statistics.median(durations) if durations else None
     st.workers = worker_status(ostudy, url)
+    st.proposals = len(finished)
+    st.over_budget = sum(1 for t in finished if t.user_attrs.get("over_budget"))
+    if multi:
+        st.objectives = objective_names(ostudy)
+        st.front = pareto_rows(ostudy)
     return st
+
+
+def objective_names(ostudy: optuna.Study) -> list[str]:
+    """A Pareto study's objectives as its study file names them (the metric, then costs)."""
+    settings = (ostudy.user_attrs.get("study_file") or {}).get("settings") or {}
+    names = list(settings.get("objectives") or [])
+    if len(names) == len(ostudy.directions):
+        return names
+    return [f"value {i}" for i in range(len(ostudy.directions))]
+
+
+def pareto_rows(ostudy: optuna.Study) -> list[dict[str, Any]]:
+    """The front of a Pareto study, best metric first: its complete trials that no other
+    complete trial dominates, and (marked ``pruned``) the pruned trials whose last accuracy and
+    cost no complete front point dominates: configurations that a full training might add to
+    the front, for a user who wants to retrain one (``cnnopt export --trial N``)."""
+    from cnnopt.pareto import front_mask
+
+    names = objective_names(ostudy)
+    maximize = ostudy.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    cost_attrs = [_cost_attr(n) for n in names[1:]]
+    complete = list(ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    points = [(t.values[0], tuple(t.values[1:])) for t in complete]
+    rows = [
+        _front_row(t, names, "complete", t.values[0], t.values[1:], None)
+        for t, on in zip(complete, front_mask(points, maximize), strict=True)
+        if on
+    ]
+    front_points = [(r["values"][0], tuple(r["values"][1:])) for r in rows]
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        curve = t.user_attrs.get("intermediate") or {}
+        costs = [t.user_attrs.get(a) for a in cost_attrs]
+        if not curve or None in costs or t.user_attrs.get("over_budget"):
+            continue
+        epoch = max(curve, key=int)
+        point = (float(curve[epoch]), tuple(float(c) for c in costs))
+        if front_mask([point, *front_points], maximize)[0]:
+            rows.append(_front_row(t, names, "pruned", point[0], point[1], int(epoch)))
+    rows.sort(key=lambda r: (-r["values"][0] if maximize else r["values"][0], r["number"]))
+    return rows
+
+
+def _cost_attr(name: str) -> str:
+    from cnnopt.cost import COST_ATTR
+
+    return COST_ATTR.get(name, name)
+
+
+def _front_row(t, names, state, metric, costs, epoch) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "state": state,
+        "epoch": epoch,  # pruned: the epoch its metric is from; complete: None (the last)
+        "values": [float(metric), *(float(c) for c in costs)],
+        "objectives": names,
+        "params": dict(t.params),
+    }
 
 
 # -- printing ------------------------------------------------------------------------------------
@@ -278,7 +346,11 @@ def print_status(st: StudyStatus, console: Any = None) -> None:
     _line(console, "storage", st.storage)
     if st.started:
         _line(console, "started", st.started)
-    _line(console, "direction", f"{st.direction} {st.metric}")
+    if st.objectives:  # a Pareto study: each objective with its direction
+        dirs = st.direction.split(",")
+        _line(console, "objectives", ", ".join(f"{d} {n}" for d, n in zip(dirs, st.objectives)))
+    else:
+        _line(console, "direction", f"{st.direction} {st.metric}")
     _line(
         console,
         "trials",
@@ -306,6 +378,15 @@ def print_status(st: StudyStatus, console: Any = None) -> None:
             + ", ".join(pairs[:12])
             + more,
         )
+    if st.over_budget:
+        _line(
+            console,
+            "over budget",
+            f"{st.over_budget} of {st.proposals} proposals, recorded before their first epoch "
+            "(never trained)",
+        )
+    if st.objectives:
+        print_front(st, console)
     console.print()
     if not st.workers:
         console.print("no running trials (no worker is busy)")
@@ -316,6 +397,46 @@ def print_status(st: StudyStatus, console: Any = None) -> None:
         trials = ", ".join(f"#{n}" for n in w.trials)
         line = Text.assemble(f"  {w.worker}  ", alive, f"  trials {trials}  ({w.how})")
         console.print(line, soft_wrap=True)
+
+
+def _fmt_objective(name: str, v: float) -> str:
+    if name in ("params", "flops"):
+        return f"{v / 1e6:.3g}M" if v >= 1e6 else f"{v:,.0f}"
+    if name == "latency_ms":
+        return f"{v:.3g} ms"
+    return f"{v:.4f}"
+
+
+def print_front(st: StudyStatus, console: Any) -> None:
+    """The Pareto front, best metric first, one trial per line; pruned trials marked with the
+    epoch their metric is from."""
+    from rich.text import Text
+
+    console.print()
+    if not st.front:
+        console.print(f"Pareto front ({' vs '.join(st.objectives)}): no complete trial yet")
+        return
+    n_complete = sum(r["state"] == "complete" for r in st.front)
+    console.print(
+        Text(f"Pareto front ({' vs '.join(st.objectives)})", style="bold"), soft_wrap=True
+    )
+    for r in st.front:
+        cells = "  ".join(
+            f"{n} {_fmt_objective(n, v)}" for n, v in zip(st.objectives, r["values"], strict=True)
+        )
+        if r["state"] == "complete":
+            line = Text(f"  #{r['number']:<5} {cells}  complete")
+        else:
+            line = Text.assemble(
+                f"  #{r['number']:<5} {cells}  ", (f"pruned at epoch {r['epoch']}", "yellow")
+            )
+        console.print(line, soft_wrap=True)
+    console.print(
+        f"{n_complete} complete trials on the front; a pruned one is listed when none of them "
+        "dominates it at the epoch it stopped. Export one: cnnopt export STUDY --trial N; "
+        "the list: --pareto",
+        soft_wrap=True,
+    )
 
 
 def print_study_list(rows: list[dict[str, Any]], console: Any = None) -> None:

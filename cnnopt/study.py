@@ -27,9 +27,11 @@ from typing import Any
 import optuna
 
 from cnnopt.config import FIELD_TYPES, KEY_SECTION, RunConfig, coerce
+from cnnopt.cost import COSTS
 from cnnopt.errors import CnnoptError, StudyFileError
+from cnnopt.pareto import RULES, RungPruner, rungs
 
-SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp")
+SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "nsgaii")
 PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "none")
 METRICS = (
     "val_accuracy",
@@ -79,6 +81,22 @@ class StudySettings:
     # params of trials to run first (warm starts), when the study is new; they are trained to
     # the end, never pruned
     enqueue: tuple[dict, ...] = ()
+    # Budgets (cnnopt/cost.py): a configuration over any of them is never trained. It is recorded
+    # as pruned at epoch 0 with its cost and an Optuna constraint violation, so it costs no
+    # epoch, is never the best trial, and the sampler learns to stay inside (TPE ranks
+    # infeasible trials last whatever their state).
+    max_params: int | None = None
+    max_flops: int | None = None  # forward FLOPs per image (a multiply-add counts 2)
+    max_latency_ms: float | None = None  # median forward time of a batch on the trial's device
+    latency_batch: int = 1  # the batch size that latency is measured at
+    # Pareto studies: the metric first, then one or two costs (params, flops, latency_ms), e.g.
+    # ["val_accuracy", "flops"]; empty: a single-objective study of `metric`. Directions default
+    # to `direction` for the metric and minimize for costs.
+    objectives: tuple[str, ...] = ()
+    directions: tuple[str, ...] = ()
+    # how a Pareto study's pruner orders the trials at a rung (cnnopt/pareto.py): MO-ASHA's
+    # non-dominated sorting ("nds") or successive halving among no costlier trials ("cheaper")
+    pareto_rule: str = "nds"
 
 
 # user attr of the trials `enqueue` puts first: the objective never prunes them
@@ -90,6 +108,7 @@ STUDY_CHOICES = {
     "pruner": PRUNERS,
     "direction": ("maximize", "minimize"),
     "metric": METRICS,
+    "pareto_rule": RULES,
 }
 
 SpaceFn = Callable[[optuna.Trial], dict[str, Any]]
@@ -182,6 +201,7 @@ class Study:
         for key, value in (overrides or {}).items():
             _assign(key, value, settings, fixed, "--set")
         settings.setdefault("name", path.stem)
+        _check_objectives(settings, str(path))
         pinned = {k: fixed[k] for k in (overrides or {}) if k in fixed}
         study = cls(
             path,
@@ -254,8 +274,13 @@ class Study:
         return optuna.samplers.PartialFixedSampler(self.pinned, base)
 
     def _base_sampler(self, seed: int | None) -> optuna.samplers.BaseSampler:
+        # Budgets reach the samplers as Optuna constraints that the objective sets on each trial
+        # (trial.set_constraint; Optuna 5 deprecates constraints_func for it), so no sampler
+        # needs a constraints_func here: TPE, NSGA-II and GP read trial.constraints themselves.
         s = self.settings
         seed = s.seed if seed is None else seed
+        if s.sampler == "nsgaii":
+            return optuna.samplers.NSGAIISampler(seed=seed)
         if s.sampler == "tpe":
             # Optuna 5's TPE defaults to multivariate + constant_liar, which suits parallel workers.
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials)
@@ -267,9 +292,54 @@ class Study:
             return optuna.samplers.QMCSampler(seed=seed)
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
 
+    # -- objectives, budgets ---------------------------------------------------------------------
+    @property
+    def multi_objective(self) -> bool:
+        return bool(self.settings.objectives)
+
+    @property
+    def directions(self) -> list[str]:
+        """One per value the objective returns (Optuna's ``directions``)."""
+        return list(self.settings.directions) or [self.settings.direction]
+
+    @property
+    def cost_objectives(self) -> tuple[str, ...]:
+        return tuple(self.settings.objectives[1:])
+
+    @property
+    def limits(self) -> dict[str, float]:
+        """The budgets that are set, by cost name."""
+        s = self.settings
+        limits = {"params": s.max_params, "flops": s.max_flops, "latency_ms": s.max_latency_ms}
+        return {k: v for k, v in limits.items() if v is not None}
+
+    @property
+    def needs_cost(self) -> bool:
+        """Is a trial's cost measured before training (a budget, or a cost objective)?"""
+        return bool(self.limits or self.cost_objectives)
+
+    @property
+    def needs_latency(self) -> bool:
+        return "latency_ms" in self.limits or "latency_ms" in self.cost_objectives
+
+    def make_rung_pruner(self) -> RungPruner | None:
+        """A Pareto study's pruner (None: it does not prune)."""
+        s = self.settings
+        if not self.multi_objective or s.pruner == "none":
+            return None
+        epochs = self.base_config().train.epochs
+        return RungPruner(
+            rungs(first_rung(s.min_resource, epochs), s.reduction_factor, epochs),
+            s.reduction_factor,
+            s.direction == "maximize",
+            s.pareto_rule,
+        )
+
     def make_pruner(self) -> optuna.pruners.BasePruner:
         s = self.settings
         epochs = self.base_config().train.epochs
+        if self.multi_objective:  # Optuna's pruners cannot: the objective runs make_rung_pruner
+            return optuna.pruners.NopPruner()
         if s.pruner == "median":
             return optuna.pruners.MedianPruner(
                 n_startup_trials=s.n_startup_trials, n_warmup_steps=s.n_warmup_steps
@@ -312,6 +382,68 @@ class Study:
             "fixed": dict(self.fixed),
             "overrides": dict(self.overrides),
         }
+
+
+def _check_objectives(settings: dict[str, Any], where: str) -> None:
+    """A Pareto study's objectives, directions, sampler and pruner, checked together (each is
+    fine alone; some combinations Optuna or cnnopt cannot run). Fills in ``metric`` and
+    ``directions`` so that the rest of cnnopt reads them from one place."""
+    for key in ("max_params", "max_flops", "max_latency_ms", "latency_batch"):
+        value = settings.get(key)
+        if value is not None and value <= 0:
+            raise StudyFileError(f"{where}: {key}={value!r} must be positive")
+    objectives = settings.get("objectives", ())
+    directions = settings.get("directions", ())
+    if not objectives:
+        if directions:
+            raise StudyFileError(f"{where}: directions={list(directions)!r} needs objectives")
+        return
+    first, costs = objectives[0], objectives[1:]
+    if first not in METRICS:
+        raise StudyFileError(
+            f"{where}: objectives={list(objectives)!r}: the first must be the metric "
+            f"({', '.join(METRICS)})"
+        )
+    if "metric" in settings and settings["metric"] != first:
+        raise StudyFileError(
+            f"{where}: metric={settings['metric']!r} but objectives starts with {first!r}"
+        )
+    if (
+        not 1 <= len(costs) <= 2
+        or any(c not in COSTS for c in costs)
+        or len(set(costs)) < len(costs)
+    ):
+        raise StudyFileError(
+            f"{where}: objectives={list(objectives)!r}: after the metric, one or two different "
+            f"costs of {', '.join(COSTS)}"
+        )
+    if directions:
+        if len(directions) != len(objectives):
+            raise StudyFileError(
+                f"{where}: directions={list(directions)!r} has {len(directions)} values for "
+                f"{len(objectives)} objectives"
+            )
+        for d in directions:
+            if d not in ("maximize", "minimize"):
+                raise StudyFileError(f"{where}: directions: {d!r} is not maximize or minimize")
+        if any(d != "minimize" for d in directions[1:]):
+            raise StudyFileError(
+                f"{where}: directions={list(directions)!r}: a cost is minimized (a larger model "
+                "for its own sake is what a budget is for)"
+            )
+        settings["direction"] = directions[0]
+    direction = settings.get("direction", "maximize")
+    settings["metric"] = first
+    settings["directions"] = (direction, *("minimize" for _ in costs))
+    pruner = settings.get("pruner", "successive_halving")
+    if pruner not in ("successive_halving", "none"):
+        raise StudyFileError(
+            f"{where}: pruner={pruner!r}: a Pareto study prunes with successive halving's "
+            "rungs (cnnopt/pareto.py) or not at all (none); Optuna's pruners need trial.report, "
+            "which multi-objective studies refuse"
+        )
+    if settings.get("sampler") == "cmaes":
+        raise StudyFileError(f"{where}: sampler='cmaes' cannot run a multi-objective study")
 
 
 def _assign(key: str, value: Any, settings: dict, fixed: dict, where: str) -> None:

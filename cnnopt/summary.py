@@ -33,7 +33,14 @@ def print_run_summary(s: RunSummary, console: Console | None = None) -> None:
         else f" --storage '{mask_url(s.storage)}'"
     )
     table.add_row("dashboard", f"cnnopt dashboard{storage_arg}")
-    table.add_row("export best", f"cnnopt export {s.study_name}{storage_arg} --out best.json")
+    if s.pareto:  # a front, not one best trial
+        table.add_row("Pareto front", f"cnnopt status {s.study_name}{storage_arg}")
+        table.add_row("export the front", f"cnnopt export {s.study_name}{storage_arg} --pareto")
+    else:
+        table.add_row("export best", f"cnnopt export {s.study_name}{storage_arg} --out best.json")
+    over = sum(1 for e in s.events if e["event"] == "end" and e.get("over_budget"))
+    if over:
+        table.add_row("over budget", f"{over} proposal(s), recorded and never trained")
     if s.interrupted:
         table.add_row("interrupted", "re-run the same command to resume")
     duplicates = sum(

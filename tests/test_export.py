@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cnnopt.cli import cli
 from cnnopt.config import RunConfig
 from cnnopt.errors import StorageError
-from cnnopt.export import export, load_export
+from cnnopt.export import build_export, export, load_export
 from cnnopt.status import load_study
 from cnnopt.storage import get_storage
 
@@ -93,3 +93,31 @@ def test_export_without_complete_trials_says_so(tmp_path):
         export("empty", tmp_path / "b.json", storage=url)
     with pytest.raises(StorageError, match="no trial #7"):
         export("empty", tmp_path / "b.json", trial=7, storage=url)
+
+
+def test_export_of_a_pareto_study_lists_the_front_and_exports_any_trial(tmp_path):
+    from .test_pareto import stored_pareto_study
+
+    _, url = stored_pareto_study(tmp_path)
+    out = tmp_path / "front.json"
+    r = CliRunner().invoke(cli, ["export", "po", "--storage", url, "--pareto", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "#3: val_accuracy 0.8800, flops 50,000 (pruned at epoch 3)" in r.output
+    front = json.loads(out.read_text())
+    assert front["objectives"] == ["val_accuracy", "flops"]
+    assert [p["number"] for p in front["front"]] == [0, 3, 1]
+    # no single best trial: a chosen one, pruned or not
+    r = CliRunner().invoke(cli, ["export", "po", "--storage", url, "-o", str(tmp_path / "b.json")])
+    assert r.exit_code != 0 and "pass --trial N" in str(r.exception)
+    data = build_export(*_loaded(url, 1))
+    assert data["trial"]["values"] == [0.85, 100_000] and data["trial"]["value"] == 0.85
+    assert data["study"]["direction"] == "maximize,minimize"
+    over = build_export(*_loaded(url, 5))
+    assert over["trial"]["over_budget"] == ["flops 2,000,000 > 1,000,000"]
+
+
+def _loaded(url, number):
+    from cnnopt.status import load_study
+
+    ostudy, _ = load_study("po", url)
+    return ostudy, ostudy.trials[number], url

@@ -322,3 +322,126 @@ def test_a_sticky_cuda_error_fails_the_trial_requeues_it_and_ends_the_worker(tmp
     tickets, slot, _ = _worker_once(path, url, monkeypatch)
     states = [t.state for t in ostudy.get_trials()]
     assert states == [TrialState.FAIL, TrialState.FAIL] and tickets == 1 and slot == IDLE
+
+
+# -- budgets and Pareto studies ------------------------------------------------------------------
+
+BUDGET_STUDY = """
+name = "budget"
+dataset = "synthetic"
+epochs = 2
+batch_size = 64
+max_params = 100_000
+sampler = "tpe"
+n_startup_trials = 3
+pruner = "successive_halving"
+min_resource = 1
+
+def space(trial):
+    # 16x16 images, two pooled blocks: the dense layer sees filters[1] * 16 inputs, so 64
+    # filters and 128 units (131k weights) break the budget and 8 filters never do
+    return {
+        "filters": [4, trial.suggest_categorical("f2", [8, 64])],
+        "hidden": [trial.suggest_categorical("units", [16, 128])],
+        "lr": trial.suggest_float("lr", 1e-3, 3e-2, log=True),
+    }
+"""
+
+
+def test_a_budget_study_never_trains_a_configuration_over_budget(write_study, monkeypatch):
+    import cnnopt.objective as objective_module
+    from cnnopt.models import build_model, count_params
+
+    trained = []
+    real_fit = objective_module.fit
+
+    def spy_fit(cfg, *args, **kwargs):  # the real fit, noting the size of what it trains
+        trained.append(count_params(build_model(cfg.model)))
+        return real_fit(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(objective_module, "fit", spy_fit)
+    study = Study.load(write_study(BUDGET_STUDY))
+    ostudy = optuna.create_study(
+        directions=study.directions, sampler=study.make_sampler(), pruner=study.make_pruner()
+    )
+    # the first proposal is over budget, so the study has one whatever the sampler draws
+    ostudy.enqueue_trial({"f2": 64, "units": 128, "lr": 0.01})
+    ostudy.optimize(Objective(study), n_trials=8)
+    over = [t for t in ostudy.trials if t.user_attrs.get("over_budget")]
+    assert over and over[0].number == 0
+    for t in over:
+        # recorded before its first epoch: pruned, no epoch, its cost and violation stored
+        assert t.state == TrialState.PRUNED
+        assert not t.intermediate_values and "history" not in t.user_attrs
+        assert t.user_attrs["params_count"] > 100_000 and t.constraints["params"] > 0
+        assert t.user_attrs["over_budget"] == [f"params {t.user_attrs['params_count']:,} > 100,000"]
+    assert trained and max(trained) <= 100_000  # everything trained was within budget
+    for t in ostudy.trials:
+        assert "params" in t.constraints  # every trial tells the sampler where the limit is
+    best = ostudy.best_trial
+    assert best.user_attrs["params_count"] <= 100_000 and best.constraints["params"] <= 0
+
+
+def test_latency_budget_is_measured_at_the_stated_batch(write_study):
+    study = Study.load(
+        write_study(
+            BUDGET_STUDY.replace("max_params = 100_000", "max_latency_ms = 1e-6\nlatency_batch = 8")
+        )
+    )
+    ostudy = optuna.create_study(sampler=study.make_sampler())
+    ostudy.optimize(Objective(study), n_trials=1)
+    t = ostudy.trials[0]  # no CNN runs in a nanosecond: over budget, never trained
+    assert t.state == TrialState.PRUNED and "history" not in t.user_attrs
+    assert t.user_attrs["latency_ms"] > 0 and t.user_attrs["latency"]["batch"] == 8
+    assert t.user_attrs["over_budget"][0].startswith("latency ")
+
+
+PARETO_STUDY = """
+name = "pareto"
+dataset = "synthetic"
+epochs = 4
+batch_size = 64
+objectives = ["val_accuracy", "flops"]
+sampler = "tpe"
+n_startup_trials = 3
+min_resource = 1
+reduction_factor = 2
+
+def space(trial):
+    return {
+        "filters": [trial.suggest_categorical("f1", [2, 4, 8]), 8],
+        "hidden": [16],
+        "lr": trial.suggest_float("lr", 1e-7, 1e-1, log=True),
+    }
+"""
+
+
+def test_a_pareto_study_prunes_at_rungs_completes_and_has_a_front(write_study):
+    study = Study.load(write_study(PARETO_STUDY))
+    assert study.directions == ["maximize", "minimize"]
+    ostudy = optuna.create_study(
+        directions=study.directions, sampler=study.make_sampler(), pruner=study.make_pruner()
+    )
+    # good trials first, then hopeless ones (tiny lr) at every size, which the rungs must stop;
+    # then the sampler proposes on its own, pruned trials among its history
+    for f1, lr in [(2, 0.05), (4, 0.04), (8, 0.03), (8, 2e-7), (4, 1e-7), (8, 1.5e-7)]:
+        ostudy.enqueue_trial({"f1": f1, "lr": lr})
+    ostudy.optimize(Objective(study), n_trials=9)
+    states = [t.state for t in ostudy.trials]
+    assert TrialState.FAIL not in states and len(states) == 9
+    pruned = [t for t in ostudy.trials if t.state == TrialState.PRUNED]
+    assert pruned, states
+    for t in pruned:
+        # stopped at a rung (1, 2), before the end; its per-epoch accuracy is stored
+        assert max(map(int, t.user_attrs["intermediate"])) in (1, 2)
+        assert len(t.user_attrs["history"]) < 4
+        # never in Optuna's intermediate values: Optuna 5.1's TPE reads study.direction for a
+        # pruned trial that has some, which raises in a multi-objective study (optuna#5260); the
+        # three trials TPE proposed after the enqueued ones saw these pruned trials
+        assert not t.intermediate_values
+    complete = [t for t in ostudy.trials if t.state == TrialState.COMPLETE]
+    for t in complete:
+        assert t.values == [t.user_attrs["history"][-1]["val_accuracy"], t.user_attrs["flops"]]
+        assert sorted(map(int, t.user_attrs["intermediate"])) == [1, 2, 3, 4]
+    front = ostudy.best_trials
+    assert front and all(t.state == TrialState.COMPLETE for t in front)

@@ -4,6 +4,7 @@ resume, and the device/thread plan."""
 import subprocess
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from cnnopt.runner import plan_devices, threads_per_worker
@@ -211,3 +212,18 @@ def test_release_memory_after_a_lost_cuda_context_does_not_mask_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", other)
     with pytest.raises(RuntimeError, match="invalid argument"):
         release_memory(torch.device("cuda:0"))
+
+
+def test_a_stored_study_with_other_directions_is_named_not_mixed(write_study, tmp_path):
+    from cnnopt.errors import StorageError
+    from cnnopt.runner import open_study
+    from cnnopt.study import Study
+
+    url = str(tmp_path / "d.journal")
+    single = Study.load(write_study("name = 'd'\ndataset = 'synthetic'\n", "d.py"))
+    open_study(single, url)
+    pareto = Study.load(
+        write_study("name = 'd'\ndataset = 'synthetic'\nobjectives = ['val_accuracy', 'flops']\n")
+    )
+    with pytest.raises(StorageError, match=r"has directions \['maximize'\].*another --study-name"):
+        open_study(pareto, url)

@@ -132,6 +132,31 @@ def test_status_counts_duplicates_and_names_their_originals(tmp_path):
     assert json.loads(r.output)["duplicates"] == {"1": 0, "2": 0}
 
 
+def test_status_of_a_pareto_study_shows_its_front_and_the_over_budget_count(tmp_path):
+    from .test_pareto import stored_pareto_study
+
+    _, url = stored_pareto_study(tmp_path)
+    st = status("po", url)
+    assert st.objectives == ["val_accuracy", "flops"]
+    assert st.over_budget == 1 and st.proposals == 6
+    # complete front (#0, #1), and #3, pruned at epoch 3, that neither dominates; #2 and #4 are
+    # dominated, #5 was never trained
+    assert [(r["number"], r["state"]) for r in st.front] == [
+        (0, "complete"),
+        (3, "pruned"),
+        (1, "complete"),
+    ]
+    assert st.front[1]["epoch"] == 3 and st.front[1]["values"] == [0.88, 50_000]
+    console = Console(record=True, width=120)
+    print_status(st, console)
+    text = console.export_text()
+    assert "maximize val_accuracy, minimize flops" in text
+    assert "Pareto front (val_accuracy vs flops)" in text and "pruned at epoch 3" in text
+    assert "1 of 6 proposals" in text
+    r = CliRunner().invoke(cli, ["status", "po", "--storage", url, "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["over_budget"] == 1
+
+
 # -- whole names at 80 columns and in logs ---------------------------------------------------------
 
 LONG = "fashion_cnn_bn_with_a_name_longer_than_a_table_cell"

@@ -200,3 +200,55 @@ def test_successive_halving_first_rung(write_study, source, overrides, rung):
     pruner = study.make_pruner()
     assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
     assert pruner._min_resource == rung
+
+
+# -- budgets and Pareto studies ------------------------------------------------------------------
+
+
+def test_pareto_study_settings_resolve_to_directions_and_rungs(write_study):
+    study = Study.load(
+        write_study("epochs = 10\nobjectives = ['val_accuracy', 'flops', 'latency_ms']\n")
+    )
+    assert study.multi_objective and study.directions == ["maximize", "minimize", "minimize"]
+    assert study.cost_objectives == ("flops", "latency_ms") and study.needs_latency
+    # successive halving's rungs (first at 30% of epochs, then doubling), applied by cnnopt
+    rungs = study.make_rung_pruner()
+    assert rungs.rungs == (3, 6) and rungs.reduction_factor == 2 and rungs.maximize
+    assert isinstance(study.make_pruner(), optuna.pruners.NopPruner)  # Optuna's cannot
+    assert Study.load(write_study("objectives = ['val_loss', 'params']\n", "l.py"), {}).directions
+    loss = Study.load(write_study("objectives=['val_loss','params']\ndirection='minimize'\n"))
+    assert loss.directions == ["minimize", "minimize"] and not loss.make_rung_pruner().maximize
+    none = Study.load(write_study("objectives = ['val_accuracy', 'params']\npruner = 'none'\n"))
+    assert none.make_rung_pruner() is None
+    budget = Study.load(write_study("max_params = 100000\nmax_flops = 5e6\n"))
+    assert budget.limits == {"params": 100000, "flops": 5e6} and not budget.multi_objective
+    assert budget.needs_cost and not budget.needs_latency
+    assert budget.settings.max_flops == 5_000_000  # an integer-valued float is an integer
+
+
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        ("objectives = ['flops', 'val_accuracy']\n", "the first must be the metric"),
+        ("objectives = ['val_accuracy']\n", "one or two different costs"),
+        ("objectives = ['val_accuracy', 'speed']\n", "one or two different costs"),
+        ("objectives = ['val_accuracy', 'flops', 'flops']\n", "one or two different costs"),
+        ("objectives = ['val_accuracy', 'flops']\nmetric = 'val_loss'\n", "metric='val_loss'"),
+        (
+            "objectives = ['val_accuracy', 'flops']\ndirections = ['maximize', 'maximize']\n",
+            "a cost is minimized",
+        ),
+        ("objectives = ['val_accuracy', 'flops']\ndirections = ['maximize']\n", "has 1 values"),
+        ("directions = ['maximize']\n", "needs objectives"),
+        ("objectives = ['val_accuracy', 'flops']\npruner = 'median'\n", "pruner='median'"),
+        ("objectives = ['val_accuracy', 'flops']\nsampler = 'cmaes'\n", "sampler='cmaes'"),
+        ("max_params = 0\n", "max_params=0 must be positive"),
+        ("max_latency_ms = 'fast'\n", "max_latency_ms='fast' must be"),
+        ("pareto_rule = 'best'\n", "pareto_rule='best' is not one of"),
+    ],
+)
+def test_bad_budget_and_objective_settings_are_named(write_study, source, message):
+    path = write_study(source, name="bad.py")
+    with pytest.raises(StudyFileError) as e:
+        Study.load(path)
+    assert str(path) in str(e.value) and message in str(e.value)

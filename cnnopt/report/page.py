@@ -18,6 +18,8 @@ from cnnopt.report.data import (
     trial_value_of,
 )
 from cnnopt.report.figures import Section, build_sections
+from cnnopt.report.pareto import figures_for, metric_view
+from cnnopt.report.pareto import summary_rows as pareto_summary_rows
 from cnnopt.status import load_study, study_status
 from cnnopt.storage import default_url, mask_url
 
@@ -109,6 +111,7 @@ def summary_rows(ostudy: optuna.Study, url: str) -> list[tuple[str, str]]:
     rows.append(("dashboard", dash))
     rows.append(("storage", esc(st.storage)))
     rows.append(("direction", esc(f"{st.direction} {st.metric}")))
+    rows.extend(pareto_summary_rows(ostudy))  # objectives of a Pareto study, budget
     sf = ostudy.user_attrs.get("study_file") or {}
     if sf.get("path"):
         rows.append(("study file", esc(f"{sf['path']} (sha256 {str(sf.get('sha256'))[:12]})")))
@@ -226,10 +229,9 @@ def write_report(
 ) -> tuple[Path, list[Section]]:
     ostudy, url = load_study(study_name, storage)
     if len(ostudy.directions) > 1:
-        from cnnopt.errors import CnnoptError
-
-        raise CnnoptError("cnnopt report covers single-objective studies only")
-    sections = build_sections(ostudy)
+        # a Pareto study: every figure reads its metric; the front figure its costs too
+        ostudy = metric_view(ostudy)
+    sections = build_sections(ostudy, figures_for(ostudy))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(ostudy, url, sections), encoding="utf-8")
