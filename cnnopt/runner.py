@@ -38,6 +38,7 @@ from cnnopt.storage import (
     RETRY_SECONDS,
     RetryStaleTrialCallback,
     get_storage,
+    heartbeat_settings,
     is_file_storage,
     mask_url,
     resolve_url,
@@ -484,6 +485,9 @@ class Runner:
         orphans: dict[int, str] = {}
         orphans_seen = 0.0
         last_stale_check = time.time()
+        # The proxy client calls a trial stale once it has seen its heartbeat unchanged for the
+        # grace period, and restarts that watch after a gap of half of it: check more often.
+        stale_every = min(30.0, heartbeat_settings()[1] / 4)
         try:
             for i in range(n_workers):
                 spawn(i)
@@ -538,7 +542,10 @@ class Runner:
                         and not any(inflight[j] == ASKING for j in procs)
                     ):
                         self._fail_orphans(ostudy, orphans)
-                    if not is_file_storage(self.url) and time.time() - last_stale_check > 30:
+                    if (
+                        not is_file_storage(self.url)
+                        and time.time() - last_stale_check > stale_every
+                    ):
                         self._fail_stale(ostudy)
                         last_stale_check = time.time()
         finally:

@@ -708,6 +708,34 @@ def open_rdb(
     raise AssertionError("unreachable")
 
 
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: HEARTBEAT_INTERVAL and GRACE_PERIOD, or
+    $CNNOPT_HEARTBEAT_INTERVAL and $CNNOPT_GRACE_PERIOD. Every process of a study must agree:
+    set them for all of them. A shorter grace period gets a trial whose whole machine vanished
+    (no runner left to fail it at once) re-queued sooner; it must stay well above the interval
+    plus the longest stall a live worker can have (a database restart, a loaded CPU), or live
+    trials are failed and run twice. The chaos run (cnnopt.bench.chaos) shortens both."""
+    values = []
+    for name, default in (
+        ("CNNOPT_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL),
+        ("CNNOPT_GRACE_PERIOD", GRACE_PERIOD),
+    ):
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise StorageError(f"{name}={raw!r}: expected a whole number of seconds >= 1")
+        values.append(value)
+    interval, grace = values
+    if grace <= interval:
+        raise StorageError(
+            f"CNNOPT_GRACE_PERIOD={grace} must be longer than the heartbeat interval {interval}"
+        )
+    return interval, grace
+
+
 def get_storage(
     url: str, *, heartbeat: bool = True, retry_failed: int = 1, connect_retry: float = 0.0
 ) -> optuna.storages.BaseStorage:
@@ -720,9 +748,10 @@ def get_storage(
         )
     kwargs: dict[str, Any] = {}
     if heartbeat:
+        interval, grace = heartbeat_settings()
         kwargs = dict(
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            grace_period=GRACE_PERIOD,
+            heartbeat_interval=interval,
+            grace_period=grace,
             heartbeat_stale_trial_callback=RetryStaleTrialCallback(max_retry=retry_failed)
             if retry_failed
             else None,
