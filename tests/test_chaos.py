@@ -109,7 +109,21 @@ def test_a_retry_that_starts_over_loses_the_epochs_its_predecessor_stored():
     trials[2] = trial(2, pid=102, resumed=None, retry_of=[1])
     f = figures(trials, launches, kills)
     assert f["lost_epochs"] == 2 and f["resumed"] == 0
-    assert "trial 2 (retry of 1) resumed from epoch 0" in f["epoch_losses"][0]
+    assert (
+        "trial 2 (retry of 1) resumed from epoch 0, an earlier attempt had stored epoch 2"
+        in f["epoch_losses"][0]
+    )
+
+
+def test_the_epochs_of_every_earlier_attempt_count():
+    """1 stored epoch 2; its retry 2 was killed before it stored one; retry 4 started over."""
+    trials, launches, kills = clean_study()
+    trials[2] = trial(2, TrialState.FAIL, pid=102, epochs=0, retry_of=[1], ended=T0 + 45)
+    trials.append(trial(4, pid=103, config="h9", retry_of=[1, 2], params_count=10, epochs=0))
+    launches[0].pids.append(103)
+    kills[102] = T0 + 44
+    f = figures(trials, launches, kills)
+    assert f["lost_epochs"] == 2 and f["wrongly_failed"] == 0
 
 
 def test_a_configuration_trained_twice_and_a_trial_finished_twice_are_duplicates():

@@ -281,3 +281,20 @@ def test_heartbeat_outlives_an_outage_longer_than_the_retries(pg_server):
         done.set()
         worker.join(60)
     assert [t.state for t in other.get_trials()] == [TrialState.COMPLETE]
+
+
+def test_heartbeat_settings_from_the_environment(monkeypatch):
+    from cnnopt.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, heartbeat_settings
+
+    monkeypatch.delenv("CNNOPT_HEARTBEAT_INTERVAL", raising=False)
+    monkeypatch.delenv("CNNOPT_GRACE_PERIOD", raising=False)
+    assert heartbeat_settings() == (HEARTBEAT_INTERVAL, GRACE_PERIOD)
+    monkeypatch.setenv("CNNOPT_HEARTBEAT_INTERVAL", "2")
+    monkeypatch.setenv("CNNOPT_GRACE_PERIOD", "20")
+    assert heartbeat_settings() == (2, 20)
+    monkeypatch.setenv("CNNOPT_GRACE_PERIOD", "20s")
+    with pytest.raises(StorageError, match=r"CNNOPT_GRACE_PERIOD='20s': expected a whole number"):
+        heartbeat_settings()
+    monkeypatch.setenv("CNNOPT_GRACE_PERIOD", "2")
+    with pytest.raises(StorageError, match="must be longer than the heartbeat interval 2"):
+        heartbeat_settings()

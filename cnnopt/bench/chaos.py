@@ -740,18 +740,21 @@ def analyse(
     lost_epochs, resumed, lost_requeues = 0, 0, []
     epoch_losses = []
     for origin, group in by_origin.items():
+        stored = 0  # the last epoch any earlier attempt of this trial stored
         for prev, cur in zip(group, group[1:], strict=False):
-            done = max(_epochs(prev), default=0)
-            if not done or "duplicate_of" in cur.user_attrs or not _epochs(cur):
-                continue  # nothing to resume, or the retry copied a twin (trained nothing)
+            stored = max(stored, *_epochs(prev), 0)
+            # it began training (copying a twin trains nothing): where did it start?
+            began = bool(_epochs(cur)) or "params_count" in cur.user_attrs
+            if not stored or not began or "duplicate_of" in cur.user_attrs:
+                continue
             start = int(cur.user_attrs.get("resumed_from_epoch", 0))
-            if start >= done:
+            if start >= stored:
                 resumed += 1
             else:
-                lost_epochs += done - start
+                lost_epochs += stored - start
                 epoch_losses.append(
                     f"trial {cur.number} (retry of {origin}) resumed from epoch {start}, "
-                    f"trial {prev.number} had stored epoch {done}"
+                    f"an earlier attempt had stored epoch {stored}"
                 )
         last = group[-1]
         if last.state == TrialState.FAIL and len(group) <= retry_failed:
