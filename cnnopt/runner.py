@@ -11,6 +11,12 @@ trial behind; the runner marks it FAIL with the reason, re-enqueues its params (
 ``retry_failed``), gives the ticket back and starts a replacement worker. For RDB storages Optuna's
 heartbeats do the same for workers on other machines, and the runner calls ``fail_stale_trials``
 periodically so that nothing waits for the next trial to start.
+
+Several runners (one per machine or container) may share one study. Each has a random run id,
+and each trial carries its owner, ``RUN_ID/HOST:PID`` of the worker running it, from the moment
+it is RUNNING (``cnnopt.storage._OwnedTrials``). A runner fails only trials it can prove are its
+own: owned by one of *its* workers that it saw die. It never fails another runner's trial, however
+late that runner is in writing anything.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import queue as queue_mod
 import signal
 import socket
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,12 +42,17 @@ from cnnopt.dedup import SpaceGrid
 from cnnopt.devices import bind_worker, plan_devices
 from cnnopt.errors import CnnoptError, StorageError, TrialFailed
 from cnnopt.storage import (
+    CLAIM_PREFIX,
+    GRACE_PERIOD,
+    OWNER_KEY,
     RETRY_SECONDS,
     RetryStaleTrialCallback,
+    claimants,
     get_storage,
     heartbeat_settings,
     is_file_storage,
     mask_url,
+    owner_of,
     resolve_url,
 )
 from cnnopt.study import WARM_START, Study
@@ -147,17 +159,54 @@ def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
     return ostudy
 
 
-def fail_trial(ostudy: optuna.Study, trial_id: int, reason: str, max_retry: int) -> None:
-    """Mark a RUNNING trial FAIL with its reason and re-enqueue its params (Optuna's own retry)."""
+def owner_name(run_id: str, tag: str) -> str:
+    """The owner a worker writes on its trials: its runner's run id and its ``host:pid`` tag."""
+    return f"{run_id}/{tag}"
+
+
+def _backend(ostudy: optuna.Study) -> Any:
+    """The storage under Optuna's _CachedStorage (which optuna.load_study puts around RDB)."""
+    from optuna.storages._cached_storage import _CachedStorage
+
     storage = ostudy._storage
+    return storage._backend if isinstance(storage, _CachedStorage) else storage
+
+
+def _raw_trials(ostudy: optuna.Study, states=(TrialState.RUNNING,)) -> list:
+    backend = _backend(ostudy)
+    if not hasattr(backend, "raw_trials"):  # not opened by get_storage: no owners to read
+        return []
+    return backend.raw_trials(ostudy._study_id, states=states)
+
+
+def fail_trial(
+    ostudy: optuna.Study, trial_id: int, reason: str, max_retry: int, owner: str | None = None
+) -> bool:
+    """Mark a RUNNING trial FAIL with its reason and re-enqueue its params (Optuna's own retry).
+
+    With ``owner``: only if the trial is still RUNNING and still provably that owner's, read
+    right before the write (a trial that finished, or turns out to be someone else's, is left
+    alone). The storages offer no compare-and-set on a trial's state, so a narrow gap remains
+    between that read and the write; it only matters if the owner itself could still write, and
+    the runner passes owners of workers it has seen die. True if this call failed the trial.
+
+    An orphan that died before it sampled anything has no params, but an enqueued one (a warm
+    start, a retry) has its values in ``system_attrs['fixed_params']``: re-queued from there."""
+    storage = ostudy._storage
+    if owner is not None:
+        t = _backend(ostudy).raw_trial(trial_id)
+        if t.state != TrialState.RUNNING or owner_of(t) != owner:
+            return False
     try:
         storage.set_trial_user_attr(trial_id, "fail_reason", reason)
         if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            return
+            return False
     except optuna.exceptions.UpdateFinishedTrialError:
-        return  # it finished (or another process failed it) in the meantime
-    if max_retry > 0:
-        RetryStaleTrialCallback(max_retry=max_retry)(ostudy, storage.get_trial(trial_id))
+        return False  # it finished (or another process failed it) in the meantime
+    t = storage.get_trial(trial_id)
+    if max_retry > 0 and (t.params or t.system_attrs.get("fixed_params")):
+        RetryStaleTrialCallback(max_retry=max_retry)(ostudy, t)
+    return True
 
 
 def requeue(ostudy: optuna.Study, trial_id: int) -> None:
@@ -166,36 +215,71 @@ def requeue(ostudy: optuna.Study, trial_id: int) -> None:
     RetryStaleTrialCallback(max_retry=None)(ostudy, ostudy._storage.get_trial(trial_id))
 
 
-def fail_trials_of(ostudy: optuna.Study, worker: str, reason: str, max_retry: int) -> list[int]:
+def fail_trials_of(
+    ostudy: optuna.Study, owners: str | set[str], reason: str | dict[str, str], max_retry: int
+) -> list[int]:
+    """Fail the RUNNING trials provably owned by ``owners`` (dead workers of this runner; see
+    ``cnnopt.storage.owner_of``), with ``reason`` (or ``reason[owner]``). Trials nobody can
+    prove are theirs are never touched here: see ``abandoned_trials``."""
+    owners = {owners} if isinstance(owners, str) else set(owners)
     failed = []
-    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker") == worker:
-            fail_trial(ostudy, t._trial_id, reason, max_retry)
-            failed.append(t.number)
+    for t in _raw_trials(ostudy):
+        owner = owner_of(t)
+        if owner in owners:
+            why = reason[owner] if isinstance(reason, dict) else reason
+            if fail_trial(ostudy, t._trial_id, why, max_retry, owner=owner):
+                failed.append(t.number)
     return failed
 
 
-def untagged_running(ostudy: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [
-        t
-        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if "worker" not in t.user_attrs
-    ]
+# A RUNNING trial that a cnnopt worker claimed but nobody can prove is theirs (two claims stand:
+# a loser died or stalls before saying it lost, and the winner died before writing its owner)
+# is failed by any runner once it is this old: a live winner writes its owner within its storage
+# retries (RETRY_SECONDS) or gives up and stops, so by then nobody is running it. Generous, as the
+# trial's start time comes from another machine's clock.
+ABANDONED_SECONDS = 2 * RETRY_SECONDS + GRACE_PERIOD
+
+
+def abandoned_trials(ostudy: optuna.Study, age: float = ABANDONED_SECONDS) -> list:
+    """RUNNING trials claimed by cnnopt workers, with no owner written, older than ``age``.
+    (Trials of plain Optuna clients carry no claim and are left to Optuna's heartbeats.)"""
+    import datetime
+
+    out = []
+    for t in _raw_trials(ostudy):
+        if t.system_attrs.get(OWNER_KEY) or not any(
+            k.startswith(CLAIM_PREFIX) for k in t.system_attrs
+        ):
+            continue
+        start = t.datetime_start
+        if start is None:
+            continue
+        now = datetime.datetime.now(start.tzinfo)
+        if (now - start).total_seconds() > age and len(claimants(t)) != 1:
+            out.append(t)
+    return out
+
+
+def fail_abandoned(ostudy: optuna.Study, max_retry: int, age: float = ABANDONED_SECONDS) -> list:
+    failed = []
+    for t in abandoned_trials(ostudy, age):
+        reason = f"claimed by {sorted(claimants(t)) or 'a worker'} and left unowned for {age:.0f} s"
+        if fail_trial(ostudy, t._trial_id, reason, max_retry):
+            failed.append(t.number)
+    return failed
 
 
 # -- the worker process --------------------------------------------------------------------------
 
 
 # Each worker slot has an "in flight" flag in a shared array: ASKING when its worker takes a
-# ticket, TAGGED once the trial it asked for carries the worker's tag, IDLE when that trial has
-# ended (complete, pruned, failed, or interrupted and re-queued). A worker that dies with the flag
-# set held a ticket that bought no finished trial: the runner gives it back (once), whether or not
-# the trial got as far as the storage. One that dies ASKING may leave a RUNNING trial that carries
-# no tag (it died inside study.ask() or just after): see Runner._fail_orphans.
+# ticket, TAGGED once its trial exists (its id in the slot's entry of ``trial_ids``), IDLE when
+# that trial has ended (complete, pruned, failed, or interrupted and re-queued). A worker that dies
+# with the flag set held a ticket; the runner gives it back (once) unless the trial it held has
+# finished (Optuna recorded it before the worker died, just before it reset its flag): that
+# ticket bought a trial. A worker that dies ASKING may leave a RUNNING trial it never saw: the
+# trial carries the worker as its owner all the same (cnnopt.storage._OwnedTrials).
 IDLE, ASKING, TAGGED = 0, 1, 2
-# How long an untagged RUNNING trial must stay untagged before the runner fails it: a live worker
-# (of another `cnnopt run` sharing the storage) tags its new trial within milliseconds.
-ORPHAN_SETTLE_SECONDS = 5.0
 
 
 def _claim_slot(tickets, inflight, slot: int, target: int) -> bool:
@@ -232,6 +316,8 @@ def worker_main(
     stop,
     events,
     inflight=None,
+    run_id: str = "",
+    trial_ids=None,
 ) -> None:
     # Ctrl-C reaches the whole process group; the runner decides, and tells us through `stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -239,7 +325,10 @@ def worker_main(
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        _work(spec, study_path, overrides, url, tickets, target, deadline, stop, events, inflight)
+        _work(
+            spec, study_path, overrides, url, tickets, target, deadline, stop, events, inflight,
+            run_id, trial_ids,
+        )  # fmt: skip
     except (CnnoptError, optuna.exceptions.StorageInternalError) as err:
         # A user error that no retry can fix (data missing, a bad value in the space, storage
         # gone): tell the runner, which stops every worker and says it in one line.
@@ -274,7 +363,10 @@ def release_memory(device: Any = None) -> None:
         torch.cuda.empty_cache()
 
 
-def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, events, inflight):
+def _work(
+    spec, study_path, overrides, url, tickets, target, deadline, stop, events, inflight,
+    run_id="", trial_ids=None,
+):  # fmt: skip
     """The worker's loop: load the study file and storage, then trials until the budget is spent."""
     device = bind_worker(spec.device)  # before torch initialises CUDA: only this GPU is visible
     import torch
@@ -288,6 +380,10 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
     storage = get_storage(
         url, retry_failed=study.settings.retry_failed, connect_retry=RETRY_SECONDS
     )
+    tag = worker_tag()
+    owner = owner_name(run_id or uuid.uuid4().hex[:12], tag)
+    if hasattr(storage, "raw_trials"):
+        storage.owner = owner  # every trial this worker creates or claims says so (see there)
     ostudy = optuna.load_study(
         study_name=study.name,
         storage=storage,
@@ -339,17 +435,21 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
     slot = spec.index
     if inflight is None:  # called without a runner (tests): a private flag
         inflight = [IDLE] * (slot + 1)
-    tag = worker_tag()
+    if trial_ids is None:
+        trial_ids = [-1] * (slot + 1)
 
     def tagged_objective(trial: optuna.Trial) -> float:
-        # Tag first, then say so: until the slot reads TAGGED the runner treats an untagged
-        # RUNNING trial as possibly this worker's (see Runner._fail_orphans).
+        # the trial is ours (its owner says so since it became RUNNING); the runner learns its
+        # id, to tell a finished trial's ticket from one to give back should this worker die
+        trial_ids[slot] = trial._trial_id
+        inflight[slot] = TAGGED
         _hold_for_tests()
         trial.set_user_attr("worker", tag)
-        inflight[slot] = TAGGED
         return objective(trial)
 
-    events.put({"event": "ready", "worker": spec.index, "pid": os.getpid(), "tag": tag})
+    events.put(
+        {"event": "ready", "worker": spec.index, "pid": os.getpid(), "tag": tag, "owner": owner}
+    )
     while (
         not stop.is_set()
         and (deadline is None or time.time() < deadline)
@@ -360,6 +460,19 @@ def _work(spec, study_path, overrides, url, tickets, target, deadline, stop, eve
         try:
             run_trial(ostudy, tagged_objective, [on_trial_end], device=objective.device)
             _end_slot(inflight, slot)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:
+            # Another process ended our trial (failed it as stale while this worker stalled, and
+            # re-queued its params): Optuna's tell then finds it finished. Not this worker's
+            # fault nor the end of it: one line, the ticket back (the re-queued run uses it), and
+            # on with the next trial.
+            if isinstance(e, ValueError) and "Cannot tell a" not in str(e):
+                raise
+            number = current.get("trial", "?")
+            log.warning(
+                "worker %d: trial %s was ended by another process; going on (%s)",
+                spec.index, number, str(e).splitlines()[0] if str(e) else type(e).__name__,
+            )  # fmt: skip
+            _reclaim_slot(tickets, inflight, slot)
         except Interrupted:
             # Optuna has marked the trial FAIL; give its params back to the queue and the ticket
             # back to the budget, so re-running the same command resumes exactly here.
@@ -404,6 +517,10 @@ def _hold_for_tests() -> None:
 # -- the runner ----------------------------------------------------------------------------------
 
 
+def _first_line(e: BaseException) -> str:
+    return mask_url((str(e).strip().splitlines() or [type(e).__name__])[0])
+
+
 class Runner:
     def __init__(self, study: Study, overrides: dict[str, Any], options: RunOptions):
         self.study = study
@@ -438,9 +555,13 @@ class Runner:
         stop = ctx.Event()
         tickets = ctx.Value("i", 0)
         inflight = ctx.Array("b", max(n_workers, 1))  # see _claim_slot; shares tickets' lock
+        trial_ids = ctx.Array("i", [-1] * max(n_workers, 1))  # the trial each slot holds
         events = ctx.Queue()
         procs: dict[int, mp.process.BaseProcess] = {}
-        tags: dict[int, str] = {}
+        # this run's id: the owner of every trial its workers run is RUN_ID/HOST:PID
+        run_id = uuid.uuid4().hex[:12]
+        host = socket.gethostname()
+        dead: dict[str, str] = {}  # owners of this run's dead workers -> why they died
         deaths = 0
         spawned = 0
 
@@ -463,6 +584,8 @@ class Runner:
                     stop,
                     events,
                     inflight,
+                    run_id,
+                    trial_ids,
                 ),
                 name=f"cnnopt-worker-{i}",
             )
@@ -481,13 +604,11 @@ class Runner:
         display = RunDisplay(self.study, self.url, n_workers, n_new, enabled=self.opt.progress)
         log_events: list[dict] = []
         fatal: list[str] = []  # one-line errors of workers that stopped the run
-        # untagged RUNNING trials seen when a worker died before tagging its trial -> reason
-        orphans: dict[int, str] = {}
-        orphans_seen = 0.0
         last_stale_check = time.time()
         # The proxy client calls a trial stale once it has seen its heartbeat unchanged for the
         # grace period, and restarts that watch after a gap of half of it: check more often.
         stale_every = min(30.0, heartbeat_settings()[1] / 4)
+        retry = self.study.settings.retry_failed
         try:
             for i in range(n_workers):
                 spawn(i)
@@ -498,9 +619,7 @@ class Runner:
                     try:
                         ev = events.get(timeout=0.5)
                         while True:
-                            if ev["event"] == "ready":
-                                tags[ev["pid"]] = ev["tag"]
-                            elif ev["event"] == "fatal":
+                            if ev["event"] == "fatal":
                                 fatal.append(ev["message"])
                             elif ev["event"] == "exhausted":
                                 exhausted.append(ev["message"])
@@ -517,17 +636,15 @@ class Runner:
                         if p.exitcode == 0:
                             continue
                         deaths += 1
-                        asking = inflight[i] == ASKING
-                        tag = tags.get(p.pid, f"{socket.gethostname()}:{p.pid}")
+                        owner = owner_name(run_id, f"{host}:{p.pid}")
                         reason = f"worker {i} (pid {p.pid}) died with exit code {p.exitcode}"
-                        failed = fail_trials_of(
-                            ostudy, tag, reason, self.study.settings.retry_failed
-                        )
-                        if asking and not failed:
-                            for t in untagged_running(ostudy):
-                                orphans.setdefault(t._trial_id, reason)
-                            orphans_seen = time.time()
+                        dead[owner] = reason
+                        spent = self._ticket_spent(ostudy, inflight, trial_ids, i)
+                        failed = self._fail_dead(ostudy, {owner: reason}, retry)
+                        if spent:  # its trial finished before it died: that ticket bought it
+                            _end_slot(inflight, i)
                         _reclaim_slot(tickets, inflight, i)
+                        trial_ids[i] = -1
                         display.update(
                             {"event": "death", "worker": i, "reason": reason, "trials": failed}
                         )
@@ -536,17 +653,10 @@ class Runner:
                         )
                         if not stop.is_set() and tickets.value < n_new and deaths <= 3 * n_workers:
                             spawn(i)
-                    if (
-                        orphans
-                        and time.time() - orphans_seen > ORPHAN_SETTLE_SECONDS
-                        and not any(inflight[j] == ASKING for j in procs)
-                    ):
-                        self._fail_orphans(ostudy, orphans)
-                    if (
-                        not is_file_storage(self.url)
-                        and time.time() - last_stale_check > stale_every
-                    ):
-                        self._fail_stale(ostudy)
+                    if time.time() - last_stale_check > stale_every:
+                        if not is_file_storage(self.url):
+                            self._fail_stale(ostudy)
+                        self._fail_abandoned(ostudy, retry)
                         last_stale_check = time.time()
         finally:
             stop.set()
@@ -558,9 +668,11 @@ class Runner:
                     p.kill()  # SIGTERM only sets `stop` in a worker, which it ignored
                     p.join(timeout=5)
                     # its trial must not stay RUNNING (the journal file has no heartbeats)
-                    tag = tags.get(p.pid, f"{socket.gethostname()}:{p.pid}")
-                    reason = f"worker {i} (pid {p.pid}) did not stop within 15 s and was killed"
-                    fail_trials_of(ostudy, tag, reason, self.study.settings.retry_failed)
+                    owner = owner_name(run_id, f"{host}:{p.pid}")
+                    dead[owner] = (
+                        f"worker {i} (pid {p.pid}) did not stop within 15 s and was killed"
+                    )
+                    self._fail_dead(ostudy, {owner: dead[owner]}, retry)
             for s, h in old.items():
                 signal.signal(s, h)
         # events the last workers sent just before exiting
@@ -575,9 +687,12 @@ class Runner:
                 fatal.append(ev["message"])
             elif ev["event"] == "exhausted":
                 exhausted.append(ev["message"])
-        if orphans:  # no worker of this run is left to own them
-            time.sleep(max(0.0, orphans_seen + ORPHAN_SETTLE_SECONDS - time.time()))
-            self._fail_orphans(ostudy, orphans)
+        if dead:
+            # once more: a dead worker's last write (a trial creation whose commit was still on
+            # its way when the worker died) may have landed after the runner first looked
+            late = self._fail_dead(ostudy, dead, retry)
+            if late:
+                log.warning("failed trials %s, left RUNNING by a worker that died", late)
         if fatal:
             raise CnnoptError(fatal[0])
         if not is_file_storage(self.url):
@@ -589,33 +704,44 @@ class Runner:
         summary.exhausted = exhausted[0] if exhausted else None
         return summary
 
-    def _fail_orphans(self, ostudy: optuna.Study, orphans: dict[int, str]) -> None:
-        """Fail the trials a worker left RUNNING without its tag (it died between study.ask() and
-        tagging), now that no live worker of this run is between those two steps: each one that
-        is still RUNNING and untagged can be nobody's. Without this it would stay RUNNING
-        forever: the runner finds a dead worker's trials by tag, and Optuna's heartbeats (RDB
-        only) ignore a trial that never sent one."""
-        failed = []
+    @staticmethod
+    def _ticket_spent(ostudy: optuna.Study, inflight, trial_ids, slot: int) -> bool:
+        """Whether the dead worker in ``slot`` held a trial that had already finished (Optuna
+        recorded it; the worker died before resetting its flag): then its ticket is spent, and
+        giving it back would run one trial more than asked for."""
+        if inflight[slot] != TAGGED or trial_ids[slot] < 0:
+            return False
         try:
-            for trial_id, reason in list(orphans.items()):
-                t = ostudy._storage.get_trial(trial_id)
-                if t.state == TrialState.RUNNING and "worker" not in t.user_attrs:
-                    # re-run an enqueued trial's fixed params; one that sampled nothing has none
-                    retry = self.study.settings.retry_failed if t.params else 0
-                    fail_trial(ostudy, trial_id, f"{reason} before its trial started", retry)
-                    failed.append(t.number)
-                del orphans[trial_id]
+            return ostudy._storage.get_trial(trial_ids[slot]).state != TrialState.RUNNING
+        except Exception:  # noqa: BLE001 - cannot tell: give the ticket back (as before)
+            return False
+
+    @staticmethod
+    def _fail_dead(ostudy: optuna.Study, dead: dict[str, str], retry: int) -> list[int]:
+        """Fail the RUNNING trials of this run's dead workers (by owner), and re-queue them."""
+        try:
+            failed = fail_trials_of(ostudy, set(dead), dead, retry)
         except Exception as e:  # noqa: BLE001 - housekeeping must not end the run; next tick
-            log.warning("failing orphaned trials failed: %s", mask_url(str(e).splitlines()[0]))
+            log.warning("failing a dead worker's trials failed: %s", _first_line(e))
+            return []
+        return failed
+
+    @staticmethod
+    def _fail_abandoned(ostudy: optuna.Study, retry: int) -> None:
+        try:
+            failed = fail_abandoned(ostudy, retry)
+        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run
+            log.warning("checking for abandoned trials failed: %s", _first_line(e))
+            return
         if failed:
-            log.warning("failed trials %s, left RUNNING by a worker that died", failed)
+            log.warning("failed trials %s: claimed by workers that died, owned by nobody", failed)
 
     @staticmethod
     def _fail_stale(ostudy: optuna.Study) -> None:
         try:
             optuna.storages.fail_stale_trials(ostudy)
         except Exception as e:  # noqa: BLE001 - housekeeping must not end the run
-            log.warning("checking for stale trials failed: %s", mask_url(str(e).splitlines()[0]))
+            log.warning("checking for stale trials failed: %s", _first_line(e))
 
     def _summary(self, ostudy, n_before, seconds, deaths, interrupted, events) -> RunSummary:
         trials = ostudy.get_trials(deepcopy=False)

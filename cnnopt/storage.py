@@ -222,6 +222,188 @@ class _RepeatSafe:
         return self._retry("create_new_study", attempt)
 
 
+# -- who owns a trial ----------------------------------------------------------------------------
+
+# A trial system attribute: the worker's clock at its last heartbeat (written through the proxy).
+HEARTBEAT_KEY = "cnnopt:heartbeat"
+# Trial system attributes that are cnnopt's bookkeeping, invisible to whoever reads the trials
+# through get_storage (a user, Optuna's samplers, the dashboard, the retry of a failed trial):
+# - CREATE_TOKEN_KEY: a random token that makes creating a trial safe to repeat;
+# - OWNER_KEY: ``RUN_ID/HOST:PID`` of the worker that runs the trial, written in the same storage
+#   call that makes the trial RUNNING when the trial is new (see ``_OwnedTrials``);
+# - CLAIM_PREFIX + owner: True while that worker claims a WAITING trial, False once it lost.
+CREATE_TOKEN_KEY = "cnnopt:create_token"
+OWNER_KEY = "cnnopt:owner"
+CLAIM_PREFIX = "cnnopt:claim:"
+_HIDDEN = (CREATE_TOKEN_KEY, OWNER_KEY)
+
+
+def _is_hidden(key: str) -> bool:
+    return key in _HIDDEN or key.startswith(CLAIM_PREFIX)
+
+
+def _visible(t: FrozenTrial) -> FrozenTrial:
+    """The trial as a user sees it: without cnnopt's hidden system attributes (a copy if any)."""
+    if not any(_is_hidden(k) for k in t.system_attrs):
+        return t
+    import copy
+
+    t = copy.copy(t)
+    t.system_attrs = {k: v for k, v in t.system_attrs.items() if not _is_hidden(k)}
+    return t
+
+
+def claimants(t: FrozenTrial) -> set[str]:
+    """Owners that claimed the WAITING trial ``t`` and have not (yet) said they lost."""
+    return {
+        k[len(CLAIM_PREFIX) :]
+        for k, v in t.system_attrs.items()
+        if k.startswith(CLAIM_PREFIX) and v
+    }
+
+
+def owner_of(t: FrozenTrial) -> str | None:
+    """Who provably runs ``t`` (a raw trial, see ``raw_trials``): its OWNER_KEY, or else the one
+    cnnopt worker still claiming it. A claimant writes its claim *before* it tries the
+    WAITING->RUNNING switch, so once the trial is RUNNING the winner's claim is in the storage:
+    if exactly one claim stands, that claimant won (the others wrote False after losing). Two
+    standing claims (a loser that died or stalls before saying so): nobody can prove it, and the
+    trial is left to ``abandoned_trials``. None for trials of plain Optuna clients."""
+    owner = t.system_attrs.get(OWNER_KEY)
+    if owner:
+        return str(owner)
+    standing = claimants(t)
+    return standing.pop() if len(standing) == 1 else None
+
+
+class _OwnedTrials:
+    """Trials that say which worker runs them, from the moment they are RUNNING, and creation
+    that is safe to repeat. Mixed in before the storage class (``super()`` is that class).
+
+    - ``create_new_trial`` writes a random CREATE_TOKEN_KEY, and the creating worker's
+      ``owner`` as OWNER_KEY when the new trial is RUNNING (study.ask()), in the one storage call
+      that creates the trial: there is no moment when the trial exists and has no owner. A repeat
+      after a lost reply (the database or proxy committed, the answer never came) first looks for
+      the token, so it never leaves a second RUNNING trial behind. A WAITING trial (an enqueued
+      one, a retry) gets no owner: whoever claims it later owns it.
+    - Claiming a WAITING trial (``set_trial_state_values(..., RUNNING)``, Optuna's
+      ``_pop_waiting_trial_id``) cannot write an attribute in the same call, so the claimant
+      writes ``CLAIM_PREFIX + owner`` = True first, then switches the state, then writes
+      OWNER_KEY (won) or its claim = False (lost). ``owner_of`` turns that into proof. A switch
+      whose reply was lost returns False on its repeat; if the trial is RUNNING, ownerless and
+      ours is the one standing claim, it was our own write, and the trial is ours.
+    - Reads hide those attributes (``_visible``): through get_storage a trial looks exactly as
+      Optuna wrote it (Optuna's own storage test suite passes). ``raw_trials`` sees them.
+    """
+
+    owner: str | None = None
+
+    def _call(self, name: str, fn: Callable[[int], Any]) -> Any:
+        retry = getattr(self, "_retry", None)
+        return retry(name, fn) if retry is not None else fn(0)
+
+    def raw_trials(
+        self, study_id: int, states: Sequence[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        """The study's trials with cnnopt's bookkeeping attributes (``owner_of``)."""
+        return super().get_all_trials(study_id, deepcopy=False, states=states)  # type: ignore[misc]
+
+    def raw_trial(self, trial_id: int) -> FrozenTrial:
+        return super().get_trial(trial_id)  # type: ignore[misc]
+
+    def _create_owned(
+        self, study_id: int, template_trial: FrozenTrial | None, create: Callable
+    ) -> Any:
+        """``create(study_id, template)`` with the token (and owner) in the template, repeated
+        after a lost reply only if no trial carries the token yet; returns what create returns
+        (or, when found by its token, the trial as ``raw_trial`` reads it)."""
+        import copy
+        import datetime
+        import uuid
+
+        token = uuid.uuid4().hex
+        if template_trial is None:  # what the storage would create: a RUNNING trial, now
+            template = FrozenTrial(
+                number=-1, state=TrialState.RUNNING, value=None,
+                datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
+                distributions={}, user_attrs={}, system_attrs={}, intermediate_values={},
+                trial_id=-1,
+            )  # fmt: skip
+        else:
+            template = copy.deepcopy(template_trial)
+        attrs = {k: v for k, v in template.system_attrs.items() if not _is_hidden(k)}
+        attrs[CREATE_TOKEN_KEY] = token
+        if self.owner and template.state == TrialState.RUNNING:
+            attrs[OWNER_KEY] = self.owner
+        template.system_attrs = attrs
+
+        def attempt(n: int) -> Any:
+            if n > 0:
+                for t in self.raw_trials(study_id):
+                    if t.system_attrs.get(CREATE_TOKEN_KEY) == token:
+                        log.info("trial id %d: created before the lost connection", t._trial_id)
+                        return t
+            return create(study_id, template)
+
+        return self._call("create_new_trial", attempt)
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        found = self._create_owned(study_id, template_trial, super().create_new_trial)  # type: ignore[misc]
+        return found._trial_id if isinstance(found, FrozenTrial) else found
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        base = super().set_trial_state_values  # type: ignore[misc]
+        if state != TrialState.RUNNING or not self.owner:
+            return base(trial_id, state, values)
+        owner = self.owner
+        claim = CLAIM_PREFIX + owner
+        # raises UpdateFinishedTrialError for a finished trial, as the switch itself would
+        super().set_trial_system_attr(trial_id, claim, True)  # type: ignore[misc]
+        tries = []
+
+        def attempt(n: int) -> bool:
+            tries.append(n)
+            return base(trial_id, state, values)
+
+        won = self._call("set_trial_state_values", attempt)
+        if not won and len(tries) > 1:  # repeated after a lost reply: was the first one ours?
+            t = self.raw_trial(trial_id)
+            won = t.state == TrialState.RUNNING and owner_of(t) == owner
+            if won:
+                log.info("trial id %d: the claim before the lost connection was ours", trial_id)
+        try:
+            if won:
+                super().set_trial_system_attr(trial_id, OWNER_KEY, owner)  # type: ignore[misc]
+            else:
+                super().set_trial_system_attr(trial_id, claim, False)  # type: ignore[misc]
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # finished meanwhile (failed as stale, or by its runner): nothing to own
+        return won
+
+    # reads, without the bookkeeping
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return _visible(super().get_trial(trial_id))  # type: ignore[misc]
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Sequence[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        trials = super().get_all_trials(study_id, deepcopy=deepcopy, states=states)  # type: ignore[misc]
+        return [_visible(t) for t in trials]
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        return _visible(super().get_best_trial(study_id))  # type: ignore[misc]
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        attrs = super().get_trial_system_attrs(trial_id)  # type: ignore[misc]
+        return {k: v for k, v in attrs.items() if not _is_hidden(k)}
+
+
 class RetryingRDBStorage(_RepeatSafe, RDBStorage):
     """RDBStorage whose storage calls retry lost connections with exponential backoff
     (see ``_RepeatSafe``)."""
@@ -352,12 +534,73 @@ for _name in _RETRIED:
     setattr(RetryingRDBStorage, _name, _retrying(RDBStorage, _name))
 
 
+class _OwnedRDB(_OwnedTrials):
+    """``_OwnedTrials`` for RDBStorage, whose users go through Optuna's ``_CachedStorage``
+    (what ``optuna.load_study`` puts around any RDBStorage): that one creates trials with
+    ``_create_new_trial`` and reads them with ``_get_trials``, so those are the calls to own
+    and to filter."""
+
+    def raw_trials(
+        self, study_id: int, states: Sequence[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return super()._get_trials(study_id, states, set(), -1)  # type: ignore[misc]
+
+    def raw_trial(self, trial_id: int) -> FrozenTrial:
+        return super(_OwnedTrials, self).get_trial(trial_id)  # type: ignore[misc]
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._create_new_trial(study_id, template_trial)._trial_id
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        return _visible(self._create_owned(study_id, template_trial, self._create_once))
+
+    def _create_once(self, study_id: int, template: FrozenTrial) -> FrozenTrial:
+        """RDBStorage._create_new_trial without its own blind repeats (it retries a failed
+        commit up to 5 times, and a commit whose reply was lost then makes a second trial):
+        ``_create_owned`` repeats it, by token."""
+        import copy
+
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:  # type: ignore[attr-defined]
+            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+            trial = self._get_prepared_new_trial(study_id, template, session)  # type: ignore[attr-defined]
+            frozen = copy.deepcopy(template)
+            frozen.number = trial.number
+            frozen.datetime_start = trial.datetime_start
+            frozen._trial_id = trial.trial_id
+            return frozen
+
+    def _get_trials(
+        self,
+        study_id: int,
+        states: Any,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
+        trials = super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)  # type: ignore[misc]
+        return [_visible(t) for t in trials]
+
+
+class OwnedRDBStorage(_OwnedRDB, RetryingRDBStorage):
+    """What get_storage returns for a database server: retries (RetryingRDBStorage) and trial
+    ownership (``_OwnedTrials``). The proxy's own backend is a plain RetryingRDBStorage: it must
+    pass the clients' bookkeeping attributes through unfiltered."""
+
+
+class OwnedSQLiteStorage(_OwnedRDB, RDBStorage):
+    """SQLite (one machine, no lost connections): trial ownership only."""
+
+
+class OwnedJournalStorage(_OwnedTrials, JournalStorage):
+    """The journal file (one machine): trial ownership only."""
+
+
 # -- the storage proxy ---------------------------------------------------------------------------
 
-# A trial system attribute: the worker's clock at its last heartbeat (written through the proxy).
-HEARTBEAT_KEY = "cnnopt:heartbeat"
-# A trial system attribute: a random token that makes creating a trial safe to repeat.
-CREATE_TOKEN_KEY = "cnnopt:create_token"
 # gRPC reconnects with exponential backoff up to 120 s by default; keep a restarted proxy found
 # within a second or two.
 _CHANNEL_OPTIONS = [
@@ -376,9 +619,9 @@ def parse_proxy_url(url: str) -> tuple[str, int]:
     return found.group(1), int(found.group(2) or PROXY_PORT)
 
 
-class RetryingGrpcStorageProxy(_RepeatSafe, GrpcStorageProxy, BaseHeartbeat):
+class _GrpcClient(_RepeatSafe, GrpcStorageProxy, BaseHeartbeat):
     """Optuna's GrpcStorageProxy (the client of ``run_proxy``) made as robust as
-    RetryingRDBStorage, plus heartbeats.
+    RetryingRDBStorage, plus heartbeats (``RetryingGrpcStorageProxy`` adds trial ownership).
 
     - A proxy that is down or restarting (gRPC UNAVAILABLE) is retried with exponential backoff
       for ``retry_seconds``, like a lost database connection; any other gRPC failure, or a proxy
@@ -436,7 +679,7 @@ class RetryingGrpcStorageProxy(_RepeatSafe, GrpcStorageProxy, BaseHeartbeat):
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        for key in ("_local", "_seen_lock", "_seen"):
+        for key in ("_local", "_seen_lock", "_seen", "_order"):
             state.pop(key, None)
         return state
 
@@ -457,34 +700,6 @@ class RetryingGrpcStorageProxy(_RepeatSafe, GrpcStorageProxy, BaseHeartbeat):
             raise optuna.exceptions.StorageInternalError(
                 f"storage proxy {self.url}: {name}: {_one_line(e)}"
             ) from e
-
-    # creating a trial, safe to repeat
-
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        import copy
-        import datetime
-        import uuid
-
-        token = uuid.uuid4().hex
-        if template_trial is None:  # what the database would create: a RUNNING trial, now
-            template = FrozenTrial(
-                number=-1, state=TrialState.RUNNING, value=None,
-                datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
-                distributions={}, user_attrs={}, system_attrs={}, intermediate_values={},
-                trial_id=-1,
-            )  # fmt: skip
-        else:
-            template = copy.deepcopy(template_trial)
-        template.system_attrs = {**template.system_attrs, CREATE_TOKEN_KEY: token}
-
-        def attempt(n: int) -> int:
-            if n > 0:
-                for t in self.get_all_trials(study_id, deepcopy=False):
-                    if t.system_attrs.get(CREATE_TOKEN_KEY) == token:
-                        return t._trial_id
-            return GrpcStorageProxy.create_new_trial(self, study_id, template)
-
-        return self._retry("create_new_trial", attempt)
 
     # heartbeats (BaseHeartbeat)
 
@@ -536,10 +751,58 @@ class RetryingGrpcStorageProxy(_RepeatSafe, GrpcStorageProxy, BaseHeartbeat):
 _GRPC_CALLS = [
     name
     for name in _RETRIED
-    if name in GrpcStorageProxy.__dict__ and name not in RetryingGrpcStorageProxy.__dict__
+    if name in GrpcStorageProxy.__dict__ and name not in _GrpcClient.__dict__
 ]
 for _name in _GRPC_CALLS:
-    setattr(RetryingGrpcStorageProxy, _name, _retrying(GrpcStorageProxy, _name))
+    setattr(_GrpcClient, _name, _retrying(GrpcStorageProxy, _name))
+
+
+class RetryingGrpcStorageProxy(_OwnedTrials, _GrpcClient):
+    """The storage proxy's client (``_GrpcClient``) with trial ownership and repeatable trial
+    creation (``_OwnedTrials``): the proxy may create the trial just before it dies, and the
+    repeat finds it by its token.
+
+    Parameter order: a trial's params travel as a protobuf map, which keeps no order, while
+    Optuna's storages return them in the order they were suggested. The client restores that
+    order for the trials whose params it wrote itself (the worker running the trial); another
+    process reading them gets the map's order."""
+
+    def _param_order(self) -> dict[int, list[str]]:
+        order = self.__dict__.get("_order")
+        if order is None:
+            order = self.__dict__["_order"] = {}
+        return order
+
+    def set_trial_param(self, trial_id, param_name, param_value_internal, distribution) -> None:
+        super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+        names = self._param_order().setdefault(trial_id, [])
+        if param_name not in names:
+            names.append(param_name)
+
+    def _ordered(self, t: FrozenTrial) -> FrozenTrial:
+        names = self._param_order().get(t._trial_id)
+        if not names or list(t.params) == names[: len(t.params)]:
+            return t
+        import copy
+
+        rank = {n: i for i, n in enumerate(names)}
+        keys = sorted(t.params, key=lambda k: rank.get(k, len(rank)))
+        t = copy.copy(t)
+        t.params = {k: t.params[k] for k in keys}
+        t.distributions = {k: t.distributions[k] for k in keys}
+        return t
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._ordered(super().get_trial(trial_id))
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Sequence[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        trials = super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        return [self._ordered(t) for t in trials]
 
 
 def open_proxy(url: str, connect_retry: float = 0.0, **kwargs: Any) -> RetryingGrpcStorageProxy:
@@ -630,21 +893,26 @@ def run_proxy(
 # -- opening a storage ---------------------------------------------------------------------------
 
 
+# user attributes that a retry inherits from the trial it repeats (cnnopt.study.WARM_START)
+KEPT_USER_ATTRS = ("warm_start",)
+
+
 class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
     """Optuna's RetryHeartbeatStaleTrialCallback (re-enqueue a dead worker's trial with the same
     params, ``system_attrs['failed_trial']`` = the original's number), minus the failed run's
-    user attributes (its fail_reason, curves, timings): the retry records its own."""
+    user attributes (its fail_reason, curves, timings): the retry records its own. Kept: what
+    the study asked of the trial (``KEPT_USER_ATTRS``: a warm start stays a warm start, never
+    pruned). A trial that died before it sampled anything has no params: an enqueued one's
+    values are in ``system_attrs['fixed_params']``, which the retry carries over."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         import copy
 
         trial = copy.copy(trial)
-        trial.user_attrs = {}
-        # nor the failed run's heartbeat and creation token (the storage proxy's bookkeeping)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in KEPT_USER_ATTRS}
+        # nor the failed run's heartbeat, creation token and owner (cnnopt's bookkeeping)
         trial.system_attrs = {
-            k: v
-            for k, v in trial.system_attrs.items()
-            if k not in (HEARTBEAT_KEY, CREATE_TOKEN_KEY)
+            k: v for k, v in trial.system_attrs.items() if k != HEARTBEAT_KEY and not _is_hidden(k)
         }
         super().__call__(study, trial)
 
@@ -679,14 +947,22 @@ def _is_creation_race(e: BaseException) -> bool:
 
 
 def open_rdb(
-    url: str, connect_retry: float = 0.0, pool_size: int = POOL_SIZE, **kwargs: Any
+    url: str,
+    connect_retry: float = 0.0,
+    pool_size: int = POOL_SIZE,
+    owned: bool = False,
+    **kwargs: Any,
 ) -> RDBStorage:
-    """RDBStorage (RetryingRDBStorage for server databases), with one-line errors.
+    """RDBStorage (RetryingRDBStorage for server databases), with one-line errors; ``owned``:
+    with trial ownership (``_OwnedTrials``), as get_storage opens it.
 
     ``connect_retry``: seconds to keep retrying a refused connection while opening (workers use
     RETRY_SECONDS so that one started during a database restart waits; the CLI uses 0 so that a
     wrong URL is reported at once)."""
-    cls = RDBStorage if url.startswith("sqlite") else RetryingRDBStorage
+    if owned:
+        cls = OwnedSQLiteStorage if url.startswith("sqlite") else OwnedRDBStorage
+    else:
+        cls = RDBStorage if url.startswith("sqlite") else RetryingRDBStorage
     start = time.monotonic()
     for race in range(6):
         try:
@@ -743,7 +1019,7 @@ def get_storage(
         path = Path(url.removeprefix("journal://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         # The open-lock works on every local filesystem (the symlink lock needs symlink support).
-        return JournalStorage(
+        return OwnedJournalStorage(
             JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
         )
     kwargs: dict[str, Any] = {}
@@ -758,7 +1034,7 @@ def get_storage(
         )
     if is_proxy_storage(url):
         return open_proxy(url, connect_retry=connect_retry, **kwargs)
-    return open_rdb(url, connect_retry=connect_retry, **kwargs)
+    return open_rdb(url, connect_retry=connect_retry, owned=True, **kwargs)
 
 
 def describe(url: str) -> str:

@@ -122,9 +122,39 @@ def test_without_deduplicate_repeats_train_with_a_new_seed_each(write_study):
 # -- waiting for a running twin (the protocol, driven by hand on one storage) -------------------
 
 
+class Polls:
+    """Counts the waiting loop's polls (its sleeps between two looks at the storage), so that a
+    test waits for events, not for time: ``seen(th)`` returns once the loop has looked at the
+    storage afresh, after everything the test wrote so far, and decided to wait again (or the
+    thread has ended)."""
+
+    def __init__(self):
+        self.n = 0
+        self.cond = threading.Condition()
+
+    def sleep(self, _seconds: float) -> None:
+        with self.cond:
+            self.n += 1
+            self.cond.notify_all()
+        time.sleep(0.005)
+
+    def seen(self, th: threading.Thread) -> None:
+        # two polls: the first may belong to a look that began before the test's last write
+        with self.cond:
+            target = self.n + 2
+            ok = self.cond.wait_for(lambda: self.n >= target or not th.is_alive(), timeout=60)
+        assert ok, "the waiting loop stopped polling"
+
+
 @pytest.fixture
 def fast_poll(monkeypatch):
-    monkeypatch.setattr(dedup, "POLL_SECONDS", 0.02)
+    import types
+
+    polls = Polls()
+    monkeypatch.setattr(
+        dedup, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=polls.sleep)
+    )
+    return polls
 
 
 def _plan_in_thread(ostudy, number, cfg, **kw):
@@ -160,14 +190,14 @@ def test_later_trial_waits_for_a_running_twin_then_copies_it(write_study, fast_p
     ostudy.ask()
     waits: list[int] = []
     th, out = _plan_in_thread(ostudy, 1, cfg, on_wait=waits.append)
-    time.sleep(0.3)
+    fast_poll.seen(th)
     assert th.is_alive() and waits == [0]  # waits while #0 chooses its ticket
     first.set_user_attr(dedup.RANK, 1)
-    time.sleep(0.3)
+    fast_poll.seen(th)
     assert th.is_alive()  # ... and while #0 (ticket 1, ahead of #1's) trains
     first.report(0.5, 1)
     ostudy.tell(first, 0.5)
-    th.join(5)
+    th.join(60)  # a guard against a hang: the plan is done well before
     plan = out["plan"]
     assert plan.duplicate_of == 0 and plan.source.value == 0.5
     assert ostudy.trials[1].user_attrs[dedup.RANK] == 1  # it saw no ticket when it chose
@@ -182,10 +212,10 @@ def test_a_twin_that_fails_is_trained_by_the_waiting_trial(write_study, fast_pol
     _twin(first, cfg, rank=1)
     ostudy.ask()
     th, out = _plan_in_thread(ostudy, 1, cfg)
-    time.sleep(0.3)
+    fast_poll.seen(th)
     assert th.is_alive()
     ostudy.tell(first, state=TrialState.FAIL)
-    th.join(5)
+    th.join(60)  # a guard against a hang: the plan is done well before
     assert out["plan"].source is None  # it trains the configuration itself
 
 
@@ -199,10 +229,10 @@ def test_line_is_by_ticket_not_trial_number(write_study, fast_poll):
     later = ostudy.ask()
     _twin(later, cfg, rank=1)
     th, out = _plan_in_thread(ostudy, 0, cfg)
-    time.sleep(0.3)
+    fast_poll.seen(th)
     assert th.is_alive() and ostudy.trials[0].user_attrs[dedup.RANK] == 2
     ostudy.tell(later, 0.7)
-    th.join(5)
+    th.join(60)  # a guard against a hang: the plan is done well before
     assert out["plan"].duplicate_of == 1
 
 
@@ -214,10 +244,10 @@ def test_equal_tickets_go_by_trial_number(write_study, fast_poll):
     later = ostudy.ask()
     _twin(later, cfg)  # #1 is choosing at the same moment as #0
     th, out = _plan_in_thread(ostudy, 0, cfg)
-    time.sleep(0.3)
+    fast_poll.seen(th)
     assert th.is_alive() and ostudy.trials[0].user_attrs[dedup.RANK] == 1
     later.set_user_attr(dedup.RANK, 1)  # #1 saw no ticket either: both hold ticket 1
-    th.join(5)
+    th.join(60)  # a guard against a hang: the plan is done well before
     assert not th.is_alive() and out["plan"].source is None  # (1, #0) goes before (1, #1)
 
 
@@ -228,7 +258,7 @@ def test_a_trial_still_sampling_does_not_hold_up_others(write_study, fast_poll):
     ostudy.ask()  # running, no hash: it has not said what it trains
     ostudy.ask()
     th, out = _plan_in_thread(ostudy, 1, cfg)
-    th.join(5)
+    th.join(60)  # a guard against a hang: the plan is done well before
     assert not th.is_alive() and out["plan"].source is None
 
 

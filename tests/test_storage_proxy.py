@@ -255,7 +255,12 @@ def test_clients_ride_out_proxy_restarts(proxy):
     trials = _trials(proxy, "restart")
     assert len(trials) == n_clients * per_client, [t.state for t in trials]
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert all(t.system_attrs.get(CREATE_TOKEN_KEY) for t in trials)
+    # each was created with its token (hidden from users, seen by the raw read)
+    storage = get_storage(proxy.db_url, heartbeat=False)
+    raw = storage.raw_trials(storage.get_study_id_from_name("restart"))
+    storage.engine.dispose()
+    assert len(raw) == len(trials) and all(t.system_attrs.get(CREATE_TOKEN_KEY) for t in raw)
+    assert not any(CREATE_TOKEN_KEY in t.system_attrs for t in trials)
     assert proxy.log.read_text().count("storage proxy for") == 3
 
 
@@ -263,8 +268,16 @@ def test_clients_ride_out_proxy_restarts(proxy):
 @pytest.mark.slow
 def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
     """A real `cnnopt run --workers 8` through the proxy, which is SIGKILLed and restarted while
-    trials run: exactly the 12 trials asked for, all finished; `cnnopt status` reads it too."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    trials run: exactly the 12 trials asked for, all finished; `cnnopt status` reads it too.
+
+    The kill comes at a known point: once a trial has finished, the test hook holds every worker
+    that starts a new trial (between ask and tag) until the proxy is back, so the run cannot end
+    before the kill, however fast the machine."""
+    hold = tmp_path / "hold"
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200",
+        "CNNOPT_TEST_HOLD_BEFORE_TAG": str(hold),
+    }  # fmt: skip
     study = str(ROOT / "studies" / "quick_synthetic.py")
     cmd = [
         sys.executable, "-m", "cnnopt.cli", "run", study, "--workers", "8", "--n-trials", "12",
@@ -280,7 +293,7 @@ def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
         end = time.time() + 240
         started = 0
         while time.time() < end and run.poll() is None and started < 1:
-            time.sleep(0.5)
+            time.sleep(0.05)
             try:
                 with db.connect() as conn:
                     started = conn.execute(
@@ -288,12 +301,14 @@ def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
                     ).scalar()
             except sqlalchemy.exc.ProgrammingError:
                 pass  # tables not created yet
+        hold.touch()  # 11 trials are left: at least one worker asks for one and waits here
         db.dispose()
         assert run.poll() is None, run.communicate()[0]
         t_kill = time.time()
         proxy.kill()
-        time.sleep(2)
+        time.sleep(2)  # the clients find it gone and back off
         proxy.start()
+        hold.unlink()
         try:
             out, _ = run.communicate(timeout=300)
         except subprocess.TimeoutExpired:
