@@ -115,6 +115,15 @@ def test_a_retry_that_starts_over_loses_the_epochs_its_predecessor_stored():
     )
 
 
+def test_the_owner_stored_with_the_trial_identifies_its_worker():
+    trials, launches, kills = clean_study()
+    trials[1] = trial(1, TrialState.FAIL, pid=None, epochs=0, ended=T0 + 45)
+    trials[1].system_attrs["cnnopt:owner"] = f"run1/{HOST}:101"
+    assert figures(trials, launches, kills)["wrongly_failed"] == 0
+    trials[1].system_attrs["cnnopt:owner"] = f"run1/{HOST}:102"  # a worker that lived
+    assert figures(trials, launches, kills)["wrongly_failed"] == 1
+
+
 def test_the_epochs_of_every_earlier_attempt_count():
     """1 stored epoch 2; its retry 2 was killed before it stored one; retry 4 started over."""
     trials, launches, kills = clean_study()

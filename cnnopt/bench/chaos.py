@@ -65,6 +65,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 STUDY_NAME = "chaos"
 SHARED_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+OWNER_KEY = "cnnopt:owner"  # cnnopt.storage's, where it has one: who runs a trial
 KINDS = ("worker_kill", "runner_kill", "postgres_restart", "proxy_restart")
 # how often each kind is drawn (proxy_restart only with --proxy)
 WEIGHTS = {"worker_kill": 5, "runner_kill": 1.5, "postgres_restart": 2.5, "proxy_restart": 2.5}
@@ -83,7 +84,7 @@ batch_size = 32
 sampler = "random"
 pruner = "median"
 n_startup_trials = 4
-n_warmup_steps = 2
+n_warmup_steps = {warmup}  # pruned at the last epoch but one at the earliest: epochs to kill in
 checkpoint = True
 retry_failed = {retry_failed}
 seed = {seed}
@@ -125,7 +126,7 @@ class ChaosOptions:
 
 PRESETS = {
     "quick": dict(trials=21, faults=9, epochs=4, timeout=600.0, min_gap=1.5),
-    "full": dict(trials=300, faults=70, epochs=4, timeout=1500.0, min_gap=2.0),
+    "full": dict(trials=300, faults=70, epochs=4, timeout=2700.0, min_gap=2.0),
 }
 
 
@@ -328,6 +329,7 @@ class Chaos:
         self.proxy: Proxy | None = None
         self.server = None  # cnnopt.pgserver.PgServer of a throw-away server
         self.timed_out = False
+        self.pending: tuple[float, bool] | None = None  # a worker kill waiting for its target
 
     # setup and teardown
 
@@ -372,6 +374,7 @@ class Chaos:
             STUDY_SOURCE.format(
                 name=STUDY_NAME,
                 epochs=opts.epochs,
+                warmup=max(1, opts.epochs - 1),
                 retry_failed=opts.retry_failed,
                 seed=opts.seed,
                 lr_steps=lr_steps,
@@ -507,10 +510,17 @@ class Chaos:
             if not targets:
                 return False
             # mostly a worker in the middle of training (its retry must resume from the
-            # checkpoint), else any worker (asking, tagging, copying a twin, between trials)
-            mid = {pid for pid in self.mid_trial_pids() if any(pid == t[1] for t in targets)}
-            if mid and self.rng.random() < 0.7:
-                targets = [t for t in targets if t[1] in mid]
+            # checkpoint; waited for up to 15 s), else any worker (asking, waiting for or
+            # copying a twin, between trials)
+            if self.pending is None:
+                self.pending = (now, self.rng.random() < 0.7)
+            since, aim = self.pending
+            if aim:
+                mid = {t for t in targets if t[1] in self.mid_trial_pids()}
+                if mid:
+                    targets = sorted(mid)
+                elif now - since < 15:
+                    return False
             lid, pid = self.rng.choice(sorted(targets))
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -548,6 +558,7 @@ class Chaos:
             self.proxy.kill()
             self.proxy.start()
             event["seconds"] = round(time.time() - now, 2)
+        self.pending = None
         self.faults.append(event)
         log(opts, f"fault {len(self.faults)}: {kind} at {progress} finished trials")
         return True
@@ -609,7 +620,8 @@ class Chaos:
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         storage = get_storage(self.db_url, heartbeat=False, connect_retry=60)
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
-        trials = study.get_trials(deepcopy=False)
+        raw = getattr(storage, "raw_trials", None)  # with cnnopt's bookkeeping (the owner)
+        trials = raw(study._study_id) if raw else study.get_trials(deepcopy=False)
         crashes = []
         for launch in self.launches:
             text = launch.log.read_text(errors="replace")
@@ -719,6 +731,11 @@ def analyse(
             continue
         reason = str(t.user_attrs.get("fail_reason", ""))
         pid = _pid_of_tag(t.user_attrs.get("worker"), host)
+        if (
+            pid is None
+        ):  # the owner written with the trial (RUN_ID/HOST:PID), if the storage has one
+            owner = str(t.system_attrs.get(OWNER_KEY) or "")
+            pid = _pid_of_tag(owner.rpartition("/")[2], host)
         if pid is None:  # failed before it was tagged: the dead worker its reason names
             m = re.search(r"\(pid (\d+)\)", reason)
             pid = int(m.group(1)) if m else None
@@ -728,7 +745,12 @@ def analyse(
             pid in kills
             and (ended is None or ended >= kills[pid] - 1.0)
             # an untagged trial created after the named worker died cannot have been its
-            and ("worker" in t.user_attrs or started is None or started <= kills[pid] + 1.0)
+            and (
+                "worker" in t.user_attrs
+                or OWNER_KEY in t.system_attrs
+                or started is None
+                or started <= kills[pid] + 1.0
+            )
         )
         if not ok:
             wrongly_failed.append(
