@@ -68,7 +68,7 @@ SHARED_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 OWNER_KEY = "cnnopt:owner"  # cnnopt.storage's, where it has one: who runs a trial
 KINDS = ("worker_kill", "runner_kill", "postgres_restart", "proxy_restart")
 # how often each kind is drawn (proxy_restart only with --proxy)
-WEIGHTS = {"worker_kill": 5, "runner_kill": 1.5, "postgres_restart": 2.5, "proxy_restart": 2.5}
+WEIGHTS = {"worker_kill": 5, "runner_kill": 1, "postgres_restart": 2.5, "proxy_restart": 2.5}
 
 STUDY_SOURCE = '''"""The chaos run's study (written by cnnopt.bench.chaos): seconds-long trials, checkpoints on."""
 
@@ -329,7 +329,8 @@ class Chaos:
         self.proxy: Proxy | None = None
         self.server = None  # cnnopt.pgserver.PgServer of a throw-away server
         self.timed_out = False
-        self.pending: tuple[float, bool] | None = None  # a worker kill waiting for its target
+        self.pending: tuple[float, bool] | None = None  # a fault waiting for its target
+        self.not_injected: list[str] = []
 
     # setup and teardown
 
@@ -467,6 +468,17 @@ class Chaos:
         finally:
             conn.close()
 
+    def heartbeat_of(self, trial_id: int) -> str | None:
+        """The trial's last heartbeat in the database's table (direct storage), or None."""
+        with contextlib.suppress(Exception), contextlib.closing(_connect(self.db_url)) as conn:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT heartbeat FROM trial_heartbeats WHERE trial_id = %s", (trial_id,)
+                )
+                row = cur.fetchone()
+                return row[0].isoformat() if row else None
+        return None
+
     def mid_trial_pids(self) -> set[int]:
         """Pids of the workers whose RUNNING trial has trained and stored at least one epoch."""
         try:
@@ -498,9 +510,11 @@ class Chaos:
         """Inject one fault; False if it has no target now (tried again on the next tick)."""
         opts = self.opts
         now = time.time()
+        if self.pending is None:  # (since when, aim at a worker in mid-training)
+            self.pending = (now, self.rng.random() < 0.7)
         event: dict[str, Any] = {"kind": kind, "t": round(now - self.t0, 2), "finished": progress}
         if kind == "worker_kill":
-            cap = 2 * opts.workers  # the runner replaces at most 3 x workers dead workers
+            cap = 3 * opts.workers - 1  # a runner replaces at most 3 x workers dead workers
             targets = [
                 (launch.id, pid)
                 for launch in self.launches
@@ -512,8 +526,6 @@ class Chaos:
             # mostly a worker in the middle of training (its retry must resume from the
             # checkpoint; waited for up to 15 s), else any worker (asking, waiting for or
             # copying a twin, between trials)
-            if self.pending is None:
-                self.pending = (now, self.rng.random() < 0.7)
             since, aim = self.pending
             if aim:
                 mid = {t for t in targets if t[1] in self.mid_trial_pids()}
@@ -598,13 +610,17 @@ class Chaos:
                 if self.inject(plan[0][1], progress):
                     plan.pop(0)
                     last_fault = time.time()
+                elif self.pending is not None and time.time() - self.pending[0] > 30:
+                    # no target for 30 s (every live runner had its share of worker kills)
+                    self.not_injected.append(plan.pop(0)[1])
+                    self.pending = None
             if time.time() - last_log > 15:
                 last_log = time.time()
                 live = sum(launch.alive for launch in self.launches)
                 log(opts, f"{progress} finished, {len(self.faults)} faults, {live} runners live")
             time.sleep(0.2)
         self.seconds = time.time() - self.t0
-        self.not_injected = [kind for _, kind in plan]
+        self.not_injected += [kind for _, kind in plan]
         for launch in self.launches:
             if launch.alive:  # timed out
                 self._killpg(launch.proc.pid)
@@ -638,6 +654,9 @@ class Chaos:
             self.opts.retry_failed,
             socket.gethostname(),
         )
+        ids = {t.number: t._trial_id for t in trials}
+        for left in figures["left_unfinished"]:
+            left["heartbeat"] = self.heartbeat_of(ids[left["number"]])
         faults_by_kind = {k: sum(f["kind"] == k for f in self.faults) for k in KINDS}
         figures.update(
             crashes=len(crashes),
@@ -814,6 +833,19 @@ def analyse(
         "wrongly_failed_trials": wrongly_failed,
         "epoch_losses": epoch_losses,
         "lost_requeue_trials": lost_requeues,
+        # what a leftover looked like: who owned it, whether it ever sent a heartbeat
+        "left_unfinished": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "start": t.datetime_start.isoformat() if t.datetime_start else None,
+                "user_attrs": {k: v for k, v in t.user_attrs.items() if k != "history"},
+                "epochs": _epochs(t),
+                "system_attrs": t.system_attrs,
+            }
+            for t in trials
+            if t.state in (TrialState.RUNNING, TrialState.WAITING)
+        ],
     }
 
 
