@@ -241,8 +241,8 @@ ABANDONED_SECONDS = 2 * RETRY_SECONDS + GRACE_PERIOD
 
 
 def abandoned_trials(ostudy: optuna.Study, age: float = ABANDONED_SECONDS) -> list:
-    """RUNNING trials claimed by cnnopt workers, with no owner written, older than ``age``.
-    (Trials of plain Optuna clients carry no claim and are left to Optuna's heartbeats.)"""
+    """RUNNING trials with two or more standing claims of cnnopt workers and no owner written,
+    older than ``age``. (Trials of plain Optuna clients are left to Optuna's heartbeats.)"""
     import datetime
 
     out = []
@@ -255,7 +255,9 @@ def abandoned_trials(ostudy: optuna.Study, age: float = ABANDONED_SECONDS) -> li
         if start is None:
             continue
         now = datetime.datetime.now(start.tzinfo)
-        if (now - start).total_seconds() > age and len(claimants(t)) != 1:
+        # two standing claims: the ambiguous case. (One: provably its owner's, whose runner
+        # fails it; none: a plain Optuna client won it, Optuna's heartbeats are its judge.)
+        if (now - start).total_seconds() > age and len(claimants(t)) >= 2:
             out.append(t)
     return out
 

@@ -257,7 +257,8 @@ def test_worker_whose_trial_another_process_failed_goes_on(tmp_path):
         "a trial", lambda: load(url).get_trials(states=(TrialState.RUNNING,)), [proc]
     )[0]
     study = load(url)
-    assert fail_trial(study, victim._trial_id, "failed by another process", 0)
+    fail_trial(study, victim._trial_id, "failed by another process", 0)
+    assert load(url).get_trials()[victim.number].state == TrialState.FAIL
     hold.unlink()
     out = finish(proc)
     assert proc.returncode == 0, out

@@ -50,6 +50,13 @@ def raw(study: optuna.Study, number: int):
     return backend.raw_trial(study.trials[number]._trial_id)
 
 
+def test_any_script_on_get_storage_owns_its_trials_under_an_id_of_its_own(url):
+    s1 = optuna.create_study(study_name="o", storage=get_storage(url, heartbeat=False))
+    s2 = optuna.load_study(study_name="o", storage=get_storage(url, heartbeat=False))
+    owners = {owner_of(raw(s1, s1.ask().number)), owner_of(raw(s2, s2.ask().number))}
+    assert len(owners) == 2 and None not in owners
+
+
 def test_a_new_trial_carries_its_owner_and_users_do_not_see_it(url):
     b = worker_study(url, B_LIVE)
     trial = b.ask()
@@ -139,9 +146,9 @@ def test_two_standing_claims_prove_nothing_until_abandoned(url):
 
 def test_plain_optuna_trials_are_nobodys_to_fail(url):
     """A RUNNING trial with no owner and no claim (a plain Optuna client on the same study)."""
-    plain = optuna.create_study(
-        study_name="owners", storage=get_storage(url, heartbeat=False), load_if_exists=True
-    )
+    storage = get_storage(url, heartbeat=False)
+    storage.owner = None  # as Optuna's own storage classes write trials
+    plain = optuna.create_study(study_name="owners", storage=storage, load_if_exists=True)
     plain._storage.create_new_trial(plain._study_id)
     assert fail_trials_of(plain, {A_DEAD}, "died", 1) == []
     assert fail_abandoned(plain, 1, age=0.0) == []

@@ -150,8 +150,11 @@ def _create_study(db_url: str, name: str) -> None:
     storage.engine.dispose()
 
 
-def _client(url: str, name: str, n: int, go, errors, pause: float = 0.0) -> None:
-    """Plain Optuna ask/tell of instant trials, through cnnopt's storage factory."""
+def _client(
+    url: str, name: str, n: int, go, errors, pause: float = 0.0, gate=None, gate_at: int = 0
+) -> None:
+    """Plain Optuna ask/tell of instant trials, through cnnopt's storage factory; with a
+    ``gate``, trials from number ``gate_at`` on wait for it to open."""
     try:
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         warnings.filterwarnings("ignore")
@@ -161,7 +164,9 @@ def _client(url: str, name: str, n: int, go, errors, pause: float = 0.0) -> None
             sampler=optuna.samplers.RandomSampler(),
         )
         go.wait(60)
-        for _ in range(n):
+        for i in range(n):
+            if gate is not None and i == gate_at:
+                gate.wait(240)
             trial = study.ask()
             x = trial.suggest_float("x", 0, 1)
             time.sleep(pause)
@@ -171,11 +176,15 @@ def _client(url: str, name: str, n: int, go, errors, pause: float = 0.0) -> None
         raise
 
 
-def _run_clients(proxy, name, n_clients, per_client, pause=0.0, during=None):
+def _run_clients(proxy, name, n_clients, per_client, pause=0.0, during=None, gate_at=0):
     ctx = mp.get_context("fork")  # optuna and grpc are imported once, here: 32 fit in 2 cores
     go, errors = ctx.Event(), ctx.Queue()
+    gate = ctx.Event() if gate_at else None
     procs = [
-        ctx.Process(target=_client, args=(proxy.url, name, per_client, go, errors, pause))
+        ctx.Process(
+            target=_client,
+            args=(proxy.url, name, per_client, go, errors, pause, gate, gate_at),
+        )
         for _ in range(n_clients)
     ]
     for p in procs:
@@ -185,6 +194,8 @@ def _run_clients(proxy, name, n_clients, per_client, pause=0.0, during=None):
         go.set()
         if during is not None:
             during()
+        if gate is not None:
+            gate.set()
         for p in procs:
             p.join(timeout=240)
     seconds = time.time() - t0
@@ -230,7 +241,11 @@ def test_32_clients_320_trials_through_one_proxy(proxy):
 @pytest.mark.postgres
 def test_clients_ride_out_proxy_restarts(proxy):
     """The proxy is SIGKILLed twice mid-run and started again: the clients retry, and the study
-    ends with exactly the trials asked for (a repeated trial creation leaves no stray trial)."""
+    ends with exactly the trials asked for (a repeated trial creation leaves no stray trial).
+
+    Both kills come while trials are left to run, however fast the machine: each client holds
+    its last 5 trials until the second restart (the kills come at 40 and 120 of the 160 trials
+    before that point)."""
     _create_study(proxy.db_url, "restart")
     n_clients, per_client = 8, 25
     db = probe_engine(proxy.db_url)
@@ -250,7 +265,9 @@ def test_clients_ride_out_proxy_restarts(proxy):
             time.sleep(1.5)  # clients find it gone and back off
             proxy.start()
 
-    _run_clients(proxy, "restart", n_clients, per_client, pause=0.02, during=restart_twice)
+    _run_clients(
+        proxy, "restart", n_clients, per_client, pause=0.02, during=restart_twice, gate_at=20
+    )
     db.dispose()
     trials = _trials(proxy, "restart")
     assert len(trials) == n_clients * per_client, [t.state for t in trials]
