@@ -298,6 +298,19 @@ class _OwnedTrials:
 
     owner: str | None = None
 
+    def _beats_as_attr(self) -> bool:
+        """Whether this storage's heartbeats are the HEARTBEAT_KEY attribute (the proxy client)."""
+        return False
+
+    def _beat_first(self, trial_id: int) -> None:
+        """A heartbeat before a trial becomes this worker's. Optuna's heartbeat thread starts
+        only after study.ask(), and its stale check ignores a trial that never sent one: a worker
+        killed with its whole machine (runner included, so nobody fails its trials at once) in
+        between left a RUNNING trial that nobody would ever fail. A new trial gets its first
+        heartbeat in the call that creates it; a claimed WAITING trial just before the claim."""
+        if getattr(self, "heartbeat_interval", None):
+            self.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+
     def _call(self, name: str, fn: Callable[[int], Any]) -> Any:
         retry = getattr(self, "_retry", None)
         return retry(name, fn) if retry is not None else fn(0)
@@ -335,6 +348,8 @@ class _OwnedTrials:
         attrs[CREATE_TOKEN_KEY] = token
         if self.owner and template.state == TrialState.RUNNING:
             attrs[OWNER_KEY] = self.owner
+            if self._beats_as_attr():
+                attrs[HEARTBEAT_KEY] = time.time()  # a heartbeat from birth: see _beat_first
         template.system_attrs = attrs
 
         def attempt(n: int) -> Any:
@@ -361,6 +376,7 @@ class _OwnedTrials:
         claim = CLAIM_PREFIX + owner
         # raises UpdateFinishedTrialError for a finished trial, as the switch itself would
         super().set_trial_system_attr(trial_id, claim, True)  # type: ignore[misc]
+        self._beat_first(trial_id)
         tries = []
 
         def attempt(n: int) -> bool:
@@ -590,6 +606,9 @@ class _OwnedRDB(_OwnedTrials):
         with _create_scoped_session(self.scoped_session) as session:  # type: ignore[attr-defined]
             models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
             trial = self._get_prepared_new_trial(study_id, template, session)  # type: ignore[attr-defined]
+            if template.state == TrialState.RUNNING and self.heartbeat_interval:  # type: ignore[attr-defined]
+                # its first heartbeat in the same transaction (see _OwnedTrials._beat_first)
+                session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
             frozen = copy.deepcopy(template)
             frozen.number = trial.number
             frozen.datetime_start = trial.datetime_start
@@ -788,6 +807,9 @@ class RetryingGrpcStorageProxy(_OwnedTrials, _GrpcClient):
     Optuna's storages return them in the order they were suggested. The client restores that
     order for the trials whose params it wrote itself (the worker running the trial); another
     process reading them gets the map's order."""
+
+    def _beats_as_attr(self) -> bool:
+        return bool(self.heartbeat_interval)
 
     def _param_order(self) -> dict[int, list[str]]:
         order = self.__dict__.get("_order")

@@ -118,6 +118,7 @@ class ChaosOptions:
     grace: int = 20
     timeout: float = 1800.0
     min_gap: float = 2.0  # seconds between two faults
+    weights: dict[str, float] = field(default_factory=dict)  # over WEIGHTS
     out: str | None = None
     workdir: str | None = None
     keep: bool = False
@@ -163,17 +164,21 @@ def log(opts: ChaosOptions, msg: str) -> None:
 # -- the fault plan ------------------------------------------------------------------------------
 
 
-def plan_faults(rng: random.Random, n: int, kinds: Iterable[str]) -> list[tuple[float, str]]:
+def plan_faults(
+    rng: random.Random, n: int, kinds: Iterable[str], weights: dict[str, float] | None = None
+) -> list[tuple[float, str]]:
     """``n`` faults as (fraction of the first launches' trials finished, kind), sorted: at least
     one of each kind, the rest drawn by ``WEIGHTS``. Spread
     over 3%..85% of the run, so the last re-queued trials still find a runner; runner kills in
     the first half only (a restarted runner must live longer than the grace period)."""
     kinds = list(kinds)
-    weights = [WEIGHTS[k] for k in kinds]
+    by_kind = {**WEIGHTS, **(weights or {})}
+    kinds = [k for k in kinds if by_kind[k] > 0]
+    weights_ = [by_kind[k] for k in kinds]
     plan = []
     for i in range(n):
         # one of each kind first (a short run still has them all), then drawn by weight
-        kind = kinds[i] if i < len(kinds) else rng.choices(kinds, weights)[0]
+        kind = kinds[i] if i < len(kinds) else rng.choices(kinds, weights_)[0]
         hi = 0.5 if kind == "runner_kill" else 0.85
         plan.append((round(rng.uniform(0.03, hi), 4), kind))
     return sorted(plan)
@@ -584,7 +589,7 @@ class Chaos:
             kinds.append("postgres_restart")
         if opts.proxy:
             kinds.append("proxy_restart")
-        plan = plan_faults(self.rng, opts.faults, kinds)
+        plan = plan_faults(self.rng, opts.faults, kinds, opts.weights)
         per_runner = [
             opts.trials // opts.runners + (1 if i < opts.trials % opts.runners else 0)
             for i in range(opts.runners)
@@ -914,6 +919,13 @@ def parse(argv: list[str] | None = None) -> ChaosOptions:
         help="shell command that restarts --postgres's server (without it: no PostgreSQL "
         "restarts), e.g. 'pg_ctlcluster --skip-systemctl-redirect 15 main restart'",
     )
+    p.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="KIND=W",
+        help=f"how often a kind of fault is drawn (default {WEIGHTS}; 0: never)",
+    )
     p.add_argument("--grace", type=int, help="heartbeat grace period, s (default 20)")
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
     p.add_argument("--out", help="write the figures as JSON here")
@@ -928,6 +940,14 @@ def parse(argv: list[str] | None = None) -> ChaosOptions:
     for key in ("proxy", "seed", "postgres", "pg_restart_cmd", "out", "workdir", "keep"):
         setattr(opts, key, getattr(a, key))
     opts.verbose = not a.quiet
+    for item in a.weight:
+        kind, _, value = item.partition("=")
+        try:
+            opts.weights[kind] = float(value)
+        except ValueError:
+            p.error(f"--weight {item!r}: expected KIND=NUMBER")
+        if kind not in WEIGHTS:
+            p.error(f"--weight {item!r}: the kinds are {', '.join(WEIGHTS)}")
     if opts.runners < 1 or opts.workers < 1 or opts.trials < opts.runners:
         p.error("need --runners >= 1, --workers >= 1 and --trials >= --runners")
     return opts
