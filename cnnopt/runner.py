@@ -406,8 +406,8 @@ def _work(
         checkpoints = CheckpointStore(study.name, study.settings.metric, study.settings.direction)
 
     def on_trial_end(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        if checkpoints is not None and t.state in (TrialState.PRUNED, TrialState.FAIL):
-            checkpoints.discard(t)  # final: it will not be resumed
+        if checkpoints is not None and t.state.is_finished():
+            checkpoints.discard(t)  # recorded as ended: it will not be resumed
         events.put(
             {
                 "event": "end",
