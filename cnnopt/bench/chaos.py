@@ -969,6 +969,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
     chaos = Chaos(opts)
     started = datetime.datetime.now(datetime.UTC)
+    from cnnopt.bench.common import loadavg, machine_info
+
+    machine = machine_info()
     try:
         chaos.setup(workdir)
         figures = chaos.run()
@@ -983,14 +986,13 @@ def main(argv: list[str] | None = None) -> int:
         if tmp and not opts.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     bad = failures(figures)
-    from cnnopt.bench.common import machine_info
-
+    machine["load_average_end"] = loadavg()
     result = {
         "command": " ".join(["python -m cnnopt.bench.chaos", *(argv or sys.argv[1:])]),
         "started": started.isoformat(timespec="seconds"),
         "options": {k: v for k, v in asdict(opts).items() if k not in ("verbose",)},
         "storage": "proxy" if opts.proxy else "direct",
-        "machine": machine_info(),
+        "machine": machine,
         **figures,
         "passed": not bad,
         "failures": bad,
