@@ -805,7 +805,11 @@ def analyse(
         last = group[-1]
         if last.state == TrialState.FAIL and len(group) <= retry_failed:
             if last.params or last.system_attrs.get("fixed_params"):
-                lost_requeues.append(f"trial {last.number} (of {origin}): not re-queued")
+                lost_requeues.append(
+                    f"trial {last.number} (of {origin}): not re-queued; worker "
+                    f"{last.user_attrs.get('worker', '?')}, reason "
+                    f"{last.user_attrs.get('fail_reason') or '(none: failed as stale?)'}"
+                )
 
     return {
         "trials": requested,
