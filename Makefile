@@ -4,6 +4,7 @@
 #   make gpu-check [DATA_DIR=../shared/data/fashion-mnist]   (CUDA machines: writes runs/gpu-check.json)
 #   make gpu-wheels   (here, online: the wheels an offline GPU machine lacks -> gpu-wheels/)
 #   make gpu-final [DATA_DIR=...] [STUDY_SEED=1]   (CUDA: study, export, final training x3 seeds -> runs/gpu-final.json)
+#   make chaos [CHAOS_ARGS='--seed 1']   (many runners under faults, direct and via the proxy: docs/chaos.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,7 @@ ARGS ?=
 STUDY_SEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format clean gpu-check gpu-final gpu-wheels gpu-site
+.PHONY: install run test lint format clean gpu-check gpu-final gpu-wheels gpu-site chaos chaos-quick
 
 # The stamp is rebuilt when pyproject.toml changes, so new dependencies get installed.
 $(VENV)/.installed: pyproject.toml
@@ -72,6 +73,19 @@ gpu-site:
 # the README's end-to-end path at full size (minutes on a GPU, hours on a CPU)
 gpu-final:
 	@$(MAKE) --no-print-directory gpu-check GPU_CHECK_EXTRA="--final --study-seed $(STUDY_SEED)"
+
+# The chaos run (docs/chaos.md): 3 runners x 3 workers on one PostgreSQL study (a throw-away
+# server) under SIGKILLed workers and runners and database restarts, then the same through the
+# storage proxy, restarted too. Exits non-zero if a trial is lost, duplicated or wrongly failed.
+# chaos: the full size (300+ trials, 70 faults each); chaos-quick: the CI size (minutes).
+CHAOS_ARGS ?=
+chaos: install
+	$(BIN)/python -m cnnopt.bench.chaos --out runs/chaos-direct.json $(CHAOS_ARGS)
+	$(BIN)/python -m cnnopt.bench.chaos --proxy --out runs/chaos-proxy.json $(CHAOS_ARGS)
+
+chaos-quick: install
+	$(BIN)/python -m cnnopt.bench.chaos --quick --out runs/chaos-quick-direct.json $(CHAOS_ARGS)
+	$(BIN)/python -m cnnopt.bench.chaos --quick --proxy --out runs/chaos-quick-proxy.json $(CHAOS_ARGS)
 
 lint: install
 	$(BIN)/ruff check cnnopt tests studies benchmarks

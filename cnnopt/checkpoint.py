@@ -11,11 +11,12 @@ where ``key`` is the number of the *original* trial: a trial re-queued after its
 ``system_attrs['failed_trial']`` = that number, so the retry finds the checkpoint its original wrote
 (``load_for``), and goes on writing to the same file.
 
-When a trial completes (``finished``) its checkpoint is removed, except for the best trial so far:
-that one is kept as ``best.pt`` (with ``trial`` and ``value`` in it), replacing the previous best
-(under a file lock, as workers finish at the same time). Pruned and failed trials' checkpoints are
-removed by ``discard`` (the runner calls it when such a trial ends); an interrupted trial's is kept
-for its re-run.
+When a trial completes (``finished``), the best trial so far is copied to ``best.pt`` (with
+``trial`` and ``value`` in it), replacing the previous best (under a file lock, as workers finish
+at the same time). A trial's own checkpoint is removed by ``discard`` once Optuna has recorded the
+trial finished (the runner calls it when a trial ends), not before: a worker killed between its
+last epoch and that record leaves a retry that resumes after the last epoch instead of training
+every epoch again. An interrupted trial's checkpoint is kept for its re-run.
 """
 
 from __future__ import annotations
@@ -93,9 +94,9 @@ class CheckpointStore:
         return save
 
     def finished(self, trial: optuna.Trial, on_best: Callable[[Path], None] | None = None) -> None:
-        """The trial completed: keep its checkpoint as best.pt if it is the best so far (then
-        ``on_best(best.pt)``, under the lock, before another worker may replace it), else
-        remove it."""
+        """The trial completed: copy its checkpoint to best.pt if it is the best so far (then
+        ``on_best(best.pt)``, under the lock, before another worker may replace it). Its own
+        file stays until ``discard`` (see the module doc)."""
         p = self.path(origin_number(trial))
         if not p.exists():
             return
@@ -112,16 +113,18 @@ class CheckpointStore:
                 or (value > best["value"] if self.maximize else value < best["value"])
             )
             if better:
-                os.replace(p, self.best_path)
+                import shutil
+
+                tmp = self.best_path.with_suffix(f".{os.getpid()}.tmp")
+                shutil.copyfile(p, tmp)
+                os.replace(tmp, self.best_path)  # atomic, as in saver
                 info = {"trial": trial.number, "value": value}
                 (self.folder / "best.json").write_text(json.dumps(info) + "\n")
                 if on_best is not None:
                     on_best(self.best_path)
-            else:
-                p.unlink(missing_ok=True)
 
     def discard(self, trial: optuna.trial.FrozenTrial) -> None:
-        """Remove a pruned or failed trial's checkpoint (it will not be resumed)."""
+        """Remove a finished trial's checkpoint (it will not be resumed)."""
         self.path(origin_number(trial)).unlink(missing_ok=True)
 
     def best_info(self) -> dict[str, Any] | None:

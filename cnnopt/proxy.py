@@ -286,10 +286,26 @@ def _proxy_cache(backend: RDBStorage) -> BaseStorage:
 
     ``_CachedStorage.set_trial_param`` looks the trial up in what this process created or read,
     and raises KeyError otherwise. Behind a proxy that is restarted, the clients' running trials
-    were created by the proxy that died: their params go to the database directly."""
-    from optuna.storages._cached_storage import _CachedStorage
+    were created by the proxy that died: their params go to the database directly.
+
+    ``_CachedStorage.create_new_study`` puts an empty record over the study's cached one; the
+    trials it had cached then raise KeyError (GetTrial: NOT_FOUND, a dead worker). A creation
+    repeated after a lost connection that finds the study reports success (``_RepeatSafe``), and
+    every `cnnopt run` asks to create its study: one that starts while the database restarts
+    did exactly that. An existing record is kept."""
+    from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 
     class _ProxyCache(_CachedStorage):
+        def create_new_study(self, directions, study_name=None):
+            study_id = self._backend.create_new_study(directions=directions, study_name=study_name)
+            with self._lock:
+                if study_id not in self._studies:
+                    study = _StudyInfo()
+                    study.name = study_name
+                    study.directions = list(directions)
+                    self._studies[study_id] = study
+            return study_id
+
         def set_trial_param(self, trial_id, param_name, param_value_internal, distribution):
             with self._lock:
                 known = trial_id in self._trial_id_to_study_id_and_number

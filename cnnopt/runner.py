@@ -49,6 +49,7 @@ from cnnopt.storage import (
     RetryStaleTrialCallback,
     claimants,
     get_storage,
+    heartbeat_settings,
     is_file_storage,
     mask_url,
     owner_of,
@@ -418,8 +419,8 @@ def _work(
         checkpoints = CheckpointStore(study.name, study.settings.metric, study.settings.direction)
 
     def on_trial_end(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        if checkpoints is not None and t.state in (TrialState.PRUNED, TrialState.FAIL):
-            checkpoints.discard(t)  # final: it will not be resumed
+        if checkpoints is not None and t.state.is_finished():
+            checkpoints.discard(t)  # recorded as ended: it will not be resumed
         events.put(
             {
                 "event": "end",
@@ -653,6 +654,9 @@ class Runner:
         log_events: list[dict] = []
         fatal: list[str] = []  # one-line errors of workers that stopped the run
         last_stale_check = time.time()
+        # The proxy client calls a trial stale once it has seen its heartbeat unchanged for the
+        # grace period, and restarts that watch after a gap of half of it: check more often.
+        stale_every = min(30.0, heartbeat_settings()[1] / 4)
         retry = self.study.settings.retry_failed
         try:
             for i in range(n_workers):
@@ -698,7 +702,7 @@ class Runner:
                         )
                         if not stop.is_set() and tickets.value < n_new and deaths <= 3 * n_workers:
                             spawn(i)
-                    if time.time() - last_stale_check > 30:
+                    if time.time() - last_stale_check > stale_every:
                         if not is_file_storage(self.url):
                             self._fail_stale(ostudy)
                         self._fail_abandoned(ostudy, retry)

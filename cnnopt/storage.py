@@ -297,6 +297,19 @@ class _OwnedTrials:
 
     owner: str | None = None
 
+    def _beats_as_attr(self) -> bool:
+        """Whether this storage's heartbeats are the HEARTBEAT_KEY attribute (the proxy client)."""
+        return False
+
+    def _beat_first(self, trial_id: int) -> None:
+        """A heartbeat before a trial becomes this worker's. Optuna's heartbeat thread starts
+        only after study.ask(), and its stale check ignores a trial that never sent one: a worker
+        killed with its whole machine (runner included, so nobody fails its trials at once) in
+        between left a RUNNING trial that nobody would ever fail. A new trial gets its first
+        heartbeat in the call that creates it; a claimed WAITING trial just before the claim."""
+        if getattr(self, "heartbeat_interval", None):
+            self.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+
     def _call(self, name: str, fn: Callable[[int], Any]) -> Any:
         retry = getattr(self, "_retry", None)
         return retry(name, fn) if retry is not None else fn(0)
@@ -334,6 +347,8 @@ class _OwnedTrials:
         attrs[CREATE_TOKEN_KEY] = token
         if self.owner and template.state == TrialState.RUNNING:
             attrs[OWNER_KEY] = self.owner
+            if self._beats_as_attr():
+                attrs[HEARTBEAT_KEY] = time.time()  # a heartbeat from birth: see _beat_first
         template.system_attrs = attrs
 
         def attempt(n: int) -> Any:
@@ -360,6 +375,7 @@ class _OwnedTrials:
         claim = CLAIM_PREFIX + owner
         # raises UpdateFinishedTrialError for a finished trial, as the switch itself would
         super().set_trial_system_attr(trial_id, claim, True)  # type: ignore[misc]
+        self._beat_first(trial_id)
         tries = []
 
         def attempt(n: int) -> bool:
@@ -589,6 +605,9 @@ class _OwnedRDB(_OwnedTrials):
         with _create_scoped_session(self.scoped_session) as session:  # type: ignore[attr-defined]
             models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
             trial = self._get_prepared_new_trial(study_id, template, session)  # type: ignore[attr-defined]
+            if template.state == TrialState.RUNNING and self.heartbeat_interval:  # type: ignore[attr-defined]
+                # its first heartbeat in the same transaction (see _OwnedTrials._beat_first)
+                session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
             frozen = copy.deepcopy(template)
             frozen.number = trial.number
             frozen.datetime_start = trial.datetime_start
@@ -793,6 +812,9 @@ class RetryingGrpcStorageProxy(_OwnedTrials, _GrpcClient):
     order for the trials whose params it wrote itself (the worker running the trial); another
     process reading them gets the map's order."""
 
+    def _beats_as_attr(self) -> bool:
+        return bool(self.heartbeat_interval)
+
     def _param_order(self) -> dict[int, list[str]]:
         order = self.__dict__.get("_order")
         if order is None:
@@ -950,6 +972,34 @@ def open_rdb(
     raise AssertionError("unreachable")
 
 
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: HEARTBEAT_INTERVAL and GRACE_PERIOD, or
+    $CNNOPT_HEARTBEAT_INTERVAL and $CNNOPT_GRACE_PERIOD. Every process of a study must agree:
+    set them for all of them. A shorter grace period gets a trial whose whole machine vanished
+    (no runner left to fail it at once) re-queued sooner; it must stay well above the interval
+    plus the longest stall a live worker can have (a database restart, a loaded CPU), or live
+    trials are failed and run twice. The chaos run (cnnopt.bench.chaos) shortens both."""
+    values = []
+    for name, default in (
+        ("CNNOPT_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL),
+        ("CNNOPT_GRACE_PERIOD", GRACE_PERIOD),
+    ):
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise StorageError(f"{name}={raw!r}: expected a whole number of seconds >= 1")
+        values.append(value)
+    interval, grace = values
+    if grace <= interval:
+        raise StorageError(
+            f"CNNOPT_GRACE_PERIOD={grace} must be longer than the heartbeat interval {interval}"
+        )
+    return interval, grace
+
+
 def get_storage(
     url: str, *, heartbeat: bool = True, retry_failed: int = 1, connect_retry: float = 0.0
 ) -> optuna.storages.BaseStorage:
@@ -964,9 +1014,10 @@ def get_storage(
         )
     kwargs: dict[str, Any] = {}
     if heartbeat:
+        interval, grace = heartbeat_settings()
         kwargs = dict(
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            grace_period=GRACE_PERIOD,
+            heartbeat_interval=interval,
+            grace_period=grace,
             heartbeat_stale_trial_callback=RetryStaleTrialCallback(max_retry=retry_failed)
             if retry_failed
             else None,

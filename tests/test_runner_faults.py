@@ -359,12 +359,19 @@ def test_checkpoint_store_resume_and_keep_best(tmp_path):
     assert resumed is not None and resumed["epoch"] == 2
     store.saver(retry)(ckpt(3, 0.6))  # goes on writing the original's file
     store.finished(retry)
-    assert not store.path(first.number).exists() and store.best_path.exists()
+    assert store.best_path.exists()
     assert store.best_info() == {"trial": retry.number, "value": 0.6}
+    # kept until the trial is recorded: a worker killed before that leaves a retry to resume it
+    assert store.load_for(retry)["epoch"] == 3
+    study.tell(retry, 0.6)
+    store.discard(study.trials[retry.number])
+    assert not store.path(first.number).exists() and store.best_path.exists()
 
     worse = study.ask()
     store.saver(worse)(ckpt(3, 0.4))
     store.finished(worse)
+    study.tell(worse, 0.4)
+    store.discard(study.trials[worse.number])
     assert not store.path(worse.number).exists()
     assert store.best_info()["trial"] == retry.number
 

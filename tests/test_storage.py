@@ -281,3 +281,45 @@ def test_heartbeat_outlives_an_outage_longer_than_the_retries(pg_server):
         done.set()
         worker.join(60)
     assert [t.state for t in other.get_trials()] == [TrialState.COMPLETE]
+
+
+def test_heartbeat_settings_from_the_environment(monkeypatch):
+    from cnnopt.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, heartbeat_settings
+
+    monkeypatch.delenv("CNNOPT_HEARTBEAT_INTERVAL", raising=False)
+    monkeypatch.delenv("CNNOPT_GRACE_PERIOD", raising=False)
+    assert heartbeat_settings() == (HEARTBEAT_INTERVAL, GRACE_PERIOD)
+    monkeypatch.setenv("CNNOPT_HEARTBEAT_INTERVAL", "2")
+    monkeypatch.setenv("CNNOPT_GRACE_PERIOD", "20")
+    assert heartbeat_settings() == (2, 20)
+    monkeypatch.setenv("CNNOPT_GRACE_PERIOD", "20s")
+    with pytest.raises(StorageError, match=r"CNNOPT_GRACE_PERIOD='20s': expected a whole number"):
+        heartbeat_settings()
+    monkeypatch.setenv("CNNOPT_GRACE_PERIOD", "2")
+    with pytest.raises(StorageError, match="must be longer than the heartbeat interval 2"):
+        heartbeat_settings()
+
+
+@pytest.mark.parametrize("enqueued", [False, True])
+def test_a_trial_has_a_heartbeat_before_its_worker_runs_it(tmp_path, monkeypatch, enqueued):
+    """A worker killed with its whole machine between study.ask() and the start of Optuna's
+    heartbeat thread left a RUNNING trial without a heartbeat, which Optuna's stale check never
+    fails and no runner is left to fail: it stayed RUNNING for good. The trial's first heartbeat
+    now comes with its creation (or just before its claim), so it goes stale like any other."""
+    from cnnopt.storage import get_storage
+
+    monkeypatch.setenv("CNNOPT_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("CNNOPT_GRACE_PERIOD", "2")
+    url = f"sqlite:///{tmp_path / 'hb.sqlite3'}"
+    study = optuna.create_study(storage=get_storage(url), study_name="hb")
+    if enqueued:
+        study.enqueue_trial({"x": 1.0})
+    trial = study.ask()  # no heartbeat thread: the worker "dies" here
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:  # the grace period has passed
+        beats = conn.execute(
+            sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00'")
+        )
+        assert beats.rowcount == 1
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[trial.number].state == TrialState.FAIL

@@ -518,3 +518,27 @@ def test_proxy_needs_a_database_server(tmp_path):
         "cnnopt: error: storage x.journal: the storage proxy serves a database server "
         "(postgresql+psycopg2://... or mysql+pymysql://...)"
     ]
+
+
+def test_a_repeated_study_creation_keeps_the_proxys_cache(tmp_path):
+    """A `cnnopt run` that starts while the database restarts repeats create_new_study, and the
+    repeat that finds the study reports success (storage._RepeatSafe). Optuna's cache then put
+    an empty record over the cached study, and every later GetTrial of a trial it had cached
+    failed NOT_FOUND: the workers behind the proxy died of a KeyError."""
+    from optuna.storages import RDBStorage
+    from optuna.study import StudyDirection
+
+    from cnnopt.proxy import _proxy_cache
+
+    backend = RDBStorage(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    cache = _proxy_cache(backend)
+    sid = cache.create_new_study([StudyDirection.MINIMIZE], "s")
+    done = cache.create_new_trial(sid)
+    cache.set_trial_state_values(done, TrialState.COMPLETE, [1.0])
+    running = cache.create_new_trial(sid)
+    assert len(cache.get_all_trials(sid)) == 2  # now cached
+    backend.create_new_study = lambda directions, study_name=None: sid  # the repeat's success
+    assert cache.create_new_study([StudyDirection.MINIMIZE], "s") == sid
+    assert cache.get_trial(done).state == TrialState.COMPLETE
+    assert cache.get_trial(running).state == TrialState.RUNNING
+    assert [t.number for t in cache.get_all_trials(sid)] == [0, 1]
