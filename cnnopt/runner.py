@@ -45,6 +45,7 @@ from cnnopt.storage import (
     CLAIM_PREFIX,
     GRACE_PERIOD,
     OWNER_KEY,
+    RETRY_OWED_KEY,
     RETRY_SECONDS,
     RetryStaleTrialCallback,
     claimants,
@@ -205,6 +206,10 @@ def fail_trial(
         if t.state != TrialState.RUNNING or owner_of(t) != owner:
             return False
     try:
+        if max_retry > 0 and hasattr(_backend(ostudy), "raw_trial"):
+            # failing and re-queueing are two writes: a process killed between them would lose
+            # the retry. The mark, written first, lets any runner finish the job (requeue_owed).
+            storage.set_trial_system_attr(trial_id, RETRY_OWED_KEY, True)
         storage.set_trial_user_attr(trial_id, "fail_reason", reason)
         if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             return False
@@ -214,6 +219,81 @@ def fail_trial(
     if max_retry > 0 and (t.params or t.system_attrs.get("fixed_params")):
         RetryStaleTrialCallback(max_retry=max_retry)(ostudy, t)
     return True
+
+
+# How long after a trial was failed its retry must exist: the failing process writes it at once,
+# unless its storage calls sit in the retry back-off (up to RETRY_SECONDS); generous, as the
+# failure's time comes from another machine's clock.
+REQUEUE_SETTLE_SECONDS = RETRY_SECONDS + 30
+
+
+def _retried_numbers(trials) -> set[int]:
+    """Numbers of the trials that have a retry (Optuna's ``retry_history`` ends with the number of
+    the trial a retry re-runs)."""
+    out = set()
+    for t in trials:
+        history = t.system_attrs.get("retry_history")
+        if history:
+            out.add(history[-1])
+    return out
+
+
+def requeue_owed(
+    ostudy: optuna.Study, max_retry: int, age: float = REQUEUE_SETTLE_SECONDS
+) -> list[int]:
+    """Re-queue the failed trials whose retry was owed but never written (their failing process
+    died between the two writes; see ``fail_trial``), once ``age`` seconds have passed. Two
+    runners that do it at the same moment could both write a retry: the later one (higher
+    number) is withdrawn while it is still WAITING, and a copy that ran anyway is caught by
+    deduplication (same configuration). Returns the numbers of the trials re-queued."""
+    import datetime
+
+    if max_retry <= 0:
+        return []
+    failed = [
+        t
+        for t in _raw_trials(ostudy, states=(TrialState.FAIL,))
+        if t.system_attrs.get(RETRY_OWED_KEY)
+    ]
+    if not failed:
+        return []
+    everything = _raw_trials(ostudy, states=None)
+    retried = _retried_numbers(everything)
+    done = []
+    for t in failed:
+        if t.number in retried or t.datetime_complete is None:
+            continue
+        if not (t.params or t.system_attrs.get("fixed_params")):
+            continue  # nothing to re-run (fail_trial does not re-queue these either)
+        if len(t.system_attrs.get("retry_history", [])) + 1 > max_retry:
+            continue  # its retries are used up
+        now = datetime.datetime.now(t.datetime_complete.tzinfo)
+        if (now - t.datetime_complete).total_seconds() < age:
+            continue
+        RetryStaleTrialCallback(max_retry=max_retry)(ostudy, ostudy._storage.get_trial(t._trial_id))
+        done.append(t.number)
+    if done:
+        _withdraw_twin_retries(ostudy, set(done))
+    return done
+
+
+def _withdraw_twin_retries(ostudy: optuna.Study, numbers: set[int]) -> None:
+    """Of two WAITING retries of the same trial, fail the later one (see ``requeue_owed``)."""
+    first: dict[int, int] = {}
+    for t in sorted(_raw_trials(ostudy, states=None), key=lambda t: t.number):
+        history = t.system_attrs.get("retry_history")
+        if not history or history[-1] not in numbers:
+            continue
+        if history[-1] not in first:
+            first[history[-1]] = t.number
+        elif t.state == TrialState.WAITING:
+            try:
+                ostudy._storage.set_trial_user_attr(
+                    t._trial_id, "fail_reason", f"a second retry of trial {history[-1]}"
+                )
+                ostudy._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # a worker took it meanwhile: deduplication makes it a copy
 
 
 def requeue(ostudy: optuna.Study, trial_id: int) -> None:
@@ -784,6 +864,15 @@ class Runner:
             return
         if failed:
             log.warning("failed trials %s: claimed by workers that died, owned by nobody", failed)
+        try:
+            requeued = requeue_owed(ostudy, retry)
+        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run
+            log.warning("checking for owed retries failed: %s", _first_line(e))
+            return
+        if requeued:
+            log.warning(
+                "re-queued trials %s, failed by a process that died before it could", requeued
+            )
 
     @staticmethod
     def _fail_stale(ostudy: optuna.Study) -> None:

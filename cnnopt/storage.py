@@ -231,10 +231,14 @@ HEARTBEAT_KEY = "cnnopt:heartbeat"
 # - OWNER_KEY: ``RUN_ID/HOST:PID`` of the worker that runs the trial, written in the same storage
 #   call that makes the trial RUNNING when the trial is new (see ``_OwnedTrials``);
 # - CLAIM_PREFIX + owner: True while that worker claims a WAITING trial, False once it lost.
+# - RETRY_OWED_KEY: written on a RUNNING trial just before cnnopt fails it with a retry to come;
+#   a failed trial that carries it and has no retry was left by a process killed between the two
+#   writes, and any runner re-queues it (``cnnopt.runner.requeue_owed``).
 CREATE_TOKEN_KEY = "cnnopt:create_token"
 OWNER_KEY = "cnnopt:owner"
 CLAIM_PREFIX = "cnnopt:claim:"
-_HIDDEN = (CREATE_TOKEN_KEY, OWNER_KEY)
+RETRY_OWED_KEY = "cnnopt:retry_owed"
+_HIDDEN = (CREATE_TOKEN_KEY, OWNER_KEY, RETRY_OWED_KEY)
 
 
 def _is_hidden(key: str) -> bool:

@@ -244,3 +244,40 @@ def test_a_finished_trials_ticket_is_spent(url):
     assert Runner._ticket_spent(b, inflight, ids, 0)
     assert not Runner._ticket_spent(b, inflight, ids, 1)  # still RUNNING: failed, given back
     assert not Runner._ticket_spent(b, inflight, ids, 2)  # died asking: given back
+
+
+def test_a_retry_lost_between_fail_and_requeue_is_requeued_once(url):
+    """The runner that failed a dead worker's trial was killed before it wrote the retry: the
+    mark it wrote first lets any runner re-queue it, once, and never a trial without the mark."""
+    from cnnopt.runner import requeue_owed
+    from cnnopt.storage import RETRY_OWED_KEY
+
+    dead = worker_study(url, A_DEAD)
+    lost = dead.ask()
+    lost.suggest_float("x", 0, 1)
+    plain = dead.ask()  # failed by its objective (no retry owed): left alone
+    plain.suggest_float("x", 0, 1)
+    dead.tell(plain, state=TrialState.FAIL)
+    # fail_trial's first two writes, then the process dies before RetryStaleTrialCallback
+    dead._storage.set_trial_system_attr(lost._trial_id, RETRY_OWED_KEY, True)
+    dead._storage.set_trial_state_values(lost._trial_id, state=TrialState.FAIL)
+
+    other = worker_study(url, "runC/host:33")
+    assert requeue_owed(other, max_retry=1, age=3600) == []  # the failing process may still write
+    assert requeue_owed(other, max_retry=1, age=0) == [lost.number]
+    assert requeue_owed(other, max_retry=1, age=0) == []  # once
+    waiting = [t for t in other.get_trials() if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].params == {"x": lost.params["x"]}
+    assert waiting[0].system_attrs["retry_history"] == [lost.number]
+    assert RETRY_OWED_KEY not in other.trials[lost.number].system_attrs  # bookkeeping, hidden
+
+
+def test_fail_trial_marks_the_owed_retry_and_writes_it(url):
+    from cnnopt.runner import requeue_owed
+
+    dead = worker_study(url, A_DEAD)
+    t = dead.ask()
+    t.suggest_float("x", 0, 1)
+    assert fail_trial(dead, t._trial_id, "worker died", max_retry=1, owner=A_DEAD)
+    assert requeue_owed(dead, max_retry=1, age=0) == []  # the retry is there already
+    assert [s.state for s in dead.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
