@@ -221,12 +221,6 @@ def fail_trial(
     return True
 
 
-# How long after a trial was failed its retry must exist: the failing process writes it at once,
-# unless its storage calls sit in the retry back-off (up to RETRY_SECONDS); generous, as the
-# failure's time comes from another machine's clock.
-REQUEUE_SETTLE_SECONDS = RETRY_SECONDS + 30
-
-
 def _retried_numbers(trials) -> set[int]:
     """Numbers of the trials that have a retry (Optuna's ``retry_history`` ends with the number of
     the trial a retry re-runs)."""
@@ -238,18 +232,22 @@ def _retried_numbers(trials) -> set[int]:
     return out
 
 
-def requeue_owed(
-    ostudy: optuna.Study, max_retry: int, age: float = REQUEUE_SETTLE_SECONDS
-) -> list[int]:
+def requeue_owed(ostudy: optuna.Study, max_retry: int, age: float | None = None) -> list[int]:
     """Re-queue the failed trials whose retry was owed but never written (their failing process
     died between the two writes; see ``fail_trial``), once ``age`` seconds have passed. Two
     runners that do it at the same moment could both write a retry: the later one (higher
     number) is withdrawn while it is still WAITING, and a copy that ran anyway is caught by
-    deduplication (same configuration). Returns the numbers of the trials re-queued."""
+    deduplication (same configuration). Returns the numbers of the trials re-queued.
+
+    ``age`` defaults to the heartbeat grace period (180 s): the failing process writes the retry
+    at once unless its storage calls sit in the retry back-off (up to RETRY_SECONDS, 60 s), and
+    the failure's time comes from another machine's clock."""
     import datetime
 
     if max_retry <= 0:
         return []
+    if age is None:
+        age = heartbeat_settings()[1]
     failed = [
         t
         for t in _raw_trials(ostudy, states=(TrialState.FAIL,))
