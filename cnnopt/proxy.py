@@ -244,6 +244,7 @@ def check_client(storage: Any, wait: float) -> None:
     url, host, port = storage.url, storage._host, storage._port
     request = api_pb2.GetStudyIdFromNameRequest(study_name="cnnopt:connection-check")
     end = time.monotonic() + wait
+    mismatches = 0
     while True:
         try:
             storage._stub.GetStudyIdFromName(request, timeout=10)
@@ -258,7 +259,17 @@ def check_client(storage: Any, wait: float) -> None:
                 f"storage proxy {url} refused this client ({how}): set {TOKEN_ENV} or "
                 f"{TOKEN_FILE_ENV} to the proxy's token"
             )
-        if code == grpc.StatusCode.UNAVAILABLE and _port_open(host, port):
+        # A proxy that is restarting refuses the connection, then opens its port: only a failure
+        # that is not a refusal and repeats while the port is open is a TLS/plaintext mismatch.
+        refused = "connection refused" in details.lower()
+        if code == grpc.StatusCode.UNAVAILABLE and not refused and _port_open(host, port):
+            mismatches += 1
+        else:
+            mismatches = 0
+        if mismatches == 1:
+            time.sleep(0.5)
+            continue
+        if mismatches >= 2:
             hint = (
                 "TLS handshake failed (a plaintext proxy needs grpc://; the proxy's certificate "
                 f"must be signed by the CA in {CA_ENV} and name {host})"

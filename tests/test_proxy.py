@@ -270,3 +270,39 @@ def test_token_sources(tmp_path, client_env):
     with pytest.raises(StorageError, match="printable ASCII") as e:
         read_token(f)
     assert "tök" not in str(e.value)
+
+
+def test_a_restarting_proxy_is_waited_for_not_taken_for_a_tls_mismatch(monkeypatch):
+    """The connection is refused while the proxy restarts and its port opens a moment later: the
+    client waits for it (a runner restarted beside a restarting proxy once stopped here with
+    'the proxy does not speak plaintext gRPC')."""
+    import grpc
+
+    from cnnopt import proxy
+
+    class Refused(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "failed to connect to all addresses; last error: Connection refused"
+
+    class NotFound(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.NOT_FOUND
+
+        def details(self):
+            return "no such study"
+
+    answers = [Refused(), Refused(), NotFound()]
+
+    class Stub:
+        def GetStudyIdFromName(self, request, timeout):  # noqa: N802 - gRPC's name
+            raise answers.pop(0)
+
+    class Client:
+        url, _host, _port, _tls, _stub = "grpc://127.0.0.1:1", "127.0.0.1", 1, False, Stub()
+
+    monkeypatch.setattr(proxy, "_port_open", lambda host, port: True)  # reopened meanwhile
+    proxy.check_client(Client(), wait=30)
+    assert answers == []
