@@ -107,12 +107,18 @@ def test_rdb_workers_alive_by_heartbeat(tmp_path):
     t.set_user_attr("worker", "otherhost:99")
     inner = getattr(storage, "_backend", storage)
     inner.record_heartbeat(t._trial_id)
-    t2 = ostudy.ask()
+    # a trial made through cnnopt's storage beats from its creation on; one made by a plain
+    # Optuna client (no heartbeats) says nothing about its worker
+    plain = optuna.load_study(study_name="hb", storage=optuna.storages.RDBStorage(url))
+    t2 = plain.ask()
     t2.set_user_attr("worker", "otherhost:100")  # never beat
+    t3 = ostudy.ask()
+    t3.set_user_attr("worker", "otherhost:101")
     workers = {w.worker: w for w in study_status(ostudy, url).workers}
     assert workers["otherhost:99"].alive is True
     assert "heartbeat" in workers["otherhost:99"].how
     assert workers["otherhost:100"].alive is None
+    assert workers["otherhost:101"].alive is True
 
 
 def test_status_counts_duplicates_and_names_their_originals(tmp_path):
