@@ -7,7 +7,7 @@ atomically, to
     storage/checkpoints/<study>/<key>.pt
 
 where ``key`` is the number of the *original* trial: a trial re-queued after its worker died
-(``RetryHeartbeatStaleTrialCallback``, or the runner's ``fail_trial``) or after Ctrl-C carries
+(``RetryHeartbeatStaleTrialCallback``, or ``recovery.fail_trial``) or after Ctrl-C carries
 ``system_attrs['failed_trial']`` = that number, so the retry finds the checkpoint its original wrote
 (``load_for``), and goes on writing to the same file.
 

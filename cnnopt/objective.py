@@ -363,7 +363,7 @@ class Objective:
     ) -> TrialFailed:
         """The trial's failure for an out-of-memory error, naming its batch size and model size."""
         # The error's traceback holds the frames of the loop (activations, model): drop them now
-        # (the runner's release_memory hands the cached blocks back after the trial).
+        # (the worker's release_memory hands the cached blocks back after the trial).
         err.with_traceback(None)
         params = where["params"]
         if params is None and where["stage"] == "building the model" and cfg is not None:

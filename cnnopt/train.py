@@ -37,7 +37,7 @@ class Interrupted(Exception):
 class CudaContextLost(Exception):
     """A sticky CUDA error (an illegal address, a device-side assert, an ECC error...): this
     process's CUDA context is unusable, every later CUDA call fails. The trial ends FAIL with
-    ``reason`` and the worker process must be replaced (see runner._work)."""
+    ``reason`` and the worker process must be replaced (see worker._work)."""
 
     def __init__(self, reason: str, trial_id: int | None = None):
         super().__init__(reason)

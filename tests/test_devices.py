@@ -185,7 +185,7 @@ def test_cuda_on_a_machine_without_gpu_is_a_device_error():
 def test_a_worker_binds_its_gpu_before_it_loads_anything(monkeypatch):
     import os
 
-    from cnnopt import runner
+    from cnnopt import worker
     from cnnopt.errors import StudyFileError
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
@@ -196,8 +196,8 @@ def test_a_worker_binds_its_gpu_before_it_loads_anything(monkeypatch):
         seen["visible"] = os.environ["CUDA_VISIBLE_DEVICES"]
         raise StudyFileError("stop here")
 
-    monkeypatch.setattr(runner.Study, "load", load)
-    spec = runner.WorkerSpec(index=0, device="cuda:2", threads=1, sampler_seed=0)
+    monkeypatch.setattr(worker.Study, "load", load)
+    spec = worker.WorkerSpec(index=0, device="cuda:2", threads=1, sampler_seed=0)
     with pytest.raises(StudyFileError):
-        runner._work(spec, "x.py", {}, "unused", None, 1, None, None, None, None)
+        worker._work(spec, "x.py", {}, "unused", None, 1, None, None, None, None)
     assert seen["visible"] == "2"

@@ -138,7 +138,7 @@ def _watch_models(monkeypatch) -> list:
 def test_a_finished_trial_leaves_no_model_behind(write_study, monkeypatch, outcome):
     import gc
 
-    from cnnopt.runner import run_trial
+    from cnnopt.worker import run_trial
 
     study, _ = make(write_study)
     study.fixed.update(optimizer="sgd", amp="off", epochs=2)
@@ -176,7 +176,7 @@ def test_a_finished_trial_leaves_no_model_behind(write_study, monkeypatch, outco
 def test_out_of_memory_anywhere_fails_the_trial_not_the_worker(
     write_study, monkeypatch, stage, target, error
 ):
-    from cnnopt.runner import run_trial
+    from cnnopt.worker import run_trial
 
     study, ostudy = make(write_study)
     study.fixed.update(epochs=1, batch_size=32)
@@ -237,7 +237,7 @@ def test_out_of_memory_creating_the_cuda_context_fails_the_trial_not_the_worker(
 ):
     """The worker's first CUDA call (train.hardware, which names the GPU) creates its context:
     out of memory there is the trial's failure, with its reason."""
-    from cnnopt.runner import run_trial
+    from cnnopt.worker import run_trial
 
     study, ostudy = make(write_study)
     study.fixed.update(epochs=1)
@@ -274,12 +274,12 @@ STICKY = "CUDA error: an illegal memory access was encountered\nCompile with TOR
 
 
 def _worker_once(path, url, monkeypatch):
-    """One worker (runner._work, in this process) whose training hits a sticky CUDA error."""
+    """One worker (worker._work, in this process) whose training hits a sticky CUDA error."""
     import multiprocessing
     import queue
     import threading
 
-    from cnnopt import runner
+    from cnnopt import worker
 
     def crash(*a, **k):
         raise RuntimeError(STICKY)
@@ -287,19 +287,20 @@ def _worker_once(path, url, monkeypatch):
     monkeypatch.setattr("cnnopt.train.train_one_epoch", crash)
     monkeypatch.setattr(torch.cuda, "empty_cache", crash)  # every CUDA call fails now
     tickets, inflight, events = multiprocessing.Value("i", 0), [0], queue.Queue()
-    spec = runner.WorkerSpec(0, "cpu", 1, 0)
+    spec = worker.WorkerSpec(0, "cpu", 1, 0)
     with pytest.raises(SystemExit) as e:
-        runner._work(
+        worker._work(
             spec, str(path), {}, url, tickets, 4, None, threading.Event(), events, inflight
         )
-    assert e.value.code == runner.EXIT_CUDA_CONTEXT_LOST  # the runner starts a fresh worker
+    assert e.value.code == worker.EXIT_CUDA_CONTEXT_LOST  # the runner starts a fresh worker
     ends = [ev for ev in list(events.queue) if ev["event"] == "end"]
     return tickets.value, inflight[0], ends
 
 
 def test_a_sticky_cuda_error_fails_the_trial_requeues_it_and_ends_the_worker(tmp_path, monkeypatch):
-    from cnnopt.runner import IDLE, open_study
+    from cnnopt.runner import open_study
     from cnnopt.storage import get_storage
+    from cnnopt.worker import IDLE
 
     path = tmp_path / "quick.py"
     path.write_text((ROOT / "studies" / "quick_synthetic.py").read_text())

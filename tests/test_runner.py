@@ -198,7 +198,7 @@ def test_release_memory_after_a_lost_cuda_context_does_not_mask_it(monkeypatch):
     import pytest
     import torch
 
-    from cnnopt.runner import release_memory
+    from cnnopt.worker import release_memory
 
     def sticky():
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -244,7 +244,7 @@ def test_worker_whose_trial_another_process_failed_goes_on(tmp_path):
     """Another process fails a live worker's trial (as a stale-trial check may): the worker's
     Optuna then cannot record the trial. It says so in one line and runs the next trial; the
     run ends with the trials asked for, no worker died."""
-    from cnnopt.runner import fail_trial
+    from cnnopt.recovery import fail_trial
 
     url = str(tmp_path / "study.journal")
     hold = tmp_path / "hold"

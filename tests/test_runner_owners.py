@@ -13,8 +13,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from cnnopt import runner
-from cnnopt.runner import ASKING, TAGGED, Runner, fail_abandoned, fail_trial, fail_trials_of
+from cnnopt import recovery
+from cnnopt.recovery import fail_abandoned, fail_trial, fail_trials_of
+from cnnopt.runner import Runner
 from cnnopt.storage import (
     CLAIM_PREFIX,
     CREATE_TOKEN_KEY,
@@ -23,6 +24,7 @@ from cnnopt.storage import (
     get_storage,
     owner_of,
 )
+from cnnopt.worker import ASKING, TAGGED
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -46,7 +48,7 @@ def worker_study(url: str, owner: str | None, name: str = "owners") -> optuna.St
 
 
 def raw(study: optuna.Study, number: int):
-    backend = runner._backend(study)
+    backend = recovery._backend(study)
     return backend.raw_trial(study.trials[number]._trial_id)
 
 
@@ -109,7 +111,7 @@ def test_claimed_enqueued_trial_is_owned_and_requeued_from_fixed_params(url):
     user.enqueue_trial({"x": 0.25}, user_attrs={"warm_start": True})
     a = worker_study(url, A_DEAD)
     trial_id = a._pop_waiting_trial_id()  # what study.ask() does first; the worker dies here
-    t = runner._backend(a).raw_trial(trial_id)
+    t = recovery._backend(a).raw_trial(trial_id)
     assert t.state == TrialState.RUNNING and t.params == {}  # it sampled nothing
     assert owner_of(t) == A_DEAD and t.system_attrs[OWNER_KEY] == A_DEAD
     assert fail_trials_of(worker_study(url, None), A_DEAD, "died", 1) == [t.number]
@@ -131,7 +133,7 @@ def test_two_standing_claims_prove_nothing_until_abandoned(url):
     been unowned for longer than any live worker takes to write its owner, any runner fails it."""
     user = worker_study(url, None)
     user.enqueue_trial({"x": 0.5})
-    storage = runner._backend(user)
+    storage = recovery._backend(user)
     trial_id = user.trials[0]._trial_id
     storage.set_trial_system_attr(trial_id, CLAIM_PREFIX + A_DEAD, True)
     storage.set_trial_system_attr(trial_id, CLAIM_PREFIX + B_LIVE, True)
@@ -172,7 +174,7 @@ def fast_retry(monkeypatch):
 @pytest.mark.postgres
 def test_repeated_creation_after_a_lost_commit_creates_one_trial(postgres_url, fast_retry):
     b = worker_study(postgres_url, B_LIVE)
-    backend = runner._backend(b)
+    backend = recovery._backend(b)
     real = backend._create_once
     calls = []
 
@@ -249,7 +251,7 @@ def test_a_finished_trials_ticket_is_spent(url):
 def test_a_retry_lost_between_fail_and_requeue_is_requeued_once(url):
     """The runner that failed a dead worker's trial was killed before it wrote the retry: the
     mark it wrote first lets any runner re-queue it, once, and never a trial without the mark."""
-    from cnnopt.runner import requeue_owed
+    from cnnopt.recovery import requeue_owed
     from cnnopt.storage import RETRY_OWED_KEY
 
     dead = worker_study(url, A_DEAD)
@@ -273,7 +275,7 @@ def test_a_retry_lost_between_fail_and_requeue_is_requeued_once(url):
 
 
 def test_fail_trial_marks_the_owed_retry_and_writes_it(url):
-    from cnnopt.runner import requeue_owed
+    from cnnopt.recovery import requeue_owed
 
     dead = worker_study(url, A_DEAD)
     t = dead.ask()

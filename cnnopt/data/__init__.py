@@ -62,7 +62,7 @@ def _evict(keep: int, device: torch.device | str) -> None:
         _SPLITS.popitem(last=False)
     if torch.device(device).type == "cuda":
         # the splits' tensors are freed once no loader holds them (a finished trial's loaders
-        # are gone: see runner.release_memory); their blocks go back to the caching allocator
+        # are gone: see worker.release_memory); their blocks go back to the caching allocator
         torch.cuda.empty_cache()
 
 
