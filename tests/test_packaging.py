@@ -37,7 +37,7 @@ def test_the_wheel_carries_the_package_and_no_benchmarks(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("cnnopt-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "cnnopt/cli.py" in names and "cnnopt/bench/common.py" in names
+    assert "cnnopt/cli/__init__.py" in names and "cnnopt/bench/common.py" in names
     assert "cnnopt/bench/search.py" in names  # the section that finds benchmarks/ in a checkout
     tops = {n.split("/")[0] for n in names}
     assert tops <= {"cnnopt", next(t for t in tops if t.endswith(".dist-info"))}, tops

@@ -1,6 +1,8 @@
 """The `cnnopt` command line: parse, dispatch, and turn a CnnoptError into one line.
 
 Nothing here does work of its own; every command calls one function of the module that owns it.
+This module holds the group, ``main`` (the console entry point) and the study commands; the
+`storage` group is in cli/storage.py, and the options several commands share in cli/options.py.
 """
 
 from __future__ import annotations
@@ -13,48 +15,9 @@ from pathlib import Path
 import click
 
 from cnnopt.bench import SECTIONS as BENCH_SECTIONS  # names only: imports no torch
+from cnnopt.cli.options import artifacts_option, data_dir_option, set_option, storage_option
+from cnnopt.cli.storage import storage_group
 from cnnopt.errors import CnnoptError
-
-STORAGE_HELP = "Optuna storage: SQLAlchemy URL, grpc[s]://HOST:PORT (a `cnnopt storage proxy`) or .journal file [env CNNOPT_STORAGE; default storage/<study>.journal]"
-
-
-def _storage_option(f):
-    return click.option("--storage", envvar="CNNOPT_STORAGE", default=None, help=STORAGE_HELP)(f)
-
-
-def _artifacts_option(help: str, envvar: str | None = None):
-    """--artifacts: where trial artifacts are (cnnopt/artifacts.py). Only `run` reads the
-    environment: the other commands find the location the study recorded."""
-    return click.option(
-        "--artifacts",
-        envvar=envvar,
-        default=None,
-        metavar="DIR|s3://BUCKET/PREFIX",
-        help=help + (f" [env {envvar}]" if envvar else ""),
-    )
-
-
-def _data_dir_option(f):
-    return click.option(
-        "--data-dir",
-        envvar="CNNOPT_DATA_DIR",
-        type=click.Path(file_okay=False),
-        default=None,
-        help="Folder with the dataset files (offline use) [env CNNOPT_DATA_DIR]",
-    )(f)
-
-
-def _set_option(help: str):
-    """--set key=value (repeatable), each value read as its setting's type (study.parse_override)."""
-
-    def parse(_ctx, _param, values):
-        from cnnopt.study import parse_override
-
-        return dict(parse_override(v) for v in values)
-
-    return click.option(
-        "--set", "sets", multiple=True, metavar="KEY=VALUE", help=help, callback=parse
-    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -89,13 +52,13 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option(
     "--timeout", type=float, default=None, help="Stop starting trials after this many seconds."
 )
-@_storage_option
+@storage_option
 @click.option("--study-name", default=None, help="Name in the storage [default: the study's name].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:0,1")
 @click.option("--seed", type=int, default=None, help="Study seed (sampler and data split).")
-@_data_dir_option
-@_set_option("Override a study setting (repeatable).")
-@_artifacts_option(
+@data_dir_option
+@set_option("Override a study setting (repeatable).")
+@artifacts_option(
     "Where trial artifacts (learning curves, checkpoints) go; 'none': off "
     "[default: the study's `artifacts`, else storage/artifacts/<study>/].",
     envvar="CNNOPT_ARTIFACTS",
@@ -144,8 +107,8 @@ def data() -> None:
 
 @data.command("check")
 @click.argument("name")
-@_data_dir_option
-@_set_option("Data settings (image_size=64, label_csv=...).")
+@data_dir_option
+@set_option("Data settings (image_size=64, label_csv=...).")
 def data_check(name, data_dir, sets):
     """Report what dataset NAME looks like (classes, sizes, statistics) and what is wrong with it."""
     from cnnopt.config import RunConfig
@@ -156,140 +119,12 @@ def data_check(name, data_dir, sets):
     click.echo(format_check(check_dataset(cfg)))
 
 
-@cli.group("storage")
-def storage_group() -> None:
-    """A local PostgreSQL server for studies (data under storage/postgres/), and the storage proxy."""
-
-
-@storage_group.command("up")
-@click.option(
-    "--port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    help="Port [default: 5433 or the next free one].",
-)
-def storage_up(port):
-    """Start a local PostgreSQL (initdb the first time) and print its URL."""
-    from cnnopt.pgserver import PgServer
-
-    server = PgServer()
-    url = server.up(port)
-    click.echo(
-        f"cnnopt: PostgreSQL is running on 127.0.0.1:{server.port} (data in {server.data})",
-        err=True,
-    )
-    click.echo(url)
-
-
-@storage_group.command("down")
-def storage_down():
-    """Stop the local PostgreSQL started by `cnnopt storage up`."""
-    from cnnopt.pgserver import PgServer
-
-    stopped = PgServer().down()
-    click.echo(
-        "cnnopt: PostgreSQL stopped" if stopped else "cnnopt: PostgreSQL was not running", err=True
-    )
-
-
-@storage_group.command("url")
-def storage_url():
-    """Print the URL of the local PostgreSQL (for --storage "$(cnnopt storage url)")."""
-    from cnnopt.pgserver import PgServer
-
-    click.echo(PgServer().url())
-
-
-@storage_group.command("proxy")
-@click.option(
-    "--storage",
-    envvar="CNNOPT_STORAGE",
-    required=True,
-    help="The database to serve: postgresql+psycopg2://... [env CNNOPT_STORAGE]",
-)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
-@click.option(
-    "--pool-size",
-    type=click.IntRange(1),
-    default=None,
-    help="Database connections the proxy may open [default: 8].",
-)
-@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Server certificate (PEM).")
-@click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key (PEM).")
-@click.option(
-    "--token-file",
-    envvar="CNNOPT_PROXY_TOKEN_FILE",
-    type=click.Path(dir_okay=False),
-    help="File holding the token every client must send [env CNNOPT_PROXY_TOKEN_FILE; "
-    "or the token itself in CNNOPT_PROXY_TOKEN].",
-)
-@click.option(
-    "--insecure",
-    is_flag=True,
-    help="Listen on a non-loopback address without TLS and token (anyone reaching it gets in).",
-)
-def storage_proxy(storage, host, port, pool_size, tls_cert, tls_key, token_file, insecure):
-    """Serve a database to many workers over gRPC (Optuna's storage proxy; blocks).
-
-    Workers use --storage grpc://HOST:PORT, or grpcs://HOST:PORT with --tls-cert/--tls-key
-    (clients: CNNOPT_PROXY_CA=ca.pem); with a token every client needs CNNOPT_PROXY_TOKEN or
-    CNNOPT_PROXY_TOKEN_FILE. Beyond loopback both TLS and a token are required (or --insecure).
-    The database sees only the proxy's pool of connections, however many workers there are."""
-    from cnnopt.proxy import read_token, run_proxy
-    from cnnopt.storage import PROXY_POOL_SIZE
-
-    run_proxy(
-        storage, host, port, pool_size or PROXY_POOL_SIZE,
-        tls_cert=tls_cert, tls_key=tls_key, token=read_token(token_file), insecure=insecure,
-    )  # fmt: skip
-
-
-@storage_group.command("proxy-certs")
-@click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option(
-    "--host",
-    "hosts",
-    multiple=True,
-    required=True,
-    help="A name or address clients use to reach the proxy (repeatable).",
-)
-def storage_proxy_certs(out_dir, hosts):
-    """Write a private CA, a proxy certificate for --host names and a random token into OUT_DIR
-    (ca.pem, proxy.pem, proxy.key, token); existing ones are kept. The token is not printed."""
-    from cnnopt.proxy import write_proxy_certs
-
-    paths = write_proxy_certs(out_dir, list(hosts))
-    click.echo(
-        f"proxy: --tls-cert {paths['proxy.pem']} --tls-key {paths['proxy.key']} "
-        f"--token-file {paths['token']}\n"
-        f"clients: --storage grpcs://{hosts[0]}:13000 with CNNOPT_PROXY_CA={paths['ca.pem']} "
-        f"CNNOPT_PROXY_TOKEN_FILE={paths['token']}"
-    )
-
-
-@storage_group.command("overhead")
-@click.argument("study_file", type=click.Path(dir_okay=False))
-@click.option(
-    "--storage",
-    "storages",
-    multiple=True,
-    required=True,
-    help="A storage to measure (repeatable: side by side in one run).",
-)
-@click.option("-n", "--n-trials", type=click.IntRange(1), default=5, show_default=True)
-@_set_option("Override a study setting (repeatable).")
-def storage_overhead(study_file, storages, n_trials, sets):
-    """Time spent in storage calls vs training per trial, for each --storage."""
-    from cnnopt.overhead import format_rows, measure
-
-    overrides = dict(sets)
-    click.echo(format_rows(measure(study_file, list(storages), n_trials, overrides)))
+cli.add_command(storage_group)  # `cnnopt storage ...`: cnnopt/cli/storage.py
 
 
 @cli.command()
 @click.argument("study", required=False)
-@_storage_option
+@storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def status(study, storage, as_json):
     """Trials by state, best trial, trials per hour, pruned fraction and live workers of STUDY.
@@ -313,7 +148,7 @@ def status(study, storage, as_json):
 
 @cli.command()
 @click.argument("study")
-@_storage_option
+@storage_option
 @click.option(
     "-o",
     "--out",
@@ -340,7 +175,7 @@ def status(study, storage, as_json):
     default=None,
     help="Also download the trial's checkpoint artifact to this file (no retraining needed).",
 )
-@_artifacts_option("Artifact location [default: the one the study recorded].")
+@artifacts_option("Artifact location [default: the one the study recorded].")
 def export(study, storage, out, trial, pareto, fmt, checkpoint, artifacts):
     """Write trial (default: best) of STUDY as a file that rebuilds its run without the storage."""
     from cnnopt.export import export as do_export
@@ -383,8 +218,8 @@ def export(study, storage, out, trial, pareto, fmt, checkpoint, artifacts):
     help="Learning-rate schedule [default: the trial's].",
 )
 @click.option("-o", "--out", default=None, help="Output folder [default: runs/<study>-trial<N>].")
-@_data_dir_option
-@_set_option(
+@data_dir_option
+@set_option(
     "Change a config key (repeatable): crop_padding=2, hflip=true, label_smoothing=0.1, "
     "tta_flip=true, optimizer=sgd_nesterov, lr=0.05, amp=bf16, train_subset=5000 ..."
 )
@@ -413,7 +248,7 @@ def export(study, storage, out, trial, pareto, fmt, checkpoint, artifacts):
     default=None,
     help="Storage of the trial, to attach the results to it [default: the export's].",
 )
-@_artifacts_option("Artifact location [default: the one the study recorded].")
+@artifacts_option("Artifact location [default: the one the study recorded].")
 @click.option("--no-attach", is_flag=True, help="Do not attach the results to the trial.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(
@@ -487,7 +322,7 @@ def predict(checkpoint, images, top, invert, as_json):
 
 @cli.command()
 @click.argument("study")
-@_storage_option
+@storage_option
 @click.option(
     "-o", "--out", default="report.html", show_default=True, type=click.Path(dir_okay=False)
 )
@@ -505,10 +340,10 @@ def report(study, storage, out):
 
 @cli.command()
 @click.argument("study", required=False)
-@_storage_option
+@storage_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-@_artifacts_option("Artifact location to serve [default: those the studies recorded].")
+@artifacts_option("Artifact location to serve [default: those the studies recorded].")
 def dashboard(study, storage, host, port, artifacts):
     """Serve optuna-dashboard for a storage (blocks; Ctrl-C stops it).
 
@@ -539,7 +374,7 @@ def dashboard(study, storage, host, port, artifacts):
     default=None,
     help="Also write the table as Markdown (for the README).",
 )
-@_data_dir_option
+@data_dir_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
 @click.option(
     "--seeds",
@@ -646,7 +481,3 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("cnnopt: interrupted", err=True)
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
