@@ -184,7 +184,7 @@ def make_server(
     return server
 
 
-# -- the client side (RetryingGrpcStorageProxy in cnnopt.storage uses these) ---------------------
+# -- the client side (RetryingGrpcStorageProxy in cnnopt.storage.proxy_client uses these) ------
 
 
 class _CallDetails(NamedTuple):

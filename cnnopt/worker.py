@@ -52,7 +52,7 @@ def owner_name(run_id: str, tag: str) -> str:
 # with the flag set held a ticket; the runner gives it back (once) unless the trial it held has
 # finished (Optuna recorded it before the worker died, just before it reset its flag): that
 # ticket bought a trial. A worker that dies ASKING may leave a RUNNING trial it never saw: the
-# trial carries the worker as its owner all the same (cnnopt.storage._OwnedTrials).
+# trial carries the worker as its owner all the same (cnnopt.storage.owners._OwnedTrials).
 IDLE, ASKING, TAGGED = 0, 1, 2
 
 

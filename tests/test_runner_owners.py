@@ -166,9 +166,9 @@ class _Lost(sqlalchemy.exc.OperationalError):
 
 @pytest.fixture
 def fast_retry(monkeypatch):
-    import cnnopt.storage as st
+    import cnnopt.storage.retry as retry
 
-    monkeypatch.setattr(st, "RETRY_FIRST_DELAY", 0.01)
+    monkeypatch.setattr(retry, "RETRY_FIRST_DELAY", 0.01)
 
 
 @pytest.mark.postgres

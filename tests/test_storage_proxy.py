@@ -522,8 +522,8 @@ def test_proxy_needs_a_database_server(tmp_path):
 
 def test_a_repeated_study_creation_keeps_the_proxys_cache(tmp_path):
     """A `cnnopt run` that starts while the database restarts repeats create_new_study, and the
-    repeat that finds the study reports success (storage._RepeatSafe). Optuna's cache then put
-    an empty record over the cached study, and every later GetTrial of a trial it had cached
+    repeat that finds the study reports success (storage.retry._RepeatSafe). Optuna's cache then
+    put an empty record over the cached study, and every later GetTrial of a trial it had cached
     failed NOT_FOUND: the workers behind the proxy died of a KeyError."""
     from optuna.storages import RDBStorage
     from optuna.study import StudyDirection
