@@ -2,8 +2,8 @@
 
 Several runners (one per machine or container) may share one study. Each has a random run id,
 and each trial carries its owner, ``RUN_ID/HOST:PID`` of the worker running it, from the moment
-it is RUNNING (``cnnopt.storage.owners._OwnedTrials``). A runner fails only trials it can prove are its
-own: owned by one of *its* workers that it saw die. It never fails another runner's trial, however
+it is RUNNING (``cnnopt.storage.owners._OwnedTrials``). A runner fails only trials it can prove
+are its own: owned by one of *its* workers that it saw die. It never fails another runner's trial, however
 late that runner is in writing anything. Trials claimed by cnnopt workers that nobody can prove
 are theirs are failed by any runner once they are old enough (``abandoned_trials``); a retry whose
 failing process died before writing it is written by any runner (``requeue_owed``).
