@@ -283,3 +283,38 @@ def test_fail_trial_marks_the_owed_retry_and_writes_it(url):
     assert fail_trial(dead, t._trial_id, "worker died", max_retry=1, owner=A_DEAD)
     assert requeue_owed(dead, max_retry=1, age=0) == []  # the retry is there already
     assert [s.state for s in dead.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_retry_lost_in_optunas_own_stale_check_is_requeued(postgres_url, monkeypatch):
+    """Optuna's ``fail_stale_trials`` (each worker runs it before every trial) fails a stale
+    trial, then calls the retry callback: a process killed in between left a failed trial with
+    no retry. The storage marks every stale trial before it is failed, so any runner re-queues it."""
+    from optuna.storages import fail_stale_trials
+
+    from cnnopt.recovery import requeue_owed
+
+    monkeypatch.setenv("CNNOPT_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("CNNOPT_GRACE_PERIOD", "2")
+    storage = get_storage(postgres_url, retry_failed=1)
+    storage.owner = A_DEAD
+    study = optuna.create_study(study_name="stale", storage=storage)
+    trial = study.ask()  # its first heartbeat comes with it; nobody beats after that
+    trial.suggest_float("x", 0, 1)
+
+    class Killed(BaseException):
+        pass
+
+    def die(self, study, trial):
+        raise Killed  # the process dies between the failure and the retry
+
+    monkeypatch.setattr(RetryStaleTrialCallback, "__call__", die)
+    with pytest.raises(Killed):
+        while study.trials[0].state == TrialState.RUNNING:  # until the grace period is over
+            fail_stale_trials(study)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]  # and no retry written
+    monkeypatch.undo()
+
+    other = worker_study(postgres_url, "runC/host:33", name="stale")
+    assert requeue_owed(other, max_retry=1, age=0) == [trial.number]
+    [retry] = [t for t in other.get_trials() if t.state == TrialState.WAITING]
+    assert retry.params == {"x": trial.params["x"]}

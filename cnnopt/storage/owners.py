@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -203,6 +204,24 @@ class _OwnedTrials:
         return won
 
     # reads, without the bookkeeping
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """The stale trials, each marked RETRY_OWED_KEY before anyone fails it. Optuna's
+        ``fail_stale_trials`` (run by every worker before each trial, and by the runner's stale
+        check) fails them and only afterwards calls the retry callback: a process killed between
+        the two lost the retry. With the mark, any runner writes it later (``requeue_owed``), as
+        for ``cnnopt.recovery.fail_trial``. Only when the stale callback retries."""
+        ids = super()._get_stale_trial_ids(study_id)  # type: ignore[misc]
+        callback = self.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+        retries = isinstance(callback, RetryHeartbeatStaleTrialCallback) and (
+            callback._max_retry is None or callback._max_retry > 0
+        )
+        for trial_id in ids if retries else ():
+            try:
+                self.set_trial_system_attr(trial_id, RETRY_OWED_KEY, True)  # type: ignore[attr-defined]
+            except UpdateFinishedTrialError:
+                pass  # it ended meanwhile: nothing is owed
+        return ids
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         return _visible(super().get_trial(trial_id))  # type: ignore[misc]
