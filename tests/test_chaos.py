@@ -16,7 +16,7 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnopt.bench.chaos import LaunchInfo, analyse, failures, final_line
+from cnnopt.bench.chaos_checks import LaunchInfo, analyse, failures, final_line
 
 from .conftest import require_pg_ctl
 
