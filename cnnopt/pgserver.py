@@ -290,3 +290,53 @@ class PgServer:
         port = self.port
         self.down()
         self._start(port)
+
+
+# -- databases on a server (the chaos run's and the tests' throw-away ones) -------------------------
+
+
+def connect(url: str, timeout: int = 3):
+    """A psycopg2 connection to the database of a SQLAlchemy URL (its query options, such as
+    ``passfile``, passed on): for what SQLAlchemy cannot do inside a transaction."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return psycopg2.connect(
+        host=u.host or "127.0.0.1",
+        port=u.port or 5432,
+        user=u.username,
+        password=u.password,
+        dbname=u.database or "postgres",
+        connect_timeout=timeout,
+        **{k: v for k, v in u.query.items() if isinstance(v, str)},
+    )
+
+
+def create_database(server_url: str, prefix: str) -> tuple[str, str]:
+    """A fresh database ``PREFIX_PID_RANDOM`` on the server: (its URL, its name). Errors are
+    psycopg2's (no server, no CREATEDB right): the caller says what they mean for it."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    conn = connect(server_url)
+    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False), name
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop a database, closing its connections (WITH FORCE: a killed worker's may linger)."""
+    conn = connect(server_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,18 +149,9 @@ def _no_postgres(reason: str):
 
 
 def _connect(url: str, timeout: int = 3):
-    import psycopg2
+    from cnnopt.pgserver import connect
 
-    u = make_url(url)
-    return psycopg2.connect(
-        host=u.host or "127.0.0.1",
-        port=u.port or 5432,
-        user=u.username,
-        password=u.password,
-        dbname=u.database or "postgres",
-        connect_timeout=timeout,
-        **{k: v for k, v in u.query.items() if isinstance(v, str)},
-    )
+    return connect(url, timeout)
 
 
 def require_pg_ctl() -> None:
@@ -220,30 +210,22 @@ def postgres_server(request) -> str:
 
 def create_database(server_url: str) -> tuple[str, str | None]:
     """(url of a fresh database, its name to drop) -- or (server_url, None) if we may not."""
-    name = f"cnnopt_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    from cnnopt import pgserver
+
     try:
-        conn = _connect(server_url)
+        _connect(server_url).close()
     except Exception as e:  # noqa: BLE001
         _no_postgres(str(e))
-    conn.autocommit = True
     try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
+        return pgserver.create_database(server_url, "cnnopt_test")
     except Exception:  # noqa: BLE001 - no CREATEDB right: share the given database
         return server_url, None
-    finally:
-        conn.close()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False), name
 
 
 def drop_database(server_url: str, name: str) -> None:
-    conn = _connect(server_url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        conn.close()
+    from cnnopt import pgserver
+
+    pgserver.drop_database(server_url, name)
 
 
 @pytest.fixture

@@ -56,12 +56,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnopt import pgserver
 from cnnopt.bench.chaos_checks import LaunchInfo, _pid_of_tag, analyse, failures, final_line
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,52 +188,18 @@ def plan_faults(
 # -- PostgreSQL and the proxy ---------------------------------------------------------------------
 
 
-def _connect(url: str, timeout: int = 3):
-    import psycopg2
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    return psycopg2.connect(
-        host=u.host or "127.0.0.1",
-        port=u.port or 5432,
-        user=u.username,
-        password=u.password,
-        dbname=u.database or "postgres",
-        connect_timeout=timeout,
-        **{k: v for k, v in u.query.items() if isinstance(v, str)},
-    )
-
-
 def create_database(server_url: str) -> tuple[str, str]:
-    from sqlalchemy.engine import make_url
-
-    name = f"cnnopt_chaos_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
-        conn = _connect(server_url)
-    except Exception as e:  # noqa: BLE001
-        raise ChaosError(f"cannot connect to {_mask(server_url)}: {_first_line(e)}") from None
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    except Exception as e:  # noqa: BLE001
+        return pgserver.create_database(server_url, "cnnopt_chaos")
+    except Exception as e:  # noqa: BLE001 - no server, no right: one line
         raise ChaosError(
             f"cannot create a database on {_mask(server_url)}: {_first_line(e)}"
         ) from None
-    finally:
-        conn.close()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False), name
 
 
 def drop_database(server_url: str, name: str) -> None:
     with contextlib.suppress(Exception):
-        conn = _connect(server_url)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            conn.close()
+        pgserver.drop_database(server_url, name)
 
 
 def _mask(url: str) -> str:
@@ -458,7 +424,7 @@ class Chaos:
 
     def finished_count(self) -> int | None:
         try:
-            conn = _connect(self.db_url, timeout=2)
+            conn = pgserver.connect(self.db_url, timeout=2)
         except Exception:  # noqa: BLE001 - the database is restarting: ask again later
             return None
         try:
@@ -476,7 +442,10 @@ class Chaos:
 
     def heartbeat_of(self, trial_id: int) -> str | None:
         """The trial's last heartbeat in the database's table (direct storage), or None."""
-        with contextlib.suppress(Exception), contextlib.closing(_connect(self.db_url)) as conn:
+        with (
+            contextlib.suppress(Exception),
+            contextlib.closing(pgserver.connect(self.db_url)) as conn,
+        ):
             with conn.cursor() as cur:
                 cur.execute(
                     "SELECT heartbeat FROM trial_heartbeats WHERE trial_id = %s", (trial_id,)
@@ -488,7 +457,7 @@ class Chaos:
     def mid_trial_pids(self) -> set[int]:
         """Pids of the workers whose RUNNING trial has trained and stored at least one epoch."""
         try:
-            conn = _connect(self.db_url, timeout=2)
+            conn = pgserver.connect(self.db_url, timeout=2)
         except Exception:  # noqa: BLE001
             return set()
         try:
