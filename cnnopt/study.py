@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import inspect
+import sys
 import traceback
 import types
 import typing
@@ -463,12 +464,21 @@ def _exec_file(path: Path) -> types.ModuleType:
     if spec is None or spec.loader is None:
         raise StudyFileError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
+    # the file's folder on the import path while it loads, so that a study file can take its
+    # space from a sibling (``from fashion_cnn_bn import space``) instead of copying it
+    folder = str(path.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise StudyFileError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
     except Exception as e:  # the file's own code failed: say where, in one line
         raise StudyFileError(f"{path}: failed to load: {type(e).__name__}: {e}") from None
+    finally:
+        if added:
+            sys.path.remove(folder)
     return module
 
 

@@ -20,6 +20,29 @@ def test_shipped_studies_load_and_replay_from_params():
             assert study.config_from_params(trial.params) == cfg, path.name
 
 
+def test_a_study_file_takes_its_space_from_a_sibling(write_study):
+    """Studies that differ only in settings share one space() instead of copying it: the file's
+    folder is on the import path while it loads, and only then."""
+    import sys
+
+    write_study(
+        """
+        def space(trial):
+            return {"lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)}
+        """,
+        name="base_space.py",
+    )
+    path = write_study("from base_space import space\n\nname = 'sibling'\ndataset = 'synthetic'\n")
+    study = Study.load(path)
+    trial = optuna.create_study().ask()
+    cfg = study.resolve(trial)
+    assert study.config_from_params(trial.params) == cfg
+    assert set(trial.params) == {"lr"}
+    assert str(path.parent) not in sys.path
+    # the shipped Pareto study's space is fashion_cnn_bn's own
+    assert Study.load(ROOT / "studies" / "fashion_pareto.py").space.__module__ == "fashion_cnn_bn"
+
+
 def test_settings_and_fixed_values(write_study):
     path = write_study(
         """
