@@ -220,6 +220,8 @@ def test_cnnopt_run_uploads_from_its_workers_and_says_html_only_once(tmp_path):
             str(tmp_path / "q.journal"),
             "--artifacts",
             str(store),
+            "--set",
+            "epochs=1",  # a learning curve per trial is the point, not its length
             "--no-progress",
         ),
         cwd=ROOT,
