@@ -14,6 +14,11 @@ from cnnopt.storage import get_storage
 
 from .conftest import ROOT, cnnopt_cmd
 
+# Runs whose point is not the device pass --device cpu: with the default `auto` the runner
+# imports torch only to count GPUs (seconds of a 2-core CPU per run). The default stays covered
+# here by test_set_takes_every_string_setting_as_written, and by tests/test_devices.py.
+CPU = ("--device", "cpu")
+
 
 def run(*args, timeout=180, env=None):
     return subprocess.run(
@@ -33,6 +38,7 @@ def test_two_workers_share_one_storage_and_resume(tmp_path):
         "--storage",
         storage,
         "--no-progress",
+        *CPU,
     )
     first = run(*args)
     assert first.returncode == 0, first.stderr
@@ -109,7 +115,7 @@ def test_real_short_study_on_fashion_mnist(tmp_path, fashion, write_study):
     storage = str(tmp_path / "f.journal")
     r = run(
         "run", str(study_file), "--workers", "1", "--n-trials", "2", "--storage", storage,
-        "--data-dir", str(fashion), "--no-progress",
+        "--data-dir", str(fashion), "--no-progress", *CPU,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     study = optuna.load_study(study_name="fashion_smoke", storage=get_storage(storage))
@@ -131,7 +137,7 @@ def test_missing_data_stops_the_run_with_one_line(tmp_path):
         r = run(
             "run", "studies/quick_synthetic.py", "--workers", "2", "--n-trials", "4",
             "--storage", storage, "--set", "dataset=fashion_mnist",
-            "--data-dir", str(tmp_path / "nothing"), "--no-progress", env=env,
+            "--data-dir", str(tmp_path / "nothing"), "--no-progress", *CPU, env=env,
         )  # fmt: skip
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "died" not in r.stderr
@@ -171,7 +177,7 @@ def test_error_in_space_stops_the_run_with_file_and_line(tmp_path, write_study):
     storage = str(tmp_path / "s.journal")
     r = run(
         "run", str(study_file), "--workers", "2", "--n-trials", "4", "--storage", storage,
-        "--no-progress",
+        "--no-progress", *CPU,
     )  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "died" not in r.stderr, r.stderr
