@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,17 @@ def rung_points(
             continue
         out.append((float(value), tuple(float(c) for c in costs)))
     return out
+
+
+def _hold_after_epoch_for_tests(epoch: int, stopping: Callable[[], bool]) -> None:
+    """Fault-test hook: while the file named by $CNNOPT_TEST_HOLD_AFTER_EPOCH exists and the run
+    is not stopping, wait after an epoch is reported (and checkpointed) -- from epoch
+    $CNNOPT_TEST_HOLD_FROM_EPOCH on, 1 if unset -- so a test finds a trial mid-way however fast
+    or loaded the machine is."""
+    path = os.environ.get("CNNOPT_TEST_HOLD_AFTER_EPOCH")
+    if path and epoch >= int(os.environ.get("CNNOPT_TEST_HOLD_FROM_EPOCH") or 1):
+        while os.path.exists(path) and not stopping():
+            time.sleep(0.05)
 
 
 def worker_tag() -> str:
@@ -151,6 +163,7 @@ class Objective:
                     "value": value,
                 }
             )
+            _hold_after_epoch_for_tests(stats.epoch, self.should_stop)
             if self.should_stop():
                 raise Interrupted()
             # the last epoch is never pruned: the work is done, and a complete value teaches the

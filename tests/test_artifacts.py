@@ -220,6 +220,10 @@ def test_cnnopt_run_uploads_from_its_workers_and_says_html_only_once(tmp_path):
             str(tmp_path / "q.journal"),
             "--artifacts",
             str(store),
+            "--set",
+            "epochs=1",  # a learning curve per trial is the point, not its length
+            "--device",
+            "cpu",  # not the point; `auto` would import torch in the runner to count GPUs
             "--no-progress",
         ),
         cwd=ROOT,

@@ -4,6 +4,8 @@ with `cnnopt run --workers 2` as real processes."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -289,9 +291,14 @@ def test_grid_of_a_discrete_space(write_study, space, overrides, size):
     assert (None if grid is None else len(grid)) == size
 
 
+# the device is not the point: with the default `auto` the runner would import torch only to
+# count GPUs (seconds of a 2-core CPU per run)
+CPU = ("--device", "cpu")
+
+
 def run(*args, timeout=240):
     return subprocess.run(
-        cnnopt_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        cnnopt_cmd(*args, *CPU), cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -301,7 +308,7 @@ def trained(trials):
 
 def test_used_up_space_stops_the_run_with_one_line(write_study, tmp_path):
     path = write_study(
-        STUDY.format(name="grid4", epochs=2, pruner="none", extra="", space=TWO_BY_TWO)
+        STUDY.format(name="grid4", epochs=1, pruner="none", extra="", space=TWO_BY_TWO)
     )
     storage = str(tmp_path / "g.journal")
     r = run("run", str(path), "--n-trials", "10", "--storage", storage, "--no-progress")
@@ -330,7 +337,7 @@ def test_two_workers_never_train_the_same_configuration(write_study, tmp_path):
         dataset = "synthetic"
         filters = [4, 8]
         hidden = [8]
-        epochs = 20
+        epochs = 2
         pruner = "none"
         sampler = "random"
         enqueue = [{"batchnorm": "none", "unused": 0}, {"batchnorm": "none", "unused": 1}]
@@ -341,9 +348,42 @@ def test_two_workers_never_train_the_same_configuration(write_study, tmp_path):
         """
     )
     storage = str(tmp_path / "r.journal")
-    r = run(
-        "run", str(path), "--workers", "2", "--n-trials", "8", "--storage", storage, "--no-progress",
+    # Trials wait after each epoch while `hold` exists (a test hook in cnnopt.objective), so the
+    # two warm starts surely run at the same time, on a fast or a loaded machine alike.
+    hold = tmp_path / "hold"
+    hold.touch()
+    proc = subprocess.Popen(
+        cnnopt_cmd(
+            "run", str(path), "--workers", "2", "--n-trials", "8", "--storage", storage,
+            "--no-progress", *CPU,
+        ),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "CNNOPT_TEST_HOLD_AFTER_EPOCH": str(hold)}, start_new_session=True,
     )  # fmt: skip
+    try:
+        # both have taken their ticket in line, and one of them has trained an epoch
+        end = time.time() + 150  # a guard against a hang, not a timing check
+        while time.time() < end and proc.poll() is None:
+            try:
+                both = optuna.load_study(study_name="race", storage=get_storage(storage)).trials[:2]
+            except Exception:  # noqa: BLE001 - study not created yet
+                both = []
+            if (
+                len(both) == 2
+                and all(t.state == TrialState.RUNNING and dedup.RANK in t.user_attrs for t in both)
+                and any(t.intermediate_values for t in both)
+            ):
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(
+                "the two warm starts were never in line together:\n" + proc.communicate()[1]
+            )
+    finally:
+        hold.unlink()
+    out, err = proc.communicate(timeout=240)
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert r.returncode == 0, r.stderr
     trials = optuna.load_study(study_name="race", storage=get_storage(storage)).trials
     assert len({t.user_attrs["worker"] for t in trials}) == 2
@@ -354,7 +394,7 @@ def test_two_workers_never_train_the_same_configuration(write_study, tmp_path):
     assert len(originals) == len({t.user_attrs["config_hash"] for t in originals}) == 2
     assert all("history" not in t.user_attrs for t in done if t not in originals)
     # the two warm starts ran at the same time: whichever took the later ticket (usually #1, but
-    # on a loaded machine either may) waited for the other and copied it
+    # either may) waited for the other and copied it
     first, second = trials[0], trials[1]
     if "duplicate_of" in first.user_attrs:
         first, second = second, first

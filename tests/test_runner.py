@@ -1,6 +1,8 @@
 """`cnnopt run` as a real process: two workers sharing one journal file, exact trial counts,
 resume, and the device/thread plan."""
 
+import os
+import socket
 import subprocess
 
 import optuna
@@ -12,10 +14,15 @@ from cnnopt.storage import get_storage
 
 from .conftest import ROOT, cnnopt_cmd
 
+# Runs whose point is not the device pass --device cpu: with the default `auto` the runner
+# imports torch only to count GPUs (seconds of a 2-core CPU per run). The default stays covered
+# here by test_set_takes_every_string_setting_as_written, and by tests/test_devices.py.
+CPU = ("--device", "cpu")
 
-def run(*args, timeout=180):
+
+def run(*args, timeout=180, env=None):
     return subprocess.run(
-        cnnopt_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        cnnopt_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -31,6 +38,7 @@ def test_two_workers_share_one_storage_and_resume(tmp_path):
         "--storage",
         storage,
         "--no-progress",
+        *CPU,
     )
     first = run(*args)
     assert first.returncode == 0, first.stderr
@@ -43,10 +51,10 @@ def test_two_workers_share_one_storage_and_resume(tmp_path):
     assert all(t.intermediate_values for t in trials)
     assert "best" in first.stdout
     # the same command again resumes: --n-trials counts trials to add
-    second = run(*args[:4], "--n-trials", "2", *args[6:])
+    second = run(*args[:4], "--n-trials", "1", *args[6:])
     assert second.returncode == 0, second.stderr
-    assert len(study.get_trials()) == 7
-    assert [t.number for t in study.get_trials()] == list(range(7))
+    assert len(study.get_trials()) == 6
+    assert [t.number for t in study.get_trials()] == list(range(6))
 
 
 def test_bad_study_file_is_one_line_and_stores_nothing(tmp_path):
@@ -94,9 +102,9 @@ def test_real_short_study_on_fashion_mnist(tmp_path, fashion, write_study):
         """
         name = "fashion_smoke"
         dataset = "fashion_mnist"
-        filters = [16, 32]
+        filters = [8, 16]
         batchnorm = "after"
-        hidden = [64]
+        hidden = [32]
         epochs = 2
         train_subset = 3000
         pruner = "none"  # both trials run both epochs
@@ -107,7 +115,7 @@ def test_real_short_study_on_fashion_mnist(tmp_path, fashion, write_study):
     storage = str(tmp_path / "f.journal")
     r = run(
         "run", str(study_file), "--workers", "1", "--n-trials", "2", "--storage", storage,
-        "--data-dir", str(fashion), "--no-progress",
+        "--data-dir", str(fashion), "--no-progress", *CPU,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     study = optuna.load_study(study_name="fashion_smoke", storage=get_storage(storage))
@@ -118,13 +126,23 @@ def test_real_short_study_on_fashion_mnist(tmp_path, fashion, write_study):
 
 def test_missing_data_stops_the_run_with_one_line(tmp_path):
     storage = str(tmp_path / "s.journal")
-    r = run(
-        "run", "studies/quick_synthetic.py", "--workers", "2", "--n-trials", "4", "--storage", storage,
-        "--set", "dataset=fashion_mnist", "--data-dir", str(tmp_path / "nothing"), "--no-progress",
-    )  # fmt: skip
+    # The workers try the download, which must fail at once, network or not (a slow DNS lookup
+    # or a firewall that drops packets takes many seconds): every URL goes through a "proxy" at a
+    # port that refuses connections (bound, not listening).
+    with socket.socket() as refuses:
+        refuses.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{refuses.getsockname()[1]}"
+        env = {**os.environ, "no_proxy": "", "NO_PROXY": ""}
+        env.update({k: proxy for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")})
+        r = run(
+            "run", "studies/quick_synthetic.py", "--workers", "2", "--n-trials", "4",
+            "--storage", storage, "--set", "dataset=fashion_mnist",
+            "--data-dir", str(tmp_path / "nothing"), "--no-progress", *CPU, env=env,
+        )  # fmt: skip
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "died" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("cnnopt: error: fashion_mnist: ")
+    assert "the download failed" in r.stderr
     trials = optuna.load_study(study_name="quick_synthetic", storage=get_storage(storage)).trials
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all("not found in" in t.user_attrs["fail_reason"] for t in trials)
@@ -159,7 +177,7 @@ def test_error_in_space_stops_the_run_with_file_and_line(tmp_path, write_study):
     storage = str(tmp_path / "s.journal")
     r = run(
         "run", str(study_file), "--workers", "2", "--n-trials", "4", "--storage", storage,
-        "--no-progress",
+        "--no-progress", *CPU,
     )  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "died" not in r.stderr, r.stderr
