@@ -103,6 +103,7 @@ def test_the_summary_pairs_seeds_and_says_when_the_interval_includes_zero():
     mixed = _table([(1, better, worse), (2, worse, better), (3, better, worse), (4, worse, better)])
     s = P.summarize(mixed)
     assert s["diff"]["t_low"] < 0 < s["diff"]["t_high"]
+    assert (s["diff"]["ahead"], s["diff"]["behind"]) == (2, 2)
     assert s["verdict"].startswith("no measurable difference")
     # a seed with one variant only, or an unclean pair, is left out of the interval
     mixed["studies"].pop("unpruned/4")
@@ -112,7 +113,7 @@ def test_the_summary_pairs_seeds_and_says_when_the_interval_includes_zero():
     assert s["per_seed"]["3"]["fault"] == "first trials differ"
     table["summary"] = P.summarize(table)
     md = P.markdown(table)
-    assert "pruned ahead in 3 of 3" in md and md.count("| clean |") == 3
+    assert "pruned ahead in 3, level in 0, behind in 0" in md and md.count("| clean |") == 3
 
 
 def test_a_run_writes_after_each_study_and_resumes_with_the_next(tmp_path):
