@@ -113,9 +113,18 @@ def _benchmark_sets(epochs: int, train_subset: int | None, warm_starts: bool = F
     return sets if warm_starts else [*sets, "enqueue=[]"]
 
 
+def curve(t: optuna.trial.FrozenTrial) -> list[float]:
+    """A trial's metric epoch by epoch: its intermediate values, or in a Pareto study (where
+    Optuna refuses ``trial.report``) the ``intermediate`` user attribute cnnopt stores instead."""
+    if t.intermediate_values:
+        return [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
+    steps = t.user_attrs.get("intermediate") or {}
+    return [float(steps[k]) for k in sorted(steps, key=int)]
+
+
 def trained_epochs(trials: Iterable[optuna.trial.FrozenTrial]) -> int:
     """Epochs a study has trained: every reported epoch, except on deduplication's copies."""
-    return sum(len(t.intermediate_values) for t in trials if "duplicate_of" not in t.user_attrs)
+    return sum(len(curve(t)) for t in trials if "duplicate_of" not in t.user_attrs)
 
 
 def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -124,10 +133,11 @@ def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "number": t.number,
         "state": t.state.name,
         "params": t.params,
-        "values": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
+        "values": curve(t),
         "seconds": [h.get("seconds") for h in history],
         "duplicate_of": t.user_attrs.get("duplicate_of"),
         "params_count": t.user_attrs.get("params_count"),
+        "flops": t.user_attrs.get("flops"),  # a Pareto study's cost objective
         # where it ran: curves reproduce to the last digit, and seconds compare, only on the same
         # kind of hardware with the same thread count
         "hardware": {k: v for k, v in (t.user_attrs.get("hardware") or {}).items()
@@ -147,14 +157,18 @@ def run_cnnopt(
     workdir: Path,
     log: Callable[[str], None],
     poll_s: float = 2.0,
+    variant_sets: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One live study of a cnnopt variant: ``cnnopt run`` until ``budget`` epochs are trained,
     then stopped as a user stops it (SIGTERM: the trial in progress is interrupted at its epoch's
-    end); returns its trials in order. A study resumed from its journal goes on where it was."""
+    end); returns its trials in order. A study resumed from its journal goes on where it was.
+    ``variant_sets``: the variant's ``--set`` values, when it is not one of CNNOPT_VARIANTS (the
+    Pareto live studies, benchmarks/search/pareto_live.py)."""
     name = f"live-{variant}-{seed}"
     url = str(workdir / f"{name}.journal")
     sets = _benchmark_sets(epochs, train_subset, warm_starts=variant in WITH_WARM_STARTS)
-    sets += [*CNNOPT_VARIANTS[variant], f"name={name}"]
+    own = CNNOPT_VARIANTS[variant] if variant_sets is None else variant_sets
+    sets += [*own, f"name={name}"]
     if data_dir:
         sets.append(f"data_dir={data_dir}")
     done = -1  # finished trials at the last progress line
@@ -166,7 +180,7 @@ def run_cnnopt(
         if len(finished) == done:
             return
         done = len(finished)
-        values = [t.value for t in finished if t.value is not None]  # complete trials
+        values = [t.values[0] for t in finished if t.values]  # complete trials (the metric)
         best = f", best {max(values):.4f}" if values else ""
         log(f"{name}: {trained_epochs(trials)}/{budget} epochs, {done} trials finished{best}")
 
