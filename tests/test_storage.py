@@ -141,7 +141,14 @@ def _kill_in_flight(url: str, call):
         assert len(pids) == 1, "the storage call never blocked on the lock"
         killer.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
         killer.commit()
-        time.sleep(0.3)
+        # the backend is gone before the lock is released: the call cannot finish on it
+        alive = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+        end = time.time() + 20
+        while time.time() < end and killer.execute(alive, {"pid": pids[0]}).scalar():
+            killer.commit()
+            time.sleep(0.02)
+        assert not killer.execute(alive, {"pid": pids[0]}).scalar(), "the backend lives on"
+        killer.commit()
         blocker.rollback()  # release the lock: a retried call goes through
         t.join(60)
     admin.dispose()
