@@ -269,13 +269,13 @@ def test_search_section_rows_choice_and_outputs(tmp_path):
     path = tmp_path / "table.json"
     path.write_text(json.dumps(synth_table()))
     rows, d = section.bench_search(
-        path, seeds=3, ray_seeds=0, quick=True, out_dir=tmp_path / "out", log=lambda m: None,
+        path, seeds=2, ray_seeds=0, quick=True, out_dir=tmp_path / "out", log=lambda m: None,
         pool_path=tmp_path / "no_pool.json",
     )  # fmt: skip
     fields = {"section", "name", "value", "unit", "baseline", "baseline_value", "ratio", "better"}
     assert all(fields | {"note", "extra"} <= set(r) for r in rows)
     assert d["chosen"] in {v.name for v in section.CANDIDATES}
-    assert d["choose_seeds"] == [0, 2] and d["fresh_seeds"] == [3, 5]
+    assert d["choose_seeds"] == [0, 1] and d["fresh_seeds"] == [2, 3]
     assert d["choose_train_seeds"] == [0] and d["fresh_train_seeds"] == [1, 2]
     assert "SMOKE RUN" in d["markdown"] and "SMOKE RUN" in rows[0]["note"]
     for name in ("search.md", "search.json", "search.html"):
@@ -300,13 +300,13 @@ def test_bench_payload_sets_the_headline_and_writes_beside_the_report(tmp_path, 
     monkeypatch.setattr(section, "POOL_TABLE", pool_path)
 
     logs: list[str] = []
-    p = section.bench_payload(seeds=3, ray_seeds=0, smoke=True, out_dir=tmp_path, log=logs.append)
+    p = section.bench_payload(seeds=2, ray_seeds=0, smoke=True, out_dir=tmp_path, log=logs.append)
     rows, plan, notes = p["rows"], p["plan"], p["notes"]
     assert {r["section"] for r in rows} == {"search"}
     assert all(r["unit"] == "accuracy" for r in rows)
-    assert plan["fresh_seeds"] == [3, 5]
+    assert plan["fresh_seeds"] == [2, 3]
     assert p["search_default"] == plan["chosen"]
-    assert p["search_best_val_diff_vs_random"]["n"] == 3
+    assert p["search_best_val_diff_vs_random"]["n"] == 2
     assert p["search_best_val_diff_vs_ray_asha"] is None  # no Ray seeds
     assert any("SMOKE RUN" in m for m in logs) and any("SMOKE RUN" in n for n in notes)
     assert str(tmp_path / "search.html") in notes[0]
@@ -469,17 +469,17 @@ def test_search_section_reports_the_pool_beside_the_real_grid(tmp_path):
     pool_path.write_text(json.dumps(synth_pool()))
     out = tmp_path / "out"
     rows, d = section.bench_search(
-        section.TABLE, seeds=3, ray_seeds=0, quick=True, out_dir=out, log=lambda m: None,
+        section.TABLE, seeds=2, ray_seeds=0, quick=True, out_dir=out, log=lambda m: None,
         pool_path=pool_path,
     )  # fmt: skip
     p = d["pool"]
     assert (p["configs"], p["size"], p["complete"]) == (8, 10, False)
-    assert p["choose_seeds"] == [0, 2] and p["fresh_seeds"] == [3, 5]
+    assert p["choose_seeds"] == [0, 1] and p["fresh_seeds"] == [2, 3]
     assert p["default"] == f"random+{DEFAULT_PRUNER}" and p["chosen"] in p["summary"]
     assert p["ceiling"] == pytest.approx(0.91) and p["reaching_target"] == 1
     default = p["summary"][p["default"]]
     assert set(default["vs"]) == set(section.POOL_BASELINES)
-    assert default["vs"]["no pruning"]["best"]["n"] == 3
+    assert default["vs"]["no pruning"]["best"]["n"] == 2
     assert default["pruned_mean"] > 0 and p["summary"]["random+none"]["pruned_mean"] == 0
     pool_rows = [r for r in rows if r["name"].startswith("pool:")]
     assert len(pool_rows) == len(R.PRUNERS)
@@ -580,7 +580,7 @@ def test_warm_starts_play_first_are_never_pruned_and_still_enter_the_rungs(tmp_p
     path = tmp_path / "pool.json"
     path.write_text(json.dumps(data))
     rows, d = section.bench_search(
-        section.TABLE, seeds=3, ray_seeds=0, quick=True, log=lambda m: None, pool_path=path,
+        section.TABLE, seeds=2, ray_seeds=0, quick=True, log=lambda m: None, pool_path=path,
         live_path=None,
     )  # fmt: skip
     p = d["pool"]

@@ -4,6 +4,7 @@ Tune where it is installed."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -205,9 +206,14 @@ def test_summary_without_a_table_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_live_studies_spend_the_budget_warm_starts_only_in_warm_and_resume(tmp_path, write_study):
+def test_live_studies_spend_the_budget_warm_starts_only_in_warm_and_resume(
+    tmp_path, write_study, monkeypatch
+):
     """Real `cnnopt run` subprocesses: each variant trains at least the budget, the study
     file's warm start runs only in the `warm` variant, and a rerun trains nothing more."""
+    # the driver looks at the journal every 2 s (a live study runs for an hour): here every 0.2 s,
+    # so that a tiny study's end and its spent budget are seen at once
+    monkeypatch.setattr(live, "run_cnnopt", functools.partial(live.run_cnnopt, poll_s=0.2))
     study_file = write_study(LIVE_STUDY)
     out = tmp_path / "live.json"
     logs: list[str] = []

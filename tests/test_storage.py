@@ -40,13 +40,14 @@ def test_mask_url():
     assert mask_url("storage/x.journal") == "storage/x.journal"
 
 
-def _worker(url: str, n: int, errors) -> None:
+def _worker(url: str, n: int, ready, errors) -> None:
     try:
         warnings.filterwarnings("ignore")
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         study = optuna.load_study(
             study_name="conc", storage=get_storage(url), sampler=optuna.samplers.RandomSampler()
         )
+        ready.wait(60)  # every worker has loaded the study: their trials run concurrently
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=n)
     except BaseException as e:  # noqa: BLE001
         errors.put(f"{type(e).__name__}: {e}")
@@ -55,8 +56,8 @@ def _worker(url: str, n: int, errors) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_16_workers_160_trials(postgres_url):
-    n_workers, per_worker = 16, 10
+def test_16_workers_80_trials(postgres_url):
+    n_workers, per_worker = 16, 5
     storage = get_storage(postgres_url)
     optuna.create_study(storage=storage, study_name="conc")
     storage.engine.dispose()  # no inherited connections in the forked workers
@@ -79,10 +80,10 @@ def test_16_workers_160_trials(postgres_url):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     ctx = mp.get_context("fork")
-    errors = ctx.Queue()
+    ready, errors = ctx.Barrier(n_workers), ctx.Queue()
     t0 = time.time()
     procs = [
-        ctx.Process(target=_worker, args=(postgres_url, per_worker, errors))
+        ctx.Process(target=_worker, args=(postgres_url, per_worker, ready, errors))
         for _ in range(n_workers)
     ]
     for p in procs:
@@ -140,7 +141,14 @@ def _kill_in_flight(url: str, call):
         assert len(pids) == 1, "the storage call never blocked on the lock"
         killer.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
         killer.commit()
-        time.sleep(0.3)
+        # the backend is gone before the lock is released: the call cannot finish on it
+        alive = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+        end = time.time() + 20
+        while time.time() < end and killer.execute(alive, {"pid": pids[0]}).scalar():
+            killer.commit()
+            time.sleep(0.02)
+        assert not killer.execute(alive, {"pid": pids[0]}).scalar(), "the backend lives on"
+        killer.commit()
         blocker.rollback()  # release the lock: a retried call goes through
         t.join(60)
     admin.dispose()
@@ -230,13 +238,23 @@ def test_unreachable_server_is_one_masked_line():
     assert "u:***@127.0.0.1:1/db" in str(e.value)
 
 
+def _wait_for(what: str, check, timeout: float = 30) -> None:
+    """Poll ``check()`` until it is true; a guard against a hang, not a timing check."""
+    end = time.time() + timeout
+    while not check():
+        assert time.time() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_heartbeat_outlives_an_outage_longer_than_the_retries(pg_server):
+def test_heartbeat_outlives_an_outage_longer_than_the_retries(pg_server, caplog):
     """The database is down for longer than a storage call retries while a trial trains: the
     heartbeat thread must live on and beat again once the server is back, so another process's
     stale check does not fail the live trial (which would then run twice). Windows are scaled
-    down: beats every 1 s, retries for 1 s, grace period 6 s, a 4 s outage."""
+    down: beats every 1 s, retries for 1 s, grace period 6 s; the outage lasts until a beat has
+    been given up (its retries ran out)."""
+    caplog.set_level("WARNING", logger="cnnopt.storage")
     url = pg_server.url()
     storage = RetryingRDBStorage(
         url, engine_kwargs=engine_kwargs(url), heartbeat_interval=1, grace_period=6,
@@ -250,20 +268,35 @@ def test_heartbeat_outlives_an_outage_longer_than_the_retries(pg_server):
         assert done.wait(60)
         return 1.0
 
+    beat = sqlalchemy.text("SELECT max(heartbeat) FROM trial_heartbeats")
+
+    def latest_beat():
+        probe = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with probe.connect() as conn:
+                return conn.execute(beat).scalar()
+        finally:
+            probe.dispose()
+
+    def given_up() -> bool:
+        return any("not recorded" in r.getMessage() for r in caplog.records)
+
     worker = threading.Thread(target=study.optimize, args=(objective,), kwargs={"n_trials": 1})
     worker.start()
     try:
         assert training.wait(30)
-        time.sleep(1.5)  # a beat or two before the outage
+        _wait_for("a first beat", lambda: latest_beat() is not None)
+        first = latest_beat()
+        _wait_for("a second beat before the outage", lambda: latest_beat() > first)
         port = pg_server.port
+        assert not given_up()
         pg_server.down()  # every session is cut; connections are refused
-        time.sleep(4)  # > the retry window and the heartbeat interval
+        _wait_for("a beat given up after its retries", given_up)  # > the retry window
         pg_server._start(port)
         # the beats resume: wait (up to 20 s, the machine may be busy) for one newer than the restart
         probe = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         with probe.connect() as conn:
             restarted = conn.execute(sqlalchemy.text("SELECT now()::timestamp")).scalar()
-            beat = sqlalchemy.text("SELECT max(heartbeat) FROM trial_heartbeats")
             end = time.time() + 20
             while time.time() < end and not conn.execute(beat).scalar() > restarted:
                 conn.commit()

@@ -1,10 +1,11 @@
 """The storage proxy (`cnnopt storage proxy`, `--storage grpc://HOST:PORT`) against a real
 PostgreSQL, as real processes: 32 clients through one proxy with the database's connections
-counted, the proxy SIGKILLed and restarted mid-run, 8 `cnnopt run` workers, heartbeats of a
+counted, the proxy SIGKILLed and restarted mid-run, 4 `cnnopt run` workers, heartbeats of a
 SIGKILLed client, and one-line errors."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -150,14 +151,31 @@ def _create_study(db_url: str, name: str) -> None:
     storage.engine.dispose()
 
 
+class _Count(logging.Handler):
+    """Counts this process's "connection lost" warnings of the storage retries."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "connection lost" in record.getMessage():
+            with self.counter.get_lock():
+                self.counter.value += 1
+
+
 def _client(
-    url: str, name: str, n: int, go, errors, pause: float = 0.0, gate=None, gate_at: int = 0
-) -> None:
+    url: str, name: str, n: int, go, errors, pause: float = 0.0, gate=None, gate_at: int = 0,
+    lost=None, at_gate=None,
+) -> None:  # fmt: skip
     """Plain Optuna ask/tell of instant trials, through cnnopt's storage factory; with a
-    ``gate``, trials from number ``gate_at`` on wait for it to open."""
+    ``gate``, trials from number ``gate_at`` on wait for it to open. ``lost`` counts the retries'
+    "connection lost" warnings, ``at_gate`` the clients waiting at the gate."""
     try:
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         warnings.filterwarnings("ignore")
+        if lost is not None:
+            logging.getLogger("cnnopt.storage").addHandler(_Count(lost))
         study = optuna.load_study(
             study_name=name,
             storage=get_storage(url, heartbeat=False, connect_retry=60),
@@ -166,6 +184,9 @@ def _client(
         go.wait(60)
         for i in range(n):
             if gate is not None and i == gate_at:
+                if at_gate is not None:
+                    with at_gate.get_lock():
+                        at_gate.value += 1
                 gate.wait(240)
             trial = study.ask()
             x = trial.suggest_float("x", 0, 1)
@@ -177,13 +198,15 @@ def _client(
 
 
 def _run_clients(proxy, name, n_clients, per_client, pause=0.0, during=None, gate_at=0):
+    """``during(lost, at_gate)`` runs while the clients do (see ``_client``)."""
     ctx = mp.get_context("fork")  # optuna and grpc are imported once, here: 32 fit in 2 cores
     go, errors = ctx.Event(), ctx.Queue()
     gate = ctx.Event() if gate_at else None
+    lost, at_gate = ctx.Value("i", 0), ctx.Value("i", 0)
     procs = [
         ctx.Process(
             target=_client,
-            args=(proxy.url, name, per_client, go, errors, pause, gate, gate_at),
+            args=(proxy.url, name, per_client, go, errors, pause, gate, gate_at, lost, at_gate),
         )
         for _ in range(n_clients)
     ]
@@ -193,7 +216,7 @@ def _run_clients(proxy, name, n_clients, per_client, pause=0.0, during=None, gat
     with ConnectionWatch(proxy.db_url) as watch:
         go.set()
         if during is not None:
-            during()
+            during(lost, at_gate)
         if gate is not None:
             gate.set()
         for p in procs:
@@ -210,6 +233,15 @@ def _run_clients(proxy, name, n_clients, per_client, pause=0.0, during=None, gat
     return watch, seconds
 
 
+def _wait_for(what: str, check, timeout: float = 120) -> None:
+    """Poll ``check()`` until it is true; a guard against a hang, not a timing check."""
+    end = time.time() + timeout
+    while not check():
+        if time.time() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def _trials(proxy: Proxy, name: str) -> list[optuna.trial.FrozenTrial]:
     storage = get_storage(proxy.db_url, heartbeat=False)
     try:
@@ -219,19 +251,19 @@ def _trials(proxy: Proxy, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.mark.postgres
-def test_32_clients_320_trials_through_one_proxy(proxy):
-    """320 trials, exactly, from 32 client processes; the database sees at most the proxy's pool
+def test_32_clients_160_trials_through_one_proxy(proxy):
+    """160 trials, exactly, from 32 client processes; the database sees at most the proxy's pool
     (4 connections), not one or two per client."""
     _create_study(proxy.db_url, "many")
-    watch, seconds = _run_clients(proxy, "many", n_clients=32, per_client=10)
+    watch, seconds = _run_clients(proxy, "many", n_clients=32, per_client=5)
     trials = _trials(proxy, "many")
-    assert len(trials) == 320
+    assert len(trials) == 160
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert sorted(t.number for t in trials) == list(range(320))
+    assert sorted(t.number for t in trials) == list(range(160))
     assert watch.samples > 5
     assert 1 <= watch.peak <= proxy.pool_size < 32, watch.peak
     print(
-        f"32 clients, 320 trials through one proxy: {seconds:.1f} s, peak {watch.peak} "
+        f"32 clients, 160 trials through one proxy: {seconds:.1f} s, peak {watch.peak} "
         f"database connections (proxy pool {proxy.pool_size}; direct: 1 or 2 per client, 32-64)"
     )
     log = proxy.log.read_text()
@@ -244,10 +276,11 @@ def test_clients_ride_out_proxy_restarts(proxy):
     ends with exactly the trials asked for (a repeated trial creation leaves no stray trial).
 
     Both kills come while trials are left to run, however fast the machine: each client holds
-    its last 5 trials until the second restart (the kills come at 40 and 120 of the 160 trials
-    before that point)."""
+    its last 5 trials until the second restart (the kills come at 20 and 60 of the 80 trials
+    before that point). The proxy starts again only once a client has found it gone (a retry's
+    "connection lost"), or every client waits at that hold and none can."""
     _create_study(proxy.db_url, "restart")
-    n_clients, per_client = 8, 25
+    n_clients, per_client, gate_at = 8, 15, 10
     db = probe_engine(proxy.db_url)
 
     def n_complete() -> int:
@@ -256,17 +289,19 @@ def test_clients_ride_out_proxy_restarts(proxy):
                 sqlalchemy.text("SELECT count(*) FROM trials WHERE state = 'COMPLETE'")
             ).scalar()
 
-    def restart_twice() -> None:
-        for at in (40, 120):
-            end = time.time() + 120
-            while n_complete() < at and time.time() < end:
-                time.sleep(0.05)
+    def restart_twice(lost, at_gate) -> None:
+        for at in (20, 60):
+            _wait_for(f"{at} complete trials", lambda: n_complete() >= at)  # noqa: B023
+            before = lost.value
             proxy.kill()
-            time.sleep(1.5)  # clients find it gone and back off
+            _wait_for(
+                "a client to find the proxy gone",
+                lambda: lost.value > before or at_gate.value == n_clients,  # noqa: B023
+            )
             proxy.start()
 
     _run_clients(
-        proxy, "restart", n_clients, per_client, pause=0.02, during=restart_twice, gate_at=20
+        proxy, "restart", n_clients, per_client, pause=0.02, during=restart_twice, gate_at=gate_at
     )
     db.dispose()
     trials = _trials(proxy, "restart")
@@ -283,13 +318,14 @@ def test_clients_ride_out_proxy_restarts(proxy):
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
-    """A real `cnnopt run --workers 8` through the proxy, which is SIGKILLed and restarted while
-    trials run: exactly the 12 trials asked for, all finished; `cnnopt status` reads it too.
+def test_4_cnnopt_workers_through_the_proxy(proxy, tmp_path):
+    """A real `cnnopt run --workers 4` through the proxy, which is SIGKILLed and restarted while
+    trials run: exactly the 6 trials asked for, all finished; `cnnopt status` reads it too.
 
     The kill comes at a known point: once a trial has finished, the test hook holds every worker
-    that starts a new trial (between ask and tag) until the proxy is back, so the run cannot end
-    before the kill, however fast the machine."""
+    that starts a new trial (between ask and tag) until the proxy is gone, so the run cannot end
+    before the kill, however fast the machine. Released then, such a worker's next call finds
+    the proxy gone; it starts again once a worker has said so (a retry's "connection lost")."""
     hold = tmp_path / "hold"
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200",
@@ -297,14 +333,15 @@ def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
     }  # fmt: skip
     study = str(ROOT / "studies" / "quick_synthetic.py")
     cmd = [
-        sys.executable, "-m", "cnnopt.cli", "run", study, "--workers", "8", "--n-trials", "12",
+        sys.executable, "-m", "cnnopt.cli", "run", study, "--workers", "4", "--n-trials", "6",
         "--set", "epochs=2", "--storage", proxy.url, "--device", "cpu", "--no-progress",
     ]  # fmt: skip
+    log = tmp_path / "run.log"
     t0 = time.time()
-    with ConnectionWatch(proxy.db_url) as watch:
+    with ConnectionWatch(proxy.db_url) as watch, log.open("w") as sink:
         run = subprocess.Popen(
-            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
+            cmd, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
         )  # fmt: skip
         db = probe_engine(proxy.db_url)
         end = time.time() + 240
@@ -318,26 +355,34 @@ def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
                     ).scalar()
             except sqlalchemy.exc.ProgrammingError:
                 pass  # tables not created yet
-        hold.touch()  # 11 trials are left: at least one worker asks for one and waits here
+        hold.touch()  # 5 trials are left: at least one worker asks for one and waits here
         db.dispose()
-        assert run.poll() is None, run.communicate()[0]
+        assert run.poll() is None, log.read_text()
         t_kill = time.time()
         proxy.kill()
-        time.sleep(2)  # the clients find it gone and back off
-        proxy.start()
+        seen = len(log.read_text())
         hold.unlink()
+
+        def found_gone() -> bool:
+            assert run.poll() is None, log.read_text()
+            return "connection lost" in log.read_text()[seen:]
+
+        _wait_for("a worker to find the proxy gone", found_gone)
+        proxy.start()
         try:
-            out, _ = run.communicate(timeout=300)
+            run.wait(timeout=300)
         except subprocess.TimeoutExpired:
             os.killpg(run.pid, signal.SIGKILL)
-            pytest.fail("cnnopt run did not finish:\n" + run.communicate()[0])
+            pytest.fail("cnnopt run did not finish:\n" + log.read_text())
+    out = log.read_text()
     assert run.returncode == 0, out
     trials = _trials(proxy, "quick_synthetic")
-    assert len(trials) == 12, out
+    assert len(trials) == 6, out
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), out
     assert all(HEARTBEAT_KEY in t.system_attrs for t in trials)  # heartbeats went through
-    # 9 processes (runner + 8 workers) would hold up to 18 connections without the proxy
-    assert 1 <= watch.peak <= proxy.pool_size, watch.peak
+    # 5 processes (runner + 4 workers) would hold 5 to 10 connections without the proxy: more
+    # than its pool
+    assert 1 <= watch.peak <= proxy.pool_size < 5, watch.peak
     status = subprocess.run(
         [sys.executable, "-m", "cnnopt.cli", "status", "quick_synthetic", "--storage", proxy.url],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
@@ -345,10 +390,36 @@ def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
     assert status.returncode == 0, status.stderr
     assert "quick_synthetic" in status.stdout
     print(
-        f"8 cnnopt workers through the proxy: peak {watch.peak} database connections; "
+        f"4 cnnopt workers through the proxy: peak {watch.peak} database connections; "
         f"{t_kill - t0:.0f} s to the kill, {time.time() - t_kill:.0f} s after it"
     )
     print(out[-3000:])
+
+
+def _kill_a_worker_mid_trial(url: str, proc) -> tuple[optuna.trial.FrozenTrial, int]:
+    """SIGKILL the worker of a RUNNING trial that has trained an epoch. The worker is stopped
+    (SIGSTOP) and the trial read again first: the kill lands mid-trial, however short it is."""
+    from tests.test_runner_faults import load
+
+    end = time.time() + 150
+    while time.time() < end:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            running = load(url).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except Exception:  # noqa: BLE001 - study not created yet
+            running = []
+        for victim in running:
+            if not victim.intermediate_values or "worker" not in victim.user_attrs:
+                continue
+            pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+            os.kill(pid, signal.SIGSTOP)
+            if load(url).get_trials(deepcopy=False)[victim.number].state == TrialState.RUNNING:
+                os.kill(pid, signal.SIGKILL)
+                return victim, pid
+            os.kill(pid, signal.SIGCONT)  # it finished meanwhile
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("no trial got to its first epoch in time:\n" + proc.communicate()[0])
 
 
 @pytest.mark.postgres
@@ -356,16 +427,14 @@ def test_8_cnnopt_workers_through_the_proxy(proxy, tmp_path):
 def test_sigkill_worker_through_the_proxy(proxy, tmp_path):
     """A `cnnopt run` worker SIGKILLed mid-trial through the proxy: its runner fails the trial
     at once (by the trial's worker tag) and re-runs its params, as with the other storages."""
-    from tests.test_runner_faults import FINISHED, finish, load, start_run, wait_mid_trial
+    from tests.test_runner_faults import FINISHED, finish, load, start_run
 
-    proc = start_run(proxy.url, tmp_path, n_trials=4, epochs=10)
-    victim = wait_mid_trial(proxy.url, proc)
-    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
-    os.kill(pid, signal.SIGKILL)
+    proc = start_run(proxy.url, tmp_path, n_trials=2, epochs=6)
+    victim, pid = _kill_a_worker_mid_trial(proxy.url, proc)
     out = finish(proc)
     assert proc.returncode == 0, out
     trials = load(proxy.url).get_trials()
-    assert sum(t.state in FINISHED for t in trials) == 4, out
+    assert sum(t.state in FINISHED for t in trials) == 2, out
     killed = trials[victim.number]
     assert killed.state == TrialState.FAIL
     assert f"pid {pid}) died" in killed.user_attrs["fail_reason"]
@@ -407,7 +476,7 @@ def test_dead_client_trial_failed_by_heartbeat_through_the_proxy(proxy):
         running = study.get_trials(states=(TrialState.RUNNING,))
         beats |= {t.system_attrs.get(HEARTBEAT_KEY) for t in running} - {None}
         optuna.storages.fail_stale_trials(study)  # alive: never stale
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert len(beats) >= 3, beats
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
     [alive] = worker_status(study, proxy.url)  # `cnnopt status` reads the same heartbeat
@@ -417,7 +486,7 @@ def test_dead_client_trial_failed_by_heartbeat_through_the_proxy(proxy):
     end = time.time() + 30
     while time.time() < end and study.get_trials()[0].state == TrialState.RUNNING:
         optuna.storages.fail_stale_trials(study)
-        time.sleep(0.5)
+        time.sleep(0.2)
     first, retry = study.get_trials()
     assert first.state == TrialState.FAIL
     assert retry.state == TrialState.WAITING

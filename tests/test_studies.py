@@ -1,6 +1,9 @@
 """Every shipped study file runs a two-trial smoke study through `cnnopt run`, on data made here."""
 
+import os
+import queue
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import optuna
@@ -56,7 +59,7 @@ CASES = {
     "fashion_pareto": (lambda d: make_fashion_dir(d, n=200), []),
     "r2_grid": (lambda d: make_fashion_dir(d, n=200), ["--set", "train_subset=none"]),
     "sign_mnist_hyperband": (sign_csvs, []),
-    "cifar10_vgg": (None, ["--set", "dataset=synthetic_rgb"]),
+    "cifar10_vgg": (None, ["--set", "dataset=synthetic_rgb", "--set", "train_subset=128"]),
     "asl_transfer": (image_tree, ["--set", "image_size=32"]),
     "multilabel_transfer": (multilabel_set, ["--set", "image_size=32"]),
 }
@@ -66,23 +69,62 @@ def test_every_shipped_study_has_a_smoke_case():
     assert {p.stem for p in (ROOT / "studies").glob("*.py")} - {"quick_synthetic"} == set(CASES)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_study_smoke_run(tmp_path, name):
+def _smoke_run(name: str, tmp_path, cores) -> subprocess.CompletedProcess:
     make, extra = CASES[name]
     data = tmp_path / "data"
     data.mkdir()
     if make is not None:
         make(data)
-    storage = str(tmp_path / "s.journal")
-    r = subprocess.run(
-        cnnopt_cmd(
-            "run", f"studies/{name}.py", "--n-trials", "2", "--storage", storage, "--data-dir", str(data),
-            "--set", "epochs=1", "--no-progress", *extra,
-        ),
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    core = cores.get()
+    try:
+        if core is not None:  # this thread's mask, which the run and its worker inherit
+            os.sched_setaffinity(0, {core})
+        return subprocess.run(
+            cnnopt_cmd(
+                "run", f"studies/{name}.py", "--n-trials", "2",
+                "--storage", str(tmp_path / "s.journal"), "--data-dir", str(data),
+                "--set", "epochs=1", "--no-progress", *extra,
+            ),
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        cores.put(core)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request, tmp_path_factory):
+    """The selected cases' `cnnopt run` processes, one per core (4 at most: memory), each held to
+    its core (a run and its worker train with one thread then, and runs side by side do not
+    compete for cores); each test then checks its own run."""
+    names = sorted(
+        {
+            item.callspec.params["name"]
+            for item in request.session.items
+            if getattr(item, "originalname", None) == "test_study_smoke_run"
+        }
+    )
+    cores: queue.Queue = queue.Queue()
+    if hasattr(os, "sched_getaffinity"):
+        for core in sorted(os.sched_getaffinity(0))[:4]:
+            cores.put(core)
+    else:
+        cores.put(None)  # one run at a time, unpinned
+    with ThreadPoolExecutor(max_workers=cores.qsize()) as pool:
+        runs = {}
+        for name in names:
+            tmp = tmp_path_factory.mktemp(name)
+            runs[name] = (tmp, pool.submit(_smoke_run, name, tmp, cores))
+        yield runs
+        for _, future in runs.values():
+            future.cancel()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_study_smoke_run(smoke_runs, name):
+    tmp_path, future = smoke_runs[name]
+    r = future.result()
     assert r.returncode == 0, r.stderr
-    study = optuna.load_study(study_name=name, storage=get_storage(storage))
+    study = optuna.load_study(study_name=name, storage=get_storage(str(tmp_path / "s.journal")))
     assert len(study.trials) == 2
     for t in study.trials:
         assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs.get("fail_reason")
