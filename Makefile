@@ -1,6 +1,6 @@
 # cnnopt: `make run` and `make test` do all the set-up on a fresh machine (Python 3.11+, pip).
 #   make run  [DATA_DIR=../shared/data/fashion-mnist] [WORKERS=4] [STUDY=studies/x.py] [ARGS='--n-trials 6']
-#   make test [PYTEST_ARGS='-k storage']
+#   make test [PYTEST_ARGS='-k storage'] [PYTEST_WORKERS=2]
 #   make gpu-check [DATA_DIR=../shared/data/fashion-mnist]   (CUDA machines: writes runs/gpu-check.json)
 #   make gpu-wheels   (here, online: the wheels an offline GPU machine lacks -> gpu-wheels/)
 #   make gpu-final [DATA_DIR=...] [STUDY_SEED=1]   (CUDA: study, export, final training x3 seeds -> runs/gpu-final.json)
@@ -14,6 +14,9 @@ DATA_DIR ?=
 ARGS ?=
 STUDY_SEED ?= 0
 PYTEST_ARGS ?=
+# pytest processes (pytest-xdist): the suite's process-level tests leave a core idle while they
+# wait on their subprocesses, so 2 fill a 2-core machine; PYTEST_WORKERS=0 runs it in one process
+PYTEST_WORKERS ?= 2
 
 .PHONY: install run test lint format clean gpu-check gpu-final gpu-wheels gpu-site chaos chaos-quick
 
@@ -29,7 +32,7 @@ run: install
 	$(BIN)/cnnopt run $(STUDY) --workers $(WORKERS) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # GPU bench rows, a 2-worker study, export and `cnnopt train --reproduce` on the GPU: one JSON
 # summary. Without CUDA it stops at once with one line (cnnopt/bench/gpucheck.py).
