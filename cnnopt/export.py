@@ -23,6 +23,7 @@ from cnnopt.config import RunConfig
 from cnnopt.errors import CnnoptError, StorageError
 from cnnopt.status import load_study
 from cnnopt.storage import mask_url
+from cnnopt.study import trial_source
 
 log = logging.getLogger("cnnopt")
 FORMAT = "cnnopt-export/1"
@@ -127,6 +128,8 @@ def build_export(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, url: str
             "values": trial.values,
             "metric": metric,
             "params": trial.params,
+            # found by the search, or written down by a person (study.trial_source)
+            "source": trial_source(trial),
             "seed": trial.user_attrs.get("seed", cfg.train.seed),
             "params_count": trial.user_attrs.get("params_count"),
             "flops": trial.user_attrs.get("flops"),

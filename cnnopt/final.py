@@ -290,6 +290,8 @@ def train_final(
         "export": str(export_path),
         "study": study_name,
         "trial": trial.get("number"),
+        # where the configuration came from (an export older than the field: unknown)
+        "source": trial.get("source"),
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
         "params": sizes.get("params"),
@@ -427,6 +429,8 @@ def print_results(results: dict, console: Any = None) -> None:
     )
     table.add_column(style="bold")
     table.add_column()
+    if results.get("source"):
+        table.add_row("configuration", f"trial #{results['trial']}, {results['source']}")
     if "reproduce" in results:
         r = results["reproduce"]
         table.add_row(

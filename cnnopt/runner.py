@@ -41,7 +41,7 @@ from cnnopt.devices import plan_devices
 from cnnopt.errors import CnnoptError, StorageError, TrialFailed
 from cnnopt.recovery import fail_abandoned, fail_trials_of, requeue_owed
 from cnnopt.storage import get_storage, heartbeat_settings, is_file_storage, mask_url, resolve_url
-from cnnopt.study import WARM_START, Study
+from cnnopt.study import WARM_START, Study, trial_source
 from cnnopt.worker import TAGGED, WorkerSpec, _end_slot, _reclaim_slot, owner_name, worker_main
 
 log = logging.getLogger("cnnopt")
@@ -67,6 +67,7 @@ class RunSummary:
     best_params: dict[str, Any] | None
     best_number: int | None
     seconds: float
+    best_source: str | None = None  # study.trial_source of the best trial
     worker_deaths: int = 0
     interrupted: bool = False
     events: list[dict] = field(default_factory=list)
@@ -404,6 +405,7 @@ class Runner:
             best_value=best.value if best else None,
             best_params=best.params if best else None,
             best_number=best.number if best else None,
+            best_source=trial_source(best) if best else None,
             seconds=seconds,
             worker_deaths=deaths,
             interrupted=interrupted,

@@ -33,6 +33,7 @@ from cnnopt.storage import (
     mask_url,
     resolve_url,
 )
+from cnnopt.study import trial_source
 
 # -- opening -------------------------------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class StudyStatus:
     n_trials: int
     best_number: int | None = None
     best_value: float | None = None
+    best_source: str | None = None  # found by the search, or written down (study.trial_source)
     best_params: dict[str, Any] = field(default_factory=dict)
     trials_per_hour: float | None = None
     pruned_fraction: float | None = None
@@ -216,6 +218,7 @@ def study_status(ostudy: optuna.Study, url: str) -> StudyStatus:
         try:
             best = ostudy.best_trial
             st.best_number, st.best_value, st.best_params = best.number, best.value, best.params
+            st.best_source = trial_source(best)
         except ValueError:
             pass
     finished = [
@@ -359,7 +362,8 @@ def print_status(st: StudyStatus, console: Any = None) -> None:
         else "none",
     )
     if st.best_value is not None:
-        _line(console, "best", f"#{st.best_number}: {st.best_value:.4f}")
+        source = f" ({st.best_source})" if st.best_source else ""
+        _line(console, "best", f"#{st.best_number}: {st.best_value:.4f}{source}")
         for k, v in st.best_params.items():
             _line(console, f"  {k}", _fmt(v), style="")
     if st.trials_per_hour is not None:

@@ -103,6 +103,27 @@ class StudySettings:
 # user attr of the trials `enqueue` puts first: the objective never prunes them
 WARM_START = "warm_start"
 
+# Where a trial's configuration came from, said with every result built on it (run summary,
+# status, export, `cnnopt train`): a model the search found and one a person wrote down are
+# different claims about the search, and a reader cannot tell them apart by the numbers.
+SOURCE_SEARCH = "found by the search"
+SOURCE_STUDY_FILE = "written into the study file (enqueue)"
+SOURCE_ENQUEUED = "enqueued by hand"
+
+
+def trial_source(trial: Any) -> str:
+    """``SOURCE_STUDY_FILE`` for the study file's warm starts, ``SOURCE_ENQUEUED`` for other
+    trials whose params were fixed before they ran (``study.enqueue_trial`` outside cnnopt),
+    else ``SOURCE_SEARCH``. A re-queued retry of a failed trial has fixed params too, but the
+    sampler drew them: it keeps its original's source (cnnopt keeps WARM_START on retries)."""
+    if trial.user_attrs.get(WARM_START):
+        return SOURCE_STUDY_FILE
+    system = getattr(trial, "system_attrs", None) or {}
+    if "fixed_params" in system and "failed_trial" not in system:
+        return SOURCE_ENQUEUED
+    return SOURCE_SEARCH
+
+
 STUDY_TYPES: dict[str, Any] = typing.get_type_hints(StudySettings)
 STUDY_CHOICES = {
     "sampler": SAMPLERS,

@@ -24,7 +24,8 @@ def print_run_summary(s: RunSummary, console: Console | None = None) -> None:
             "worker deaths", f"{s.worker_deaths} (their trials failed and were re-queued)"
         )
     if s.best_value is not None:
-        table.add_row("best trial", f"#{s.best_number}: {s.best_value:.4f}")
+        source = f" ({s.best_source})" if s.best_source else ""
+        table.add_row("best trial", f"#{s.best_number}: {s.best_value:.4f}{source}")
         for k, v in (s.best_params or {}).items():
             table.add_row(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))
     storage_arg = (
@@ -52,4 +53,5 @@ def print_run_summary(s: RunSummary, console: Console | None = None) -> None:
     if s.exhausted:
         console.print(f"cnnopt: {s.exhausted}", soft_wrap=True, markup=False)
     if s.best_value is not None:
-        console.print(f"best {s.best_value:.4f} (trial #{s.best_number})")
+        source = f", {s.best_source}" if s.best_source else ""
+        console.print(f"best {s.best_value:.4f} (trial #{s.best_number}{source})")

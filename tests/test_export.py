@@ -121,3 +121,41 @@ def _loaded(url, number):
 
     ostudy, _ = load_study("po", url)
     return ostudy, ostudy.trials[number], url
+
+
+def test_a_warm_start_is_named_as_written_down_in_status_export_and_training(tmp_path):
+    """The study file's warm start and a sampled trial: every result built on them says which."""
+    from rich.console import Console
+
+    from cnnopt.status import print_status, study_status
+
+    from .conftest import STUDY_SOURCE, make_study
+
+    warm = (
+        "enqueue = [{'lr': 0.02, 'batch_size': 32, 'batchnorm': 'after', 'activation': 'relu'}]\n"
+    )
+    src = STUDY_SOURCE.format(name="ws", epochs=1) + warm
+    make_study(tmp_path, "ws", n_trials=2, source=src)
+    url = str(tmp_path / "storage" / "ws.journal")
+    ostudy, _ = load_study("ws", url)
+    st = study_status(ostudy, url)
+    best = ostudy.best_trial
+    expected = (
+        "written into the study file (enqueue)" if best.number == 0 else "found by the search"
+    )
+    assert st.best_source == expected
+    console = Console(record=True, width=200)
+    print_status(st, console)
+    assert f"#{best.number}: {best.value:.4f} ({expected})" in console.export_text()
+    _, first = export("ws", tmp_path / "t0.json", trial=0, storage=url)
+    _, second = export("ws", tmp_path / "t1.json", trial=1, storage=url)
+    assert first["trial"]["source"] == "written into the study file (enqueue)"
+    assert second["trial"]["source"] == "found by the search"
+    r = CliRunner().invoke(
+        cli, ["train", str(tmp_path / "t0.json"), "--epochs", "1", "--out", str(tmp_path / "f"),
+              "--no-progress"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "trial #0, written into the study file (enqueue)" in r.output
+    results = json.loads((tmp_path / "f" / "results.json").read_text())
+    assert results["source"] == "written into the study file (enqueue)"

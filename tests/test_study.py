@@ -275,3 +275,30 @@ def test_bad_budget_and_objective_settings_are_named(write_study, source, messag
     with pytest.raises(StudyFileError) as e:
         Study.load(path)
     assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_trial_source_tells_the_search_from_a_written_down_configuration():
+    from cnnopt.study import (
+        SOURCE_ENQUEUED,
+        SOURCE_SEARCH,
+        SOURCE_STUDY_FILE,
+        WARM_START,
+        trial_source,
+    )
+
+    ostudy = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    ostudy.enqueue_trial({"x": 0.5}, user_attrs={WARM_START: True})  # the study file's enqueue
+    ostudy.enqueue_trial({"x": 0.25})  # someone's study.enqueue_trial outside cnnopt
+    ostudy.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    warm, hand, sampled = ostudy.get_trials()
+    assert trial_source(warm) == SOURCE_STUDY_FILE == "written into the study file (enqueue)"
+    assert trial_source(hand) == SOURCE_ENQUEUED
+    assert trial_source(sampled) == SOURCE_SEARCH == "found by the search"
+    # a retry of a failed sampled trial is re-queued with its params fixed: still the search's
+    retry = optuna.trial.create_trial(
+        params={"x": 0.3},
+        distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+        value=0.3,
+        system_attrs={"fixed_params": {"x": 0.3}, "failed_trial": 2},
+    )
+    assert trial_source(retry) == SOURCE_SEARCH

@@ -63,7 +63,9 @@ def summary_rows(ostudy: optuna.Study, url: str) -> list[tuple[str, str]]:
         rows.append(
             (
                 "best trial",
-                f"<b>#{st.best_number}: {esc(st.metric)} {st.best_value:.4f}</b><br>"
+                f"<b>#{st.best_number}: {esc(st.metric)} {st.best_value:.4f}</b>"
+                + (f" ({esc(st.best_source)})" if st.best_source else "")
+                + "<br>"
                 f"{esc(_fmt_params(st.best_params)) or 'no searched parameters'}",
             )
         )

@@ -1,0 +1,307 @@
+"""End to end on real FashionMNIST: what the search finds on its own, retrained for the final model.
+
+The path a user follows, with the study file's hand-written warm starts switched off, once per
+study seed (the seed draws the sampler's proposals and the 48k / 12k train/validation split):
+
+1. ``cnnopt run studies/fashion_cnn_bn.py --workers 2 --seed S --set 'enqueue=[]' --n-trials 9``
+   on the full split with the study file's own 10-epoch trials and pruner. A trial count, not a
+   wall-clock budget: minutes depend on the machine's load, a trial count does not. Nine trials
+   are what 45 minutes (the budget a user would give it on the 2-core CPU) held in the first run.
+2. ``cnnopt export`` of the trial the study ranks best.
+3. ``cnnopt train best.json --epochs 50 --set seed=T`` on all 60k training images, test accuracy
+   on the 10k test images.
+
+Each study seed gives one row: the best trial (number, validation accuracy, configuration,
+params, FLOPs, where it came from: a sampled trial, or one written into the study file), its test
+accuracy after the final training, the hardware of both steps and their minutes. The summary is
+the mean test accuracy over study seeds with Student's t 95% interval: one final training per
+study seed, so the interval holds the spread of what the search finds and of training seeds
+together, which is what a user running the study once gets.
+
+The table is written after every step; an interrupted run resumes where it stopped (a study with
+fewer finished trials than asked is run for the rest; a done export or training is kept).
+
+    python -m benchmarks.search.e2e --out benchmarks/search/tables/fashion_e2e.json \\
+        --data-dir ../shared/data/fashion-mnist --seeds 12 13 14
+    python -m benchmarks.search.e2e --out benchmarks/search/tables/fashion_e2e.json --summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.search.stats import t_mean
+from benchmarks.search.tabulate import command_line, load_table, save_table
+
+REPO = Path(__file__).resolve().parents[2]
+STUDY_FILE = "studies/fashion_cnn_bn.py"
+TABLE = REPO / "benchmarks" / "search" / "tables" / "fashion_e2e.json"
+N_TRIALS = 9
+WORKERS = 2
+FINAL_EPOCHS = 50
+TRAIN_SEED = 0
+
+
+def study_name(seed: int) -> str:
+    return f"fashion_e2e_s{seed}"
+
+
+def cnnopt(args: list[str], log_path: Path) -> int:
+    """``cnnopt ARGS`` in a child process from the repository root, output appended to a log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as f:
+        return subprocess.run(
+            [sys.executable, "-m", "cnnopt", *args], cwd=REPO, stdout=f,
+            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        ).returncode  # fmt: skip
+
+
+def study_record(url: str, name: str) -> dict[str, Any]:
+    """The study's trial states and its best trial, read from the journal."""
+    import optuna
+
+    from cnnopt.storage import get_storage
+    from cnnopt.study import trial_source
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name=name, storage=get_storage(url))
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    rec: dict[str, Any] = {"trials": len(trials), "states": states}
+    if done:
+        best = study.best_trial
+        hw = best.user_attrs.get("hardware") or {}
+        rec["best"] = {
+            "number": best.number,
+            "value": best.value,
+            "source": trial_source(best),
+            "params": best.params,
+            "params_count": best.user_attrs.get("params_count"),
+            "flops": best.user_attrs.get("flops"),
+        }
+        # every trained trial's machine: a study resumed elsewhere shows two
+        rec["hardware"] = sorted(
+            {
+                f"{(t.user_attrs.get('hardware') or {}).get('cpu')}, "
+                f"{(t.user_attrs.get('hardware') or {}).get('torch_threads')} threads"
+                for t in trials
+                if t.intermediate_values
+            }
+        )
+        rec["best"]["hardware"] = {k: hw.get(k) for k in ("cpu", "gpu", "torch_threads")}
+    return rec
+
+
+def finished_trials(url: str, name: str) -> int:
+    if not Path(url).exists():
+        return 0
+    rec = study_record(url, name)
+    return sum(n for s, n in rec["states"].items() if s in ("COMPLETE", "PRUNED", "FAIL"))
+
+
+def run_seed(
+    seed: int,
+    row: dict[str, Any],
+    *,
+    workdir: Path,
+    data_dir: str | None,
+    n_trials: int,
+    workers: int,
+    epochs: int,
+    train_seed: int,
+    device: str,
+    save: Callable[[], None],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Study, export, final training for one study seed; ``row`` is filled step by step and
+    ``save`` called after each, so an interrupted run keeps what is done."""
+    d = workdir / f"seed{seed}"
+    url, name = str(d / "study.journal"), study_name(seed)
+    data = ["--data-dir", data_dir] if data_dir else []
+    if "study" not in row or row["study"].get("finished", 0) < n_trials:
+        left = n_trials - finished_trials(url, name)
+        if left > 0:
+            log(f"seed {seed}: study, {left} trials")
+            t0 = time.time()
+            rc = cnnopt(
+                ["run", STUDY_FILE, "--workers", str(workers), "--seed", str(seed),
+                 "--set", "enqueue=[]", "--n-trials", str(left), "--device", device, *data,
+                 "--storage", url, "--study-name", name, "--no-progress"],
+                d / "study.log",
+            )  # fmt: skip
+            if rc:
+                raise RuntimeError(f"seed {seed}: cnnopt run exited {rc}; see {d / 'study.log'}")
+            row["study_seconds"] = row.get("study_seconds", 0.0) + time.time() - t0
+        row["study"] = {**study_record(url, name), "finished": finished_trials(url, name)}
+        save()
+    if "best" not in row["study"]:
+        raise RuntimeError(f"seed {seed}: no trial completed; see {d / 'study.log'}")
+    export = d / "best.json"
+    if not export.exists():
+        if cnnopt(["export", name, "--storage", url, "--out", str(export)], d / "export.log"):
+            raise RuntimeError(f"seed {seed}: cnnopt export failed; see {d / 'export.log'}")
+    results = d / "final" / "results.json"
+    if not results.exists():
+        log(f"seed {seed}: final training, {epochs} epochs, training seed {train_seed}")
+        rc = cnnopt(
+            ["train", str(export), "--epochs", str(epochs), "--set", f"seed={train_seed}",
+             "--device", device, *data, "--out", str(d / "final")],
+            d / "final.log",
+        )  # fmt: skip
+        if rc or not results.exists():
+            raise RuntimeError(f"seed {seed}: cnnopt train failed; see {d / 'final.log'}")
+    r = json.loads(results.read_text())
+    row["final"] = {
+        "train_seed": train_seed,
+        "epochs": r["epochs_run"],
+        "test_accuracy": r["test"]["test_accuracy"],
+        "params": r["params"],
+        "flops": r["flops"],
+        "trial": r["trial"],
+        "source": r.get("source"),
+        "seconds": r["seconds_total"],
+        "device": r["device"],
+        "amp": r.get("amp"),
+        "hardware": {k: r["hardware"].get(k) for k in ("cpu", "gpu", "torch_threads")},
+    }
+    save()
+    log(f"seed {seed}: test accuracy {100 * row['final']['test_accuracy']:.2f}%")
+    return row
+
+
+def run(
+    out: Path,
+    *,
+    seeds: list[int],
+    workdir: Path,
+    data_dir: str | None,
+    n_trials: int = N_TRIALS,
+    workers: int = WORKERS,
+    epochs: int = FINAL_EPOCHS,
+    train_seed: int = TRAIN_SEED,
+    device: str = "auto",
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    table = load_table(out)
+    table.setdefault("rows", {})
+    table.pop("runs", None)
+    table["meta"] = {
+        **table.get("meta", {}),
+        "kind": "e2e",
+        "what": "the search on its own (enqueue=[]), its best trial retrained on 60k, per study seed",
+        "study_file": STUDY_FILE,
+        "n_trials": n_trials,
+        "workers": workers,
+        "final_epochs": epochs,
+        "command": command or table.get("meta", {}).get("command", ""),
+    }
+    for seed in seeds:
+        row = table["rows"].setdefault(str(seed), {"study_seed": seed})
+        if "final" in row:
+            continue
+        run_seed(
+            seed, row, workdir=workdir, data_dir=data_dir, n_trials=n_trials, workers=workers,
+            epochs=epochs, train_seed=train_seed, device=device,
+            save=lambda: save_table(table, out), log=log,
+        )  # fmt: skip
+    return table
+
+
+def summarize(table: dict[str, Any]) -> dict[str, Any]:
+    """Mean test accuracy over the study seeds with a final training, with Student's t interval
+    from 2 seeds on (read it only from 3: with 2 it spans tens of points)."""
+    rows = [r for _, r in sorted(table.get("rows", {}).items(), key=lambda kv: int(kv[0]))]
+    done = [r for r in rows if "final" in r]
+    accs = [r["final"]["test_accuracy"] for r in done]
+    out: dict[str, Any] = {"seeds": [r["study_seed"] for r in done], "n": len(done)}
+    if len(accs) >= 2:
+        ci = t_mean(accs)
+        out.update(mean=ci.mean, t_low=ci.low, t_high=ci.high)
+    elif accs:
+        out["mean"] = accs[0]
+    out["hardware"] = sorted({f"{r['final']['hardware']['cpu']}" for r in done})
+    return out
+
+
+def _mflops(flops: Any) -> str:
+    return f"{flops / 1e6:.1f}" if isinstance(flops, int | float) else "-"
+
+
+def markdown(table: dict[str, Any]) -> str:
+    lines = [
+        "| study seed | best trial (where it came from) | trials: complete / pruned / failed "
+        "| validation after 10 epochs | test after 50 epochs | params | MFLOPs/image | minutes: "
+        "study / final | hardware |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in sorted(table.get("rows", {}).items(), key=lambda kv: int(kv[0])):
+        st, fin = r.get("study", {}), r.get("final")
+        best = st.get("best") or {}
+        s = st.get("states", {})
+        hw = (fin or {}).get("hardware") or best.get("hardware") or {}
+        lines.append(
+            "| " + " | ".join([
+                str(r["study_seed"]),
+                f"#{best.get('number')} ({best.get('source', '-')})" if best else "-",
+                f"{s.get('COMPLETE', 0)} / {s.get('PRUNED', 0)} / {s.get('FAIL', 0)}",
+                f"{100 * best['value']:.2f}%" if best else "-",
+                f"**{100 * fin['test_accuracy']:.2f}%**" if fin else "not yet trained",
+                f"{best.get('params_count'):,}" if best.get("params_count") else "-",
+                _mflops(best.get("flops")),
+                f"{r.get('study_seconds', 0) / 60:.0f} / "
+                + (f"{fin['seconds'] / 60:.0f}" if fin else "-"),
+                f"{hw.get('gpu') or hw.get('cpu')}, {hw.get('torch_threads')} threads",
+            ]) + " |"
+        )  # fmt: skip
+    sm = summarize(table)
+    if "t_low" in sm:
+        lines.append(
+            f"\nMean test accuracy over {sm['n']} study seeds: **{100 * sm['mean']:.2f}%**, "
+            f"Student's t 95% [{100 * sm['t_low']:.2f}%, {100 * sm['t_high']:.2f}%]."
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.search.e2e", description=__doc__)
+    p.add_argument("--out", default=str(TABLE))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[12, 13, 14])
+    p.add_argument("--n-trials", type=int, default=N_TRIALS)
+    p.add_argument("--workers", type=int, default=WORKERS)
+    p.add_argument("--final-epochs", type=int, default=FINAL_EPOCHS)
+    p.add_argument("--train-seed", type=int, default=TRAIN_SEED)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workdir", default=None, help="journals, exports, trainings [runs/e2e]")
+    p.add_argument("--summary", action="store_true", help="print the table's figures; run nothing")
+    a = p.parse_args(argv)
+    if a.summary:
+        print(markdown(load_table(Path(a.out))))
+        return
+    command = command_line(
+        "python -m benchmarks.search.e2e",
+        argparse.Namespace(**{k: v for k, v in vars(a).items() if k not in ("workdir", "summary")}),
+    )
+    table = run(
+        Path(a.out), seeds=a.seeds, workdir=Path(a.workdir or REPO / "runs" / "e2e"),
+        data_dir=a.data_dir, n_trials=a.n_trials, workers=a.workers, epochs=a.final_epochs,
+        train_seed=a.train_seed, device=a.device, command=command,
+        log=lambda msg: print(msg, flush=True),
+    )  # fmt: skip
+    print(markdown(table))
+
+
+if __name__ == "__main__":
+    main()
