@@ -79,6 +79,10 @@ def study_record(url: str, name: str) -> dict[str, Any]:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     rec: dict[str, Any] = {"trials": len(trials), "states": states}
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    if starts and ends:  # wall time from the first trial's start to the last one's end
+        rec["seconds"] = (max(ends) - min(starts)).total_seconds()
     if done:
         best = study.best_trial
         hw = best.user_attrs.get("hardware") or {}
@@ -142,7 +146,7 @@ def run_seed(
             )  # fmt: skip
             if rc:
                 raise RuntimeError(f"seed {seed}: cnnopt run exited {rc}; see {d / 'study.log'}")
-            row["study_seconds"] = row.get("study_seconds", 0.0) + time.time() - t0
+            log(f"seed {seed}: study done in {(time.time() - t0) / 60:.0f} min")
         row["study"] = {**study_record(url, name), "finished": finished_trials(url, name)}
         save()
     if "best" not in row["study"]:
@@ -260,7 +264,7 @@ def markdown(table: dict[str, Any]) -> str:
                 f"**{100 * fin['test_accuracy']:.2f}%**" if fin else "not yet trained",
                 f"{best.get('params_count'):,}" if best.get("params_count") else "-",
                 _mflops(best.get("flops")),
-                f"{r.get('study_seconds', 0) / 60:.0f} / "
+                f"{st.get('seconds', 0) / 60:.0f} / "
                 + (f"{fin['seconds'] / 60:.0f}" if fin else "-"),
                 f"{hw.get('gpu') or hw.get('cpu')}, {hw.get('torch_threads')} threads",
             ]) + " |"

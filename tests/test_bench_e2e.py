@@ -1,0 +1,60 @@
+"""benchmarks/search/e2e.py: the end-to-end table's record of a study and its summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.search import e2e
+
+from .conftest import STUDY_SOURCE, make_study
+
+
+def _row(seed: int, acc: float | None, source: str = "found by the search") -> dict:
+    row = {
+        "study_seed": seed,
+        "study": {
+            "seconds": 2700.0,
+            "trials": 9,
+            "states": {"COMPLETE": 3, "PRUNED": 5, "FAIL": 1},
+            "best": {"number": 8, "value": 0.9418, "source": source, "params": {},
+                     "params_count": 266666, "flops": 37_000_000,
+                     "hardware": {"cpu": "AMD EPYC", "gpu": None, "torch_threads": 1}},
+        },
+    }  # fmt: skip
+    if acc is not None:
+        row["final"] = {"test_accuracy": acc, "seconds": 1740.0,
+                        "hardware": {"cpu": "AMD EPYC", "gpu": None, "torch_threads": 2}}  # fmt: skip
+    return row
+
+
+def test_summary_is_the_mean_over_study_seeds_with_a_t_interval():
+    table = {"rows": {"12": _row(12, 0.95), "13": _row(13, 0.93), "14": _row(14, 0.94),
+                      "15": _row(15, None)}}  # fmt: skip
+    sm = e2e.summarize(table)
+    assert sm["seeds"] == [12, 13, 14] and sm["n"] == 3  # the untrained seed is not counted
+    assert sm["mean"] == pytest.approx(0.94)
+    # s = 0.01, t(2) = 4.303: half-width 0.01 * 4.303 / sqrt(3)
+    assert sm["t_high"] - sm["mean"] == pytest.approx(0.01 * 4.3027 / 3**0.5, rel=1e-3)
+    md = e2e.markdown(table)
+    assert "| 12 | #8 (found by the search) | 3 / 5 / 1 | 94.18% | **95.00%** |" in md
+    assert "| 15 | #8 (found by the search) | 3 / 5 / 1 | 94.18% | not yet trained |" in md
+    assert "266,666 | 37.0 | 45 / 29 | AMD EPYC, 2 threads |" in md
+    assert "over 3 study seeds: **94.00%**" in md
+    assert "over" not in e2e.markdown({"rows": {"12": _row(12, 0.95)}})  # no interval from one
+
+
+def test_study_record_names_the_best_trial_its_source_and_hardware(tmp_path):
+    warm = (
+        "enqueue = [{'lr': 0.02, 'batch_size': 32, 'batchnorm': 'after', 'activation': 'relu'}]\n"
+    )
+    make_study(tmp_path, "e2", n_trials=3, source=STUDY_SOURCE.format(name="e2", epochs=1) + warm)
+    url = str(tmp_path / "storage" / "e2.journal")
+    rec = e2e.study_record(url, "e2")
+    assert rec["trials"] == 3 and sum(rec["states"].values()) == 3
+    best = rec["best"]
+    assert best["source"] == ("written into the study file (enqueue)" if best["number"] == 0
+                              else "found by the search")  # fmt: skip
+    assert best["params_count"] > 0 and best["flops"] > 0 and best["hardware"]["cpu"]
+    assert len(rec["hardware"]) == 1 and rec["seconds"] > 0  # one machine trained every trial
+    assert e2e.finished_trials(url, "e2") == 3
+    assert e2e.finished_trials(str(tmp_path / "none.journal"), "e2") == 0
