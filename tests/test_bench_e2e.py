@@ -58,3 +58,27 @@ def test_study_record_names_the_best_trial_its_source_and_hardware(tmp_path):
     assert len(rec["hardware"]) == 1 and rec["seconds"] > 0  # one machine trained every trial
     assert e2e.finished_trials(url, "e2") == 3
     assert e2e.finished_trials(str(tmp_path / "none.journal"), "e2") == 0
+
+
+def _trial(number: int, value: float | None, bn: str = "after") -> dict:
+    state = "COMPLETE" if value is not None else "PRUNED"
+    return {"number": number, "state": state, "values": [0.5, value or 0.6],
+            "params": {"batchnorm": bn}}  # fmt: skip
+
+
+def test_first_trials_pairs_the_best_within_n_trials_per_seed():
+    studies = {
+        "default/1": {"trials": [_trial(0, 0.80, "none"), _trial(1, None), _trial(2, 0.90)]},
+        "default/2": {"trials": [_trial(0, 0.85), _trial(1, 0.86, "none"), _trial(2, 0.88)]},
+        "warm/1": {"trials": [_trial(0, 0.89), _trial(1, 0.70), _trial(2, 0.91)]},
+        "warm/2": {"trials": [_trial(0, 0.87), _trial(1, 0.80), _trial(2, 0.80)]},
+    }
+    ft = e2e.first_trials({"studies": studies}, n=2)
+    d = ft["variants"]["default"]
+    assert d[1] == {"first": 0.80, "all": 0.90, "trials": 3, "batchnorm_first": 1}
+    assert d[2]["first"] == 0.86 and d[2]["all"] == 0.88
+    assert ft["default_all_minus_first"]["mean"] == pytest.approx((0.10 + 0.02) / 2)
+    assert ft["warm_minus_default_first"]["mean"] == pytest.approx((0.09 + 0.01) / 2)
+    md = e2e.first_trials_markdown(ft)
+    assert "| default | 1: 80.0 / 90.0 (3), 2: 86.0 / 88.0 (3) | 1, 1 |" in md
+    assert "warm minus default, first 2 trials: +5.00 points" in md

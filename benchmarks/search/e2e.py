@@ -44,6 +44,7 @@ from benchmarks.search.tabulate import command_line, load_table, save_table
 REPO = Path(__file__).resolve().parents[2]
 STUDY_FILE = "studies/fashion_cnn_bn.py"
 TABLE = REPO / "benchmarks" / "search" / "tables" / "fashion_e2e.json"
+LIVE_TABLE = REPO / "benchmarks" / "search" / "tables" / "fashion_live.json"
 N_TRIALS = 9
 WORKERS = 2
 FINAL_EPOCHS = 50
@@ -239,6 +240,83 @@ def summarize(table: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# -- why a 9-trial study varies: the live studies' first trials -----------------------------------
+
+
+def best_within(trials: list[dict[str, Any]], n: int | None = None) -> float:
+    """The best final value among the complete trials numbered below ``n`` (all with None): what
+    the study would have ranked first had it stopped after ``n`` trials. 0 when none completed."""
+    values = [
+        t["values"][-1]
+        for t in trials
+        if t["state"] == "COMPLETE" and t.get("values") and (n is None or t["number"] < n)
+    ]
+    return max(values, default=0.0)
+
+
+def first_trials(live: dict[str, Any], n: int = N_TRIALS) -> dict[str, Any]:
+    """From the live table (benchmarks/search/live.py: 10-epoch trials on a 12k / 3k subset,
+    120 trained epochs per study, one worker), per variant and seed: the best value within the
+    first ``n`` trials and within the whole study, and how many of the first ``n`` use BatchNorm.
+    Paired per seed: ``default`` (no warm starts) after ``n`` trials against the whole study and
+    against ``warm`` (the study file's warm starts) after ``n`` trials."""
+    studies = live["studies"]
+    seeds = sorted({int(k.split("/")[1]) for k in studies})
+    out: dict[str, Any] = {"n": n, "variants": {}}
+    for variant in ("default", "warm", "random"):
+        rows = {}
+        for s in seeds:
+            rec = studies.get(f"{variant}/{s}")
+            if rec is None:
+                continue
+            tr = rec["trials"]
+            rows[s] = {
+                "first": best_within(tr, n),
+                "all": best_within(tr),
+                "trials": len(tr),
+                "batchnorm_first": sum(
+                    1 for t in tr if t["number"] < n and t["params"].get("batchnorm") != "none"
+                ),
+            }
+        out["variants"][variant] = rows
+    d, w = out["variants"].get("default", {}), out["variants"].get("warm", {})
+    both = sorted(set(d) & set(w))
+    if len(d) >= 2:
+        ci = t_mean([d[s]["all"] - d[s]["first"] for s in sorted(d)])
+        out["default_all_minus_first"] = {"mean": ci.mean, "t_low": ci.low, "t_high": ci.high}
+    if len(both) >= 2:
+        ci = t_mean([w[s]["first"] - d[s]["first"] for s in both])
+        out["warm_minus_default_first"] = {"mean": ci.mean, "t_low": ci.low, "t_high": ci.high}
+    return out
+
+
+def first_trials_markdown(ft: dict[str, Any]) -> str:
+    n = ft["n"]
+    lines = [
+        f"| variant | seed: best within the first {n} trials / within the study (trials) "
+        f"| BatchNorm among the first {n} |",
+        "|---|---|---|",
+    ]
+    for variant, rows in ft["variants"].items():
+        cells = ", ".join(
+            f"{s}: {100 * r['first']:.1f} / {100 * r['all']:.1f} ({r['trials']})"
+            for s, r in rows.items()
+        )
+        bn = ", ".join(str(r["batchnorm_first"]) for r in rows.values())
+        lines.append(f"| {variant} | {cells} | {bn} |")
+    for key, what in (
+        ("default_all_minus_first", f"default, whole study minus first {n} trials"),
+        ("warm_minus_default_first", f"warm minus default, first {n} trials"),
+    ):
+        if key in ft:
+            c = ft[key]
+            lines.append(
+                f"\n{what}: {100 * c['mean']:+.2f} points, Student's t 95% "
+                f"[{100 * c['t_low']:+.2f}, {100 * c['t_high']:+.2f}] (paired per seed)."
+            )
+    return "\n".join(lines)
+
+
 def _mflops(flops: Any) -> str:
     return f"{flops / 1e6:.1f}" if isinstance(flops, int | float) else "-"
 
@@ -290,13 +368,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--workdir", default=None, help="journals, exports, trainings [runs/e2e]")
     p.add_argument("--summary", action="store_true", help="print the table's figures; run nothing")
+    p.add_argument(
+        "--first-trials", type=int, default=None, metavar="N",
+        help="print the live table's best within the first N trials per seed; run nothing",
+    )  # fmt: skip
+    p.add_argument("--live", default=str(LIVE_TABLE), help="the live table, for --first-trials")
     a = p.parse_args(argv)
     if a.summary:
         print(markdown(load_table(Path(a.out))))
         return
+    if a.first_trials:
+        print(first_trials_markdown(first_trials(load_table(Path(a.live)), a.first_trials)))
+        return
     command = command_line(
         "python -m benchmarks.search.e2e",
-        argparse.Namespace(**{k: v for k, v in vars(a).items() if k not in ("workdir", "summary")}),
+        argparse.Namespace(
+            **{
+                k: v
+                for k, v in vars(a).items()
+                if k not in ("workdir", "summary", "first_trials", "live")
+            }
+        ),
     )
     table = run(
         Path(a.out), seeds=a.seeds, workdir=Path(a.workdir or REPO / "runs" / "e2e"),
