@@ -16,6 +16,7 @@ device, and nothing in the worker (the bf16 query, the DataLoader's pin-memory t
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -95,11 +96,23 @@ def _child_free() -> list[int]:
     return [int(b) for b in json.loads(r.stdout.strip().splitlines()[-1])]
 
 
+# Where a GPU driver shows itself: NVIDIA's device nodes and proc entry, ROCm's kernel driver,
+# WSL2's GPU paravirtualisation. None of them: no GPU, and no need to import torch (seconds of
+# a runner's start on a CPU machine) to ask CUDA.
+_DRIVER_GLOBS = ("/dev/nvidia*", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_driver_present() -> bool:
+    return any(glob.glob(pattern) for pattern in _DRIVER_GLOBS)
+
+
 def gpu_count() -> int:
     """How many GPUs CUDA will show this process's children (no context is created)."""
     free = _nvml_free()
     if free is not None:
         return len(free)
+    if not gpu_driver_present():
+        return 0
     import torch  # cudaGetDeviceCount initialises the driver, but creates no context
 
     return torch.cuda.device_count()

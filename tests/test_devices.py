@@ -1,6 +1,8 @@
 """GPU planning and worker binding, on a CPU machine: NVML and torch.cuda are faked at their
 boundary (the functions that query the driver); everything above them is the real code."""
 
+import subprocess
+import sys
 import types
 
 import pytest
@@ -66,6 +68,7 @@ def gpus(monkeypatch):
         n = cuda_count if cuda_count is not None else len(free or [])
         monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(devices, "gpu_driver_present", lambda: n > 0)
         return nvml
 
     return install
@@ -201,3 +204,15 @@ def test_a_worker_binds_its_gpu_before_it_loads_anything(monkeypatch):
     with pytest.raises(StudyFileError):
         worker._work(spec, "x.py", {}, "unused", None, 1, None, None, None, None)
     assert seen["visible"] == "2"
+
+
+def test_auto_on_a_machine_without_a_gpu_driver_does_not_import_torch(monkeypatch):
+    """No driver node (/dev/nvidia*, /dev/kfd, /dev/dxg): no GPU, decided without torch."""
+    monkeypatch.setattr(devices, "_DRIVER_GLOBS", ("/nonexistent/nvidia*",))
+    assert not devices.gpu_driver_present()
+    code = (
+        "import sys; from cnnopt import devices; devices._DRIVER_GLOBS = ('/nonexistent/x*',);"
+        "print(devices.plan_devices('auto', 2), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["['cpu',", "'cpu']", "False"]
