@@ -15,6 +15,7 @@ only the storage, so tests call them on a study without any process around.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import optuna
@@ -175,6 +176,72 @@ def fail_trials_of(
             why = reason[owner] if isinstance(reason, dict) else reason
             if fail_trial(ostudy, t._trial_id, why, max_retry, owner=owner):
                 failed.append(t.number)
+    return failed
+
+
+# -- a whole run killed, proved dead on this machine ---------------------------------------------
+
+
+def process_space() -> str:
+    """This machine's boot and this process's pid namespace, as ``BOOTID8-PIDNS``: two processes
+    with the same value see the same pids (another machine has another boot id, another container
+    on this one another pid namespace). "" where /proc cannot say (not Linux): then no run is
+    ever proved dead by its pids."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip().replace("-", "")[:8]
+        ns = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return ""
+    digits = "".join(c for c in ns if c.isdigit())
+    return f"{boot}-{digits}" if boot and digits else ""
+
+
+def run_id_for(token: str, runner_pid: int, space: str) -> str:
+    """A runner's id, ``TOKEN.PID.SPACE``: every owner its workers write starts with it, so a
+    later runner in the same process space can prove the whole run dead (``orphans_here``)."""
+    return f"{token}.{runner_pid}.{space}" if space else token
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def dead_here(owner: str, space: str) -> str | None:
+    """Why ``owner`` (``TOKEN.RUNNER_PID.SPACE/HOST:WORKER_PID``) is provably gone: its run's
+    process space is ``space`` and neither its runner nor its worker pid is alive. None when that
+    cannot be proved (another machine or container, an older owner format, or a pid alive, which
+    may be a recycled one: then the trial is left, never wrongly failed)."""
+    run, _, tag = owner.partition("/")
+    parts = run.split(".")
+    if not space or len(parts) != 3 or parts[2] != space or not parts[1].isdigit():
+        return None
+    worker = tag.rpartition(":")[2]
+    if not worker.isdigit():
+        return None
+    runner_pid, worker_pid = int(parts[1]), int(worker)
+    if _pid_alive(runner_pid) or _pid_alive(worker_pid):
+        return None
+    return f"its runner (pid {runner_pid}) and worker (pid {worker_pid}) are gone from this machine"
+
+
+def fail_orphans_here(ostudy: optuna.Study, max_retry: int, space: str | None = None) -> list[int]:
+    """Fail and re-queue the RUNNING trials of runs killed whole on this machine (``dead_here``).
+    What a heartbeat does on a database, for the journal file, which has none: a re-run of the
+    command after the runner was killed with its workers gets their trials back."""
+    space = process_space() if space is None else space
+    failed = []
+    for t in _raw_trials(ostudy):
+        owner = owner_of(t)
+        why = dead_here(owner, space) if owner else None
+        if why and fail_trial(ostudy, t._trial_id, f"worker gone: {why}", max_retry, owner=owner):
+            failed.append(t.number)
     return failed
 
 

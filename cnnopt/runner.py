@@ -39,7 +39,14 @@ from cnnopt.artifacts import open_store, png_unavailable, resolve_location
 from cnnopt.dedup import SpaceGrid
 from cnnopt.devices import plan_devices
 from cnnopt.errors import CnnoptError, StorageError, TrialFailed
-from cnnopt.recovery import fail_abandoned, fail_trials_of, requeue_owed
+from cnnopt.recovery import (
+    fail_abandoned,
+    fail_orphans_here,
+    fail_trials_of,
+    process_space,
+    requeue_owed,
+    run_id_for,
+)
 from cnnopt.storage import get_storage, heartbeat_settings, is_file_storage, mask_url, resolve_url
 from cnnopt.study import WARM_START, Study, trial_source
 from cnnopt.worker import TAGGED, WorkerSpec, _end_slot, _reclaim_slot, owner_name, worker_main
@@ -190,8 +197,9 @@ class Runner:
         trial_ids = ctx.Array("i", [-1] * max(n_workers, 1))  # the trial each slot holds
         events = ctx.Queue()
         procs: dict[int, mp.process.BaseProcess] = {}
-        # this run's id: the owner of every trial its workers run is RUN_ID/HOST:PID
-        run_id = uuid.uuid4().hex[:12]
+        # this run's id: the owner of every trial its workers run is RUN_ID/HOST:PID, and RUN_ID
+        # holds the runner's pid and process space, so a run killed whole can be proved dead
+        run_id = run_id_for(uuid.uuid4().hex[:12], os.getpid(), process_space())
         host = socket.gethostname()
         dead: dict[str, str] = {}  # owners of this run's dead workers -> why they died
         deaths = 0
@@ -242,6 +250,10 @@ class Runner:
         stale_every = min(30.0, heartbeat_settings()[1] / 4)
         retry = self.study.settings.retry_failed
         try:
+            if is_file_storage(self.url):
+                # no heartbeats in a file: trials of a run killed whole here are failed and
+                # re-queued by proof (runner and worker pids gone), first thing
+                self._fail_orphans(ostudy, retry)
             for i in range(n_workers):
                 spawn(i)
             with display:
@@ -288,6 +300,8 @@ class Runner:
                     if time.time() - last_stale_check > stale_every:
                         if not is_file_storage(self.url):
                             self._fail_stale(ostudy)
+                        else:
+                            self._fail_orphans(ostudy, retry)
                         self._fail_abandoned(ostudy, retry)
                         last_stale_check = time.time()
         finally:
@@ -357,6 +371,19 @@ class Runner:
             log.warning("failing a dead worker's trials failed: %s", _first_line(e))
             return []
         return failed
+
+    @staticmethod
+    def _fail_orphans(ostudy: optuna.Study, retry: int) -> None:
+        try:
+            failed = fail_orphans_here(ostudy, retry)
+        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run
+            log.warning("checking for trials of killed runs failed: %s", _first_line(e))
+            return
+        if failed:
+            log.warning(
+                "failed trials %s of a run killed on this machine and re-queued their params",
+                failed,
+            )
 
     @staticmethod
     def _fail_abandoned(ostudy: optuna.Study, retry: int) -> None:

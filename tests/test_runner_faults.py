@@ -427,3 +427,31 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
     assert start >= 3  # it went on from the checkpoint, not from epoch 0
     assert [h["epoch"] for h in retry.user_attrs["history"]][:start] == list(range(1, start + 1))
     assert sorted(retry.intermediate_values)[0] == 1  # the curve is whole
+
+
+def test_a_runner_killed_whole_on_a_journal_file_gets_its_trial_back_on_rerun(tmp_path):
+    """The journal file has no heartbeats: a re-run on the same machine proves the killed run's
+    runner and worker gone (their pids, in the trial's owner) and re-queues the trial."""
+    import psutil
+
+    url = str(tmp_path / "study.journal")
+    hold = tmp_path / "hold"
+    proc = start_run(url, tmp_path, n_trials=1, epochs=2, workers=1, env=hold_after_epoch(hold))
+    victim = wait_mid_trial(url, proc)
+    worker = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, as the OOM killer or a
+    proc.communicate()  # closed terminal would
+    try:  # the orphaned worker dies of its SIGKILL a moment later
+        psutil.Process(worker).wait(timeout=30)
+    except psutil.NoSuchProcess:
+        pass
+    assert load(url).get_trials()[victim.number].state == TrialState.RUNNING
+    hold.unlink()
+    out = finish(start_run(url, tmp_path, n_trials=1, epochs=2, workers=1))
+    trials = load(url).get_trials()
+    failed = trials[victim.number]
+    assert failed.state == TrialState.FAIL, out
+    assert "are gone from this machine" in failed.user_attrs["fail_reason"]
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state in FINISHED and retry.params == victim.params, out
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
