@@ -30,7 +30,7 @@ def _row(seed: int, acc: float | None, source: str = "found by the search") -> d
 def test_summary_is_the_mean_over_study_seeds_with_a_t_interval():
     table = {"rows": {"12": _row(12, 0.95), "13": _row(13, 0.93), "14": _row(14, 0.94),
                       "15": _row(15, None)}}  # fmt: skip
-    sm = e2e.summarize(table)
+    sm = e2e.summarize(table, reported=False)
     assert sm["seeds"] == [12, 13, 14] and sm["n"] == 3  # the untrained seed is not counted
     assert sm["mean"] == pytest.approx(0.94)
     # s = 0.01, t(2) = 4.303: half-width 0.01 * 4.303 / sqrt(3)
@@ -39,8 +39,15 @@ def test_summary_is_the_mean_over_study_seeds_with_a_t_interval():
     assert "| 12 | #8 (found by the search) | 3 / 5 / 1 | 94.18% | **95.00%** |" in md
     assert "| 15 | #8 (found by the search) | 3 / 5 / 1 | 94.18% | not yet trained |" in md
     assert "266,666 | 37.0 | 45 / 29 | AMD EPYC, 2 threads |" in md
-    assert "over 3 study seeds: **94.00%**" in md
-    assert "over" not in e2e.markdown({"rows": {"12": _row(12, 0.95)}})  # no interval from one
+    assert "over 3 study seeds, harness only: **94.00%**" in md
+    # the reported row (seed 5, journal not kept) is shown, marked, and counted where said
+    assert "| 5 (reported) | #8 (found by the search) |" in md
+    assert e2e.summarize(table)["seeds"] == [5, 12, 13, 14] and e2e.summarize(table)[
+        "reported"
+    ] == [5]
+    assert "over 4 study seeds: " in md
+    one = e2e.markdown({"rows": {"12": _row(12, 0.95)}})
+    assert "harness only" not in one  # no interval from one seed of its own
 
 
 def test_study_record_names_the_best_trial_its_source_and_hardware(tmp_path):

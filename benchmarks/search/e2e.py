@@ -46,6 +46,30 @@ STUDY_FILE = "studies/fashion_cnn_bn.py"
 TABLE = REPO / "benchmarks" / "search" / "tables" / "fashion_e2e.json"
 LIVE_TABLE = REPO / "benchmarks" / "search" / "tables" / "fashion_live.json"
 N_TRIALS = 9
+# The run that opened this question, before this harness existed: the same study, split and final
+# recipe, stopped by ``--timeout 2700`` (45 min) where it had run 9 trials. Its journal was not
+# kept, so its row is its reported figures (benchmarks/README.md), marked as such wherever shown.
+REPORTED = {
+    "5": {
+        "study_seed": 5,
+        "reported": "run by hand with --timeout 2700 (9 trials); figures as reported, journal not "
+        "kept",
+        "study": {
+            "trials": 9,
+            "states": {"COMPLETE": 3, "PRUNED": 5, "FAIL": 1},
+            "seconds": 53 * 60,
+            "best": {"number": 8, "value": 0.9418, "source": "found by the search",
+                     "params_count": 266666, "flops": 37e6,
+                     "params": {"optimizer": "adam", "lr": 4.8e-3, "conv_blocks": 2,
+                                "convs_per_block": 2, "batchnorm": "before",
+                                "activation": "gelu", "dropout_schedule": "increasing",
+                                "l1": 64}},
+        },
+        "final": {"train_seed": 0, "epochs": 50, "test_accuracy": 0.9538, "seconds": 29 * 60,
+                  "hardware": {"cpu": "the project's 2-core CPU (not recorded)",
+                               "torch_threads": 2}},
+    }
+}  # fmt: skip
 WORKERS = 2
 FINAL_EPOCHS = 50
 TRAIN_SEED = 0
@@ -224,10 +248,16 @@ def run(
     return table
 
 
-def summarize(table: dict[str, Any]) -> dict[str, Any]:
+def rows_of(table: dict[str, Any], reported: bool = True) -> list[dict[str, Any]]:
+    """The table's rows by study seed, with the ``REPORTED`` ones (marked) unless told not to."""
+    rows = {**(REPORTED if reported else {}), **table.get("rows", {})}
+    return [r for _, r in sorted(rows.items(), key=lambda kv: int(kv[0]))]
+
+
+def summarize(table: dict[str, Any], reported: bool = True) -> dict[str, Any]:
     """Mean test accuracy over the study seeds with a final training, with Student's t interval
     from 2 seeds on (read it only from 3: with 2 it spans tens of points)."""
-    rows = [r for _, r in sorted(table.get("rows", {}).items(), key=lambda kv: int(kv[0]))]
+    rows = rows_of(table, reported)
     done = [r for r in rows if "final" in r]
     accs = [r["final"]["test_accuracy"] for r in done]
     out: dict[str, Any] = {"seeds": [r["study_seed"] for r in done], "n": len(done)}
@@ -237,6 +267,7 @@ def summarize(table: dict[str, Any]) -> dict[str, Any]:
     elif accs:
         out["mean"] = accs[0]
     out["hardware"] = sorted({f"{r['final']['hardware']['cpu']}" for r in done})
+    out["reported"] = [r["study_seed"] for r in done if r.get("reported")]
     return out
 
 
@@ -328,14 +359,14 @@ def markdown(table: dict[str, Any]) -> str:
         "study / final | hardware |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for _, r in sorted(table.get("rows", {}).items(), key=lambda kv: int(kv[0])):
+    for r in rows_of(table):
         st, fin = r.get("study", {}), r.get("final")
         best = st.get("best") or {}
         s = st.get("states", {})
         hw = (fin or {}).get("hardware") or best.get("hardware") or {}
         lines.append(
             "| " + " | ".join([
-                str(r["study_seed"]),
+                f"{r['study_seed']}" + (" (reported)" if r.get("reported") else ""),
                 f"#{best.get('number')} ({best.get('source', '-')})" if best else "-",
                 f"{s.get('COMPLETE', 0)} / {s.get('PRUNED', 0)} / {s.get('FAIL', 0)}",
                 f"{100 * best['value']:.2f}%" if best else "-",
@@ -347,12 +378,16 @@ def markdown(table: dict[str, Any]) -> str:
                 f"{hw.get('gpu') or hw.get('cpu')}, {hw.get('torch_threads')} threads",
             ]) + " |"
         )  # fmt: skip
-    sm = summarize(table)
-    if "t_low" in sm:
-        lines.append(
-            f"\nMean test accuracy over {sm['n']} study seeds: **{100 * sm['mean']:.2f}%**, "
-            f"Student's t 95% [{100 * sm['t_low']:.2f}%, {100 * sm['t_high']:.2f}%]."
-        )
+    for r in rows_of(table):
+        if r.get("reported"):
+            lines.append(f"\nSeed {r['study_seed']} (reported): {r['reported']}.")
+    for sm, what in ((summarize(table), ""), (summarize(table, reported=False), ", harness only")):
+        if "t_low" in sm:
+            lines.append(
+                f"\nMean test accuracy over {sm['n']} study seeds{what}: "
+                f"**{100 * sm['mean']:.2f}%**, Student's t 95% "
+                f"[{100 * sm['t_low']:.2f}%, {100 * sm['t_high']:.2f}%]."
+            )
     return "\n".join(lines)
 
 
