@@ -42,7 +42,7 @@ def _backend(ostudy: optuna.Study) -> Any:
     return storage._backend if isinstance(storage, _CachedStorage) else storage
 
 
-def _raw_trials(ostudy: optuna.Study, states=(TrialState.RUNNING,)) -> list:
+def raw_trials(ostudy: optuna.Study, states=(TrialState.RUNNING,)) -> list:
     backend = _backend(ostudy)
     if not hasattr(backend, "raw_trials"):  # not opened by get_storage: no owners to read
         return []
@@ -112,12 +112,12 @@ def requeue_owed(ostudy: optuna.Study, max_retry: int, age: float | None = None)
         age = heartbeat_settings()[1]
     failed = [
         t
-        for t in _raw_trials(ostudy, states=(TrialState.FAIL,))
+        for t in raw_trials(ostudy, states=(TrialState.FAIL,))
         if t.system_attrs.get(RETRY_OWED_KEY)
     ]
     if not failed:
         return []
-    everything = _raw_trials(ostudy, states=None)
+    everything = raw_trials(ostudy, states=None)
     retried = _retried_numbers(everything)
     done = []
     for t in failed:
@@ -140,7 +140,7 @@ def requeue_owed(ostudy: optuna.Study, max_retry: int, age: float | None = None)
 def _withdraw_twin_retries(ostudy: optuna.Study, numbers: set[int]) -> None:
     """Of two WAITING retries of the same trial, fail the later one (see ``requeue_owed``)."""
     first: dict[int, int] = {}
-    for t in sorted(_raw_trials(ostudy, states=None), key=lambda t: t.number):
+    for t in sorted(raw_trials(ostudy, states=None), key=lambda t: t.number):
         history = t.system_attrs.get("retry_history")
         if not history or history[-1] not in numbers:
             continue
@@ -170,7 +170,7 @@ def fail_trials_of(
     prove are theirs are never touched here: see ``abandoned_trials``."""
     owners = {owners} if isinstance(owners, str) else set(owners)
     failed = []
-    for t in _raw_trials(ostudy):
+    for t in raw_trials(ostudy):
         owner = owner_of(t)
         if owner in owners:
             why = reason[owner] if isinstance(reason, dict) else reason
@@ -203,7 +203,7 @@ def run_id_for(token: str, runner_pid: int, space: str) -> str:
     return f"{token}.{runner_pid}.{space}" if space else token
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -213,20 +213,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def owner_space(owner: str) -> str | None:
+    """The process space in ``owner``'s run id; None for owners written without one."""
+    parts = owner.partition("/")[0].split(".")
+    return parts[2] if len(parts) == 3 and parts[2] else None
+
+
+def _parse_owner(owner: str, space: str) -> tuple[int, int] | None:
+    """(runner pid, worker pid) of ``owner`` when its run is in process space ``space``."""
+    run, _, tag = owner.partition("/")
+    parts = run.split(".")
+    worker = tag.rpartition(":")[2]
+    if not space or len(parts) != 3 or parts[2] != space:
+        return None
+    if not (parts[1].isdigit() and worker.isdigit()):
+        return None
+    return int(parts[1]), int(worker)
+
+
+def worker_alive_here(owner: str, space: str) -> bool | None:
+    """Whether ``owner``'s worker process is alive, when it ran in this process space; None
+    when that cannot be told from here (another machine or container, an older owner)."""
+    pids = _parse_owner(owner, space)
+    return None if pids is None else pid_alive(pids[1])
+
+
 def dead_here(owner: str, space: str) -> str | None:
     """Why ``owner`` (``TOKEN.RUNNER_PID.SPACE/HOST:WORKER_PID``) is provably gone: its run's
     process space is ``space`` and neither its runner nor its worker pid is alive. None when that
     cannot be proved (another machine or container, an older owner format, or a pid alive, which
     may be a recycled one: then the trial is left, never wrongly failed)."""
-    run, _, tag = owner.partition("/")
-    parts = run.split(".")
-    if not space or len(parts) != 3 or parts[2] != space or not parts[1].isdigit():
+    pids = _parse_owner(owner, space)
+    if pids is None:
         return None
-    worker = tag.rpartition(":")[2]
-    if not worker.isdigit():
-        return None
-    runner_pid, worker_pid = int(parts[1]), int(worker)
-    if _pid_alive(runner_pid) or _pid_alive(worker_pid):
+    runner_pid, worker_pid = pids
+    if pid_alive(runner_pid) or pid_alive(worker_pid):
         return None
     return f"its runner (pid {runner_pid}) and worker (pid {worker_pid}) are gone from this machine"
 
@@ -237,7 +258,7 @@ def fail_orphans_here(ostudy: optuna.Study, max_retry: int, space: str | None = 
     command after the runner was killed with its workers gets their trials back."""
     space = process_space() if space is None else space
     failed = []
-    for t in _raw_trials(ostudy):
+    for t in raw_trials(ostudy):
         owner = owner_of(t)
         why = dead_here(owner, space) if owner else None
         if why and fail_trial(ostudy, t._trial_id, f"worker gone: {why}", max_retry, owner=owner):
@@ -259,7 +280,7 @@ def abandoned_trials(ostudy: optuna.Study, age: float = ABANDONED_SECONDS) -> li
     import datetime
 
     out = []
-    for t in _raw_trials(ostudy):
+    for t in raw_trials(ostudy):
         if t.system_attrs.get(OWNER_KEY) or not any(
             k.startswith(CLAIM_PREFIX) for k in t.system_attrs
         ):

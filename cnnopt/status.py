@@ -25,6 +25,14 @@ import optuna
 from optuna.trial import TrialState
 
 from cnnopt.errors import StorageError
+from cnnopt.recovery import (
+    owner_of,
+    owner_space,
+    pid_alive,
+    process_space,
+    raw_trials,
+    worker_alive_here,
+)
 from cnnopt.storage import (
     GRACE_PERIOD,
     STORAGE_DIR,
@@ -131,16 +139,6 @@ class StudyStatus:
         return asdict(self)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _rdb_heartbeat_ages(storage: Any, trial_ids: list[int]) -> dict[int, float]:
     """Seconds since each RUNNING trial's last heartbeat (RDB storages only)."""
     if not trial_ids or not hasattr(storage, "scoped_session"):
@@ -179,15 +177,23 @@ def worker_status(ostudy: optuna.Study, url: str) -> list[WorkerStatus]:
         except Exception:  # noqa: BLE001 - liveness is best effort; the table may be absent
             ages = {}
     here = socket.gethostname()
+    # the owner cnnopt wrote on each trial says which machine and pid namespace its pid lives in
+    space = process_space()
+    owners = {t.number: owner_of(t) for t in raw_trials(ostudy)}
     out = []
     for worker, trials in sorted(by_worker.items()):
         numbers = [t.number for t in trials]
         beat = [ages[t._trial_id] for t in trials if t._trial_id in ages]
         host, _, pid = worker.rpartition(":")
+        mine = [owners[n] for n in numbers if owners.get(n)]
+        spaces = {owner_space(o) for o in mine}
         if beat:
             age = min(beat)
             alive, how = age <= grace, f"heartbeat {age:.0f}s ago (grace {grace}s)"
-        elif host == here and pid.isdigit():
+        elif space and space in spaces:  # this machine, this pid namespace: the pid tells
+            alive = any(worker_alive_here(o, space) for o in mine)
+            how = f"pid {pid} {'running' if alive else 'gone'} on this host"
+        elif host == here and pid.isdigit() and spaces <= {None}:  # owners without a space
             alive = pid_alive(int(pid))
             how = f"pid {pid} {'running' if alive else 'gone'} on this host"
         elif worker == "?":

@@ -209,3 +209,23 @@ def test_status_in_a_log_keeps_whole_names(long_named):
             check=True,
         ).stdout
         assert LONG in out and url in out and "…" not in out, out
+
+
+def test_journal_workers_are_judged_in_their_own_pid_namespace(tmp_path):
+    """A trial's owner names its run's machine boot and pid namespace: a pid is looked up only
+    where it means the same process (not in another container that shares the hostname)."""
+    from cnnopt.recovery import process_space, run_id_for
+
+    url = str(tmp_path / "w.journal")
+    storage = get_storage(url)
+    ostudy = optuna.create_study(study_name="w", storage=storage)
+    here, space, gone = socket.gethostname(), process_space(), _dead_pid()
+    for run, pid in ((run_id_for("a", os.getpid(), space), os.getpid()),
+                     (run_id_for("b", gone, space), gone),
+                     (run_id_for("c", gone, "00000000-1"), gone + 1)):  # fmt: skip
+        storage.owner = f"{run}/{here}:{pid}"
+        ostudy.ask().set_user_attr("worker", f"{here}:{pid}")
+    workers = {w.worker: w for w in study_status(ostudy, url).workers}
+    assert workers[f"{here}:{os.getpid()}"].alive is True
+    assert workers[f"{here}:{gone}"].alive is False and "gone" in workers[f"{here}:{gone}"].how
+    assert workers[f"{here}:{gone + 1}"].alive is None  # another pid namespace: cannot tell
