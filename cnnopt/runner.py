@@ -28,6 +28,8 @@ import socket
 import time
 import uuid
 import warnings
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -363,46 +365,42 @@ class Runner:
             return False
 
     @staticmethod
-    def _fail_dead(ostudy: optuna.Study, dead: dict[str, str], retry: int) -> list[int]:
-        """Fail the RUNNING trials of this run's dead workers (by owner), and re-queue them."""
+    def _repair(what: str, repair: Callable[[], list[int]], done: str | None = None) -> list[int]:
+        """One storage repair (failing or re-queueing trials): its error is a warning, never the
+        end of the run (the next tick tries again); ``done`` logs the trial numbers it touched."""
         try:
-            failed = fail_trials_of(ostudy, set(dead), dead, retry)
-        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run; next tick
-            log.warning("failing a dead worker's trials failed: %s", _first_line(e))
+            numbers = repair()
+        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run
+            log.warning("%s failed: %s", what, _first_line(e))
             return []
-        return failed
+        if numbers and done:
+            log.warning(done, numbers)
+        return numbers
 
-    @staticmethod
-    def _fail_orphans(ostudy: optuna.Study, retry: int) -> None:
-        try:
-            failed = fail_orphans_here(ostudy, retry)
-        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run
-            log.warning("checking for trials of killed runs failed: %s", _first_line(e))
-            return
-        if failed:
-            log.warning(
-                "failed trials %s of a run killed on this machine and re-queued their params",
-                failed,
-            )
+    def _fail_dead(self, ostudy: optuna.Study, dead: dict[str, str], retry: int) -> list[int]:
+        """Fail the RUNNING trials of this run's dead workers (by owner), and re-queue them."""
+        return self._repair(
+            "failing a dead worker's trials", lambda: fail_trials_of(ostudy, set(dead), dead, retry)
+        )
 
-    @staticmethod
-    def _fail_abandoned(ostudy: optuna.Study, retry: int) -> None:
-        try:
-            failed = fail_abandoned(ostudy, retry)
-        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run
-            log.warning("checking for abandoned trials failed: %s", _first_line(e))
-            return
-        if failed:
-            log.warning("failed trials %s: claimed by workers that died, owned by nobody", failed)
-        try:
-            requeued = requeue_owed(ostudy, retry)
-        except Exception as e:  # noqa: BLE001 - housekeeping must not end the run
-            log.warning("checking for owed retries failed: %s", _first_line(e))
-            return
-        if requeued:
-            log.warning(
-                "re-queued trials %s, failed by a process that died before it could", requeued
-            )
+    def _fail_orphans(self, ostudy: optuna.Study, retry: int) -> None:
+        self._repair(
+            "checking for trials of killed runs",
+            lambda: fail_orphans_here(ostudy, retry),
+            "failed trials %s of a run killed on this machine and re-queued their params",
+        )
+
+    def _fail_abandoned(self, ostudy: optuna.Study, retry: int) -> None:
+        self._repair(
+            "checking for abandoned trials",
+            lambda: fail_abandoned(ostudy, retry),
+            "failed trials %s: claimed by workers that died, owned by nobody",
+        )
+        self._repair(
+            "checking for owed retries",
+            lambda: requeue_owed(ostudy, retry),
+            "re-queued trials %s, failed by a process that died before it could",
+        )
 
     @staticmethod
     def _fail_stale(ostudy: optuna.Study) -> None:
@@ -413,9 +411,7 @@ class Runner:
 
     def _summary(self, ostudy, n_before, seconds, deaths, interrupted, events) -> RunSummary:
         trials = ostudy.get_trials(deepcopy=False)
-        states: dict[str, int] = {}
-        for t in trials:
-            states[t.state.name] = states.get(t.state.name, 0) + 1
+        states = dict(Counter(t.state.name for t in trials))
         best = None
         try:
             best = ostudy.best_trial

@@ -17,6 +17,7 @@ import datetime as dt
 import os
 import socket
 import statistics
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,9 +209,7 @@ def worker_status(ostudy: optuna.Study, url: str) -> list[WorkerStatus]:
 
 def study_status(ostudy: optuna.Study, url: str) -> StudyStatus:
     trials = ostudy.get_trials(deepcopy=False)
-    states: dict[str, int] = {}
-    for t in trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
+    states = dict(Counter(t.state.name for t in trials))
     multi = len(ostudy.directions) > 1
     st = StudyStatus(
         study=ostudy.study_name,

@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,7 @@ def study_record(url: str, name: str) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=name, storage=get_storage(url))
     trials = study.get_trials(deepcopy=False)
-    states: dict[str, int] = {}
-    for t in trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
+    states = dict(Counter(t.state.name for t in trials))
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     rec: dict[str, Any] = {"trials": len(trials), "states": states}
     starts = [t.datetime_start for t in trials if t.datetime_start]

@@ -11,6 +11,7 @@ harness's docstring.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +44,7 @@ def analyse(
 
     finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
     finished = [t for t in trials if t.state in finished_states]
-    states = {}
-    for t in trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
+    states = dict(Counter(t.state.name for t in trials))
 
     # what was asked for: each launch's --n-trials, or, for one that was killed (or failed), the
     # trials its workers finished

@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,9 +199,7 @@ def study_figures(url: str, name: str = STUDY_NAME) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=name, storage=get_storage(url))
     trials = study.get_trials(deepcopy=False)
-    states: dict[str, int] = {}
-    for t in trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
+    states = dict(Counter(t.state.name for t in trials))
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     ips = [t.user_attrs["images_per_second"] for t in trials if "images_per_second" in t.user_attrs]
     return {
