@@ -89,3 +89,12 @@ def test_first_trials_pairs_the_best_within_n_trials_per_seed():
     md = e2e.first_trials_markdown(ft)
     assert "| default | 1: 80.0 / 90.0 (3), 2: 86.0 / 88.0 (3) | 1, 1 |" in md
     assert "warm minus default, first 2 trials: +5.00 points" in md
+
+
+def test_a_variant_of_the_search_gets_a_table_of_its_own(tmp_path):
+    out = tmp_path / "t.json"
+    e2e.save_table({"meta": {"sets": []}, "rows": {"12": _row(12, 0.95)}}, out)
+    with pytest.raises(SystemExit, match="not \\['n_startup_trials=3'\\]: give another --out"):
+        e2e.run(out, seeds=[12], workdir=tmp_path, data_dir=None, sets=("n_startup_trials=3",))
+    variant = {"meta": {"sets": ["n_startup_trials=3"]}, "rows": {"12": _row(12, 0.95)}}
+    assert e2e.summarize(variant)["seeds"] == [12]  # the shipped search's reported runs stay out

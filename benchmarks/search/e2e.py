@@ -170,6 +170,7 @@ def run_seed(
     train_seed: int,
     device: str,
     save: Callable[[], None],
+    sets: tuple[str, ...] = (),
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Study, export, final training for one study seed; ``row`` is filled step by step and
@@ -184,7 +185,8 @@ def run_seed(
             t0 = time.time()
             rc = cnnopt(
                 ["run", STUDY_FILE, "--workers", str(workers), "--seed", str(seed),
-                 "--set", "enqueue=[]", "--n-trials", str(left), "--device", device, *data,
+                 "--set", "enqueue=[]", *[a for s in sets for a in ("--set", s)],
+                 "--n-trials", str(left), "--device", device, *data,
                  "--storage", url, "--study-name", name, "--no-progress"],
                 d / "study.log",
             )  # fmt: skip
@@ -239,10 +241,18 @@ def run(
     epochs: int = FINAL_EPOCHS,
     train_seed: int = TRAIN_SEED,
     device: str = "auto",
+    sets: tuple[str, ...] = (),
     command: str = "",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     table = load_table(out)
+    held = table.get("meta", {}).get("sets", [])
+    if table.get("rows") and list(held) != list(sets):
+        # one table, one search: a changed search goes into a table of its own (--out)
+        raise SystemExit(
+            f"{out} holds studies run with --set {held or 'nothing'}, not {list(sets) or 'nothing'}"
+            ": give another --out"
+        )
     table.setdefault("rows", {})
     table.pop("runs", None)
     table["meta"] = {
@@ -251,6 +261,7 @@ def run(
         "what": "the search on its own (enqueue=[]), its best trial retrained on 60k, per study seed",
         "study_file": STUDY_FILE,
         "n_trials": n_trials,
+        "sets": list(sets),  # study settings changed beyond enqueue=[] (a variant of the search)
         "workers": workers,
         "final_epochs": epochs,
         "command": command or table.get("meta", {}).get("command", ""),
@@ -261,7 +272,7 @@ def run(
             continue
         run_seed(
             seed, row, workdir=workdir, data_dir=data_dir, n_trials=n_trials, workers=workers,
-            epochs=epochs, train_seed=train_seed, device=device,
+            epochs=epochs, train_seed=train_seed, device=device, sets=tuple(sets),
             save=lambda: save_table(table, out), log=log,
         )  # fmt: skip
     return table
@@ -269,7 +280,9 @@ def run(
 
 def rows_of(table: dict[str, Any], reported: bool = True) -> list[dict[str, Any]]:
     """The table's rows by study seed, with the ``REPORTED`` ones (marked) unless told not to."""
-    rows = {**(REPORTED if reported else {}), **table.get("rows", {})}
+    # the reported runs are of the shipped search: they join its table, not a variant's
+    plain = not table.get("meta", {}).get("sets")
+    rows = {**(REPORTED if reported and plain else {}), **table.get("rows", {})}
     return [r for _, r in sorted(rows.items(), key=lambda kv: int(kv[0]))]
 
 
@@ -420,6 +433,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--final-epochs", type=int, default=FINAL_EPOCHS)
     p.add_argument("--train-seed", type=int, default=TRAIN_SEED)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="a study setting for a variant of the search (e.g. n_startup_trials=3); repeatable; "
+        "a table holds one variant",
+    )  # fmt: skip
     p.add_argument("--workdir", default=None, help="journals, exports, trainings [runs/e2e]")
     p.add_argument("--summary", action="store_true", help="print the table's figures; run nothing")
     p.add_argument(
@@ -440,14 +458,14 @@ def main(argv: list[str] | None = None) -> None:
             **{
                 k: v
                 for k, v in vars(a).items()
-                if k not in ("workdir", "summary", "first_trials", "live")
+                if k not in ("workdir", "summary", "first_trials", "live", "sets")
             }
         ),
-    )
+    ) + "".join(f" --set {s}" for s in a.sets)
     table = run(
         Path(a.out), seeds=a.seeds, workdir=Path(a.workdir or REPO / "runs" / "e2e"),
         data_dir=a.data_dir, n_trials=a.n_trials, workers=a.workers, epochs=a.final_epochs,
-        train_seed=a.train_seed, device=a.device, command=command,
+        train_seed=a.train_seed, device=a.device, sets=tuple(a.sets), command=command,
         log=lambda msg: print(msg, flush=True),
     )  # fmt: skip
     print(markdown(table))
