@@ -423,6 +423,13 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _workdir(out: str, sets: list[str]) -> Path:
+    """runs/e2e for the shipped search; a variant's studies beside it, by its table's name (the
+    same study seed in one folder would resume the other search's journal)."""
+    base = REPO / "runs" / "e2e"
+    return base / Path(out).stem if sets else base
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.search.e2e", description=__doc__)
     p.add_argument("--out", default=str(TABLE))
@@ -438,7 +445,10 @@ def main(argv: list[str] | None = None) -> None:
         help="a study setting for a variant of the search (e.g. n_startup_trials=3); repeatable; "
         "a table holds one variant",
     )  # fmt: skip
-    p.add_argument("--workdir", default=None, help="journals, exports, trainings [runs/e2e]")
+    p.add_argument(
+        "--workdir", default=None,
+        help="journals, exports, trainings [runs/e2e; a variant: runs/e2e/<table name>]",
+    )  # fmt: skip
     p.add_argument("--summary", action="store_true", help="print the table's figures; run nothing")
     p.add_argument(
         "--first-trials", type=int, default=None, metavar="N",
@@ -463,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
     ) + "".join(f" --set {s}" for s in a.sets)
     table = run(
-        Path(a.out), seeds=a.seeds, workdir=Path(a.workdir or REPO / "runs" / "e2e"),
+        Path(a.out), seeds=a.seeds, workdir=Path(a.workdir or _workdir(a.out, a.sets)),
         data_dir=a.data_dir, n_trials=a.n_trials, workers=a.workers, epochs=a.final_epochs,
         train_seed=a.train_seed, device=a.device, sets=tuple(a.sets), command=command,
         log=lambda msg: print(msg, flush=True),
