@@ -38,7 +38,7 @@ def test_summary_is_the_mean_over_study_seeds_with_a_t_interval():
     md = e2e.markdown(table)
     assert "| 12 | #8 (found by the search) | 3 / 5 / 1 | 94.18% | **95.00%** |" in md
     assert "| 15 | #8 (found by the search) | 3 / 5 / 1 | 94.18% | not trained |" in md
-    assert "266,666 | 37.0 | 45 / 29 | AMD EPYC, 2 threads |" in md
+    assert "266,666 | 37.0 | 45 / 29 | AMD EPYC, threads 1/2 |" in md
     assert "over 3 study seeds, harness only: **94.00%**" in md
     # the reported row (seed 5, journal not kept) is shown, marked, and counted where said
     assert "| 5 (reported) | #8 (found by the search) |" in md
