@@ -124,7 +124,11 @@ def study_record(url: str, name: str) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     states = dict(Counter(t.state.name for t in trials))
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    rec: dict[str, Any] = {"trials": len(trials), "states": states}
+    rec: dict[str, Any] = {
+        "trials": len(trials),
+        "states": states,
+        "finished": sum(n for s, n in states.items() if s in ("COMPLETE", "PRUNED", "FAIL")),
+    }
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     if starts and ends:  # wall time from the first trial's start to the last one's end
@@ -156,8 +160,7 @@ def study_record(url: str, name: str) -> dict[str, Any]:
 def finished_trials(url: str, name: str) -> int:
     if not Path(url).exists():
         return 0
-    rec = study_record(url, name)
-    return sum(n for s, n in rec["states"].items() if s in ("COMPLETE", "PRUNED", "FAIL"))
+    return study_record(url, name)["finished"]
 
 
 def run_seed(
@@ -195,7 +198,7 @@ def run_seed(
             if rc:
                 raise RuntimeError(f"seed {seed}: cnnopt run exited {rc}; see {d / 'study.log'}")
             log(f"seed {seed}: study done in {(time.time() - t0) / 60:.0f} min")
-        row["study"] = {**study_record(url, name), "finished": finished_trials(url, name)}
+        row["study"] = study_record(url, name)  # read once: states, best trial, finished
         save()
     if "best" not in row["study"]:
         raise RuntimeError(f"seed {seed}: no trial completed; see {d / 'study.log'}")
