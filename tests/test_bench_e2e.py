@@ -94,7 +94,26 @@ def test_first_trials_pairs_the_best_within_n_trials_per_seed():
 def test_a_variant_of_the_search_gets_a_table_of_its_own(tmp_path):
     out = tmp_path / "t.json"
     e2e.save_table({"meta": {"sets": []}, "rows": {"12": _row(12, 0.95)}}, out)
-    with pytest.raises(SystemExit, match="not \\['n_startup_trials=3'\\]: give another --out"):
+    with pytest.raises(SystemExit, match="--set \\['n_startup_trials=3'\\]: give another --out"):
         e2e.run(out, seeds=[12], workdir=tmp_path, data_dir=None, sets=("n_startup_trials=3",))
+    # another study file's search is another variant, though no setting differs
+    with pytest.raises(
+        SystemExit, match="holds studies of studies/fashion_cnn_bn.py .* not of v.py"
+    ):
+        e2e.run(out, seeds=[12], workdir=tmp_path, data_dir=None, study="v.py")
     variant = {"meta": {"sets": ["n_startup_trials=3"]}, "rows": {"12": _row(12, 0.95)}}
     assert e2e.summarize(variant)["seeds"] == [12]  # the shipped search's reported runs stay out
+    other = {"meta": {"sets": [], "study_file": "v.py"}, "rows": {"12": _row(12, 0.95)}}
+    assert e2e.summarize(other)["seeds"] == [12]
+    assert e2e._workdir("t/focused.json", [], "v.py").name == "focused"
+    assert e2e._workdir("t/fashion_e2e.json", []).name == "e2e"
+
+
+def test_the_focused_variant_loads_and_keeps_the_shipped_settings():
+    from cnnopt.study import Study
+
+    shipped = Study.load(e2e.REPO / e2e.STUDY_FILE)
+    focused = Study.load(e2e.REPO / "benchmarks/search/variants/fashion_cnn_bn_focused.py")
+    differ = {k for k, v in vars(focused.settings).items() if v != getattr(shipped.settings, k)}
+    assert differ == {"name", "enqueue"}  # only the space (and its warm starts) is the variant's
+    assert focused.fixed == shipped.fixed

@@ -176,6 +176,7 @@ def run_seed(
     device: str,
     save: Callable[[], None],
     sets: tuple[str, ...] = (),
+    study: str = STUDY_FILE,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Study, export, final training for one study seed; ``row`` is filled step by step and
@@ -189,7 +190,7 @@ def run_seed(
             log(f"seed {seed}: study, {left} trials")
             t0 = time.time()
             rc = cnnopt(
-                ["run", STUDY_FILE, "--workers", str(workers), "--seed", str(seed),
+                ["run", study, "--workers", str(workers), "--seed", str(seed),
                  "--set", "enqueue=[]", *[a for s in sets for a in ("--set", s)],
                  "--n-trials", str(left), "--device", device, *data,
                  "--storage", url, "--study-name", name, "--no-progress"],
@@ -247,16 +248,19 @@ def run(
     train_seed: int = TRAIN_SEED,
     device: str = "auto",
     sets: tuple[str, ...] = (),
+    study: str = STUDY_FILE,
     command: str = "",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     table = load_table(out)
-    held = table.get("meta", {}).get("sets", [])
-    if table.get("rows") and list(held) != list(sets):
+    meta = table.get("meta", {})
+    held = meta.get("sets", [])
+    held_study = meta.get("study_file", STUDY_FILE)
+    if table.get("rows") and (list(held) != list(sets) or held_study != study):
         # one table, one search: a changed search goes into a table of its own (--out)
         raise SystemExit(
-            f"{out} holds studies run with --set {held or 'nothing'}, not {list(sets) or 'nothing'}"
-            ": give another --out"
+            f"{out} holds studies of {held_study} run with --set {held or 'nothing'}, not of "
+            f"{study} with --set {list(sets) or 'nothing'}: give another --out"
         )
     table.setdefault("rows", {})
     table.pop("runs", None)
@@ -264,7 +268,7 @@ def run(
         **table.get("meta", {}),
         "kind": "e2e",
         "what": "the search on its own (enqueue=[]), its best trial retrained on 60k, per study seed",
-        "study_file": STUDY_FILE,
+        "study_file": study,
         "n_trials": n_trials,
         "sets": list(sets),  # study settings changed beyond enqueue=[] (a variant of the search)
         "workers": workers,
@@ -278,7 +282,7 @@ def run(
         run_seed(
             seed, row, workdir=workdir, data_dir=data_dir, n_trials=n_trials, workers=workers,
             epochs=epochs, train_seed=train_seed, device=device, sets=tuple(sets),
-            save=lambda: save_table(table, out), log=log,
+            study=study, save=lambda: save_table(table, out), log=log,
         )  # fmt: skip
     return table
 
@@ -286,7 +290,8 @@ def run(
 def rows_of(table: dict[str, Any], reported: bool = True) -> list[dict[str, Any]]:
     """The table's rows by study seed, with the ``REPORTED`` ones (marked) unless told not to."""
     # the reported runs are of the shipped search: they join its table, not a variant's
-    plain = not table.get("meta", {}).get("sets")
+    meta = table.get("meta", {})
+    plain = not meta.get("sets") and meta.get("study_file", STUDY_FILE) == STUDY_FILE
     rows = {**(REPORTED if reported and plain else {}), **table.get("rows", {})}
     return [r for _, r in sorted(rows.items(), key=lambda kv: int(kv[0]))]
 
@@ -434,16 +439,20 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _workdir(out: str, sets: list[str]) -> Path:
+def _workdir(out: str, sets: list[str], study: str = STUDY_FILE) -> Path:
     """runs/e2e for the shipped search; a variant's studies beside it, by its table's name (the
     same study seed in one folder would resume the other search's journal)."""
     base = REPO / "runs" / "e2e"
-    return base / Path(out).stem if sets else base
+    return base / Path(out).stem if sets or study != STUDY_FILE else base
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.search.e2e", description=__doc__)
     p.add_argument("--out", default=str(TABLE))
+    p.add_argument(
+        "--study", default=STUDY_FILE,
+        help=f"the study file whose search is measured [{STUDY_FILE}]; another goes in its own --out",
+    )  # fmt: skip
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[12, 13, 14])
     p.add_argument("--n-trials", type=int, default=N_TRIALS)
@@ -484,9 +493,10 @@ def main(argv: list[str] | None = None) -> None:
         ),
     ) + "".join(f" --set {s}" for s in a.sets)
     table = run(
-        Path(a.out), seeds=a.seeds, workdir=Path(a.workdir or _workdir(a.out, a.sets)),
+        Path(a.out), seeds=a.seeds, workdir=Path(a.workdir or _workdir(a.out, a.sets, a.study)),
         data_dir=a.data_dir, n_trials=a.n_trials, workers=a.workers, epochs=a.final_epochs,
-        train_seed=a.train_seed, device=a.device, sets=tuple(a.sets), command=command,
+        train_seed=a.train_seed, device=a.device, sets=tuple(a.sets), study=a.study,
+        command=command,
         log=lambda msg: print(msg, flush=True),
     )  # fmt: skip
     print(markdown(table))
