@@ -177,6 +177,7 @@ def run_seed(
     save: Callable[[], None],
     sets: tuple[str, ...] = (),
     study: str = STUDY_FILE,
+    final: bool = True,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Study, export, final training for one study seed; ``row`` is filled step by step and
@@ -203,6 +204,8 @@ def run_seed(
         save()
     if "best" not in row["study"]:
         raise RuntimeError(f"seed {seed}: no trial completed; see {d / 'study.log'}")
+    if not final:
+        return row
     export = d / "best.json"
     if not export.exists():
         if cnnopt(["export", name, "--storage", url, "--out", str(export)], d / "export.log"):
@@ -249,6 +252,7 @@ def run(
     device: str = "auto",
     sets: tuple[str, ...] = (),
     study: str = STUDY_FILE,
+    final: bool = True,
     command: str = "",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -282,7 +286,7 @@ def run(
         run_seed(
             seed, row, workdir=workdir, data_dir=data_dir, n_trials=n_trials, workers=workers,
             epochs=epochs, train_seed=train_seed, device=device, sets=tuple(sets),
-            study=study, save=lambda: save_table(table, out), log=log,
+            study=study, final=final, save=lambda: save_table(table, out), log=log,
         )  # fmt: skip
     return table
 
@@ -469,6 +473,11 @@ def main(argv: list[str] | None = None) -> None:
         "--workdir", default=None,
         help="journals, exports, trainings [runs/e2e; a variant: runs/e2e/<table name>]",
     )  # fmt: skip
+    p.add_argument(
+        "--no-final", action="store_true",
+        help="run the studies only (their best validation in the table); a later run without it "
+        "adds the final trainings",
+    )  # fmt: skip
     p.add_argument("--summary", action="store_true", help="print the table's figures; run nothing")
     p.add_argument(
         "--first-trials", type=int, default=None, metavar="N",
@@ -488,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
             **{
                 k: v
                 for k, v in vars(a).items()
-                if k not in ("workdir", "summary", "first_trials", "live", "sets")
+                if k not in ("workdir", "summary", "first_trials", "live", "sets", "no_final")
             }
         ),
     ) + "".join(f" --set {s}" for s in a.sets)
@@ -496,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(a.out), seeds=a.seeds, workdir=Path(a.workdir or _workdir(a.out, a.sets, a.study)),
         data_dir=a.data_dir, n_trials=a.n_trials, workers=a.workers, epochs=a.final_epochs,
         train_seed=a.train_seed, device=a.device, sets=tuple(a.sets), study=a.study,
-        command=command,
+        final=not a.no_final, command=command,
         log=lambda msg: print(msg, flush=True),
     )  # fmt: skip
     print(markdown(table))
