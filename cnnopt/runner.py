@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
-import queue as queue_mod
 import signal
 import socket
 import time
@@ -158,6 +158,38 @@ def open_study(study: Study, url: str, create: bool = True) -> optuna.Study:
 # -- the runner ----------------------------------------------------------------------------------
 
 
+def read_events(
+    pipes: dict[int, Any], timeout: float = 0.0, only: int | None = None, to_end: bool = False
+) -> list[dict]:
+    """The events waiting in the workers' pipes (``only``: one worker's), after waiting up to
+    ``timeout`` for the first. ``to_end``: read a pipe to its end, for a worker that has exited
+    (its writing end is closed, so the end comes at once; 5 s of silence count as the end). A
+    pipe that ends is closed and dropped from ``pipes``, as is one whose last message was cut
+    short by its writer's death."""
+    chosen = {i: c for i, c in pipes.items() if only is None or i == only}
+    if not chosen:
+        if timeout:
+            time.sleep(timeout)  # no worker yet, or all ended: wait as the pipes would
+        return []
+    ready = list(chosen.values())
+    if not to_end:
+        ready = mp_connection.wait(ready, timeout)
+    out: list[dict] = []
+    for i, conn in chosen.items():
+        if conn not in ready:
+            continue
+        try:
+            while conn.poll(5.0 if to_end else 0):
+                out.append(conn.recv())
+            if not to_end:
+                continue
+        except (EOFError, OSError):  # the writer has ended and everything it sent is read
+            pass
+        conn.close()
+        del pipes[i]
+    return out
+
+
 def _first_line(e: BaseException) -> str:
     return mask_url((str(e).strip().splitlines() or [type(e).__name__])[0])
 
@@ -197,7 +229,9 @@ class Runner:
         tickets = ctx.Value("i", 0)
         inflight = ctx.Array("b", max(n_workers, 1))  # see _claim_slot; shares tickets' lock
         trial_ids = ctx.Array("i", [-1] * max(n_workers, 1))  # the trial each slot holds
-        events = ctx.Queue()
+        # each worker's own event pipe, read here (see worker.EventPipe: a worker's death must
+        # end only its pipe); a worker's index maps to the pipe of its current process
+        pipes: dict[int, Any] = {}
         procs: dict[int, mp.process.BaseProcess] = {}
         # this run's id: the owner of every trial its workers run is RUN_ID/HOST:PID, and RUN_ID
         # holds the runner's pid and process space, so a run killed whole can be proved dead
@@ -205,14 +239,10 @@ class Runner:
         host = socket.gethostname()
         dead: dict[str, str] = {}  # owners of this run's dead workers -> why they died
         deaths = 0
-        spawned = 0
 
         def spawn(i: int) -> None:
-            nonlocal spawned
-            spec = WorkerSpec(
-                i, devices[i], threads, self.study.settings.seed + 1000 * spawned + n_before
-            )
-            spawned += 1
+            spec = WorkerSpec(i, devices[i], threads)
+            reader, writer = ctx.Pipe(duplex=False)
             p = ctx.Process(
                 target=worker_main,
                 args=(
@@ -224,7 +254,7 @@ class Runner:
                     n_new,
                     deadline,
                     stop,
-                    events,
+                    writer,
                     inflight,
                     run_id,
                     trial_ids,
@@ -232,7 +262,9 @@ class Runner:
                 name=f"cnnopt-worker-{i}",
             )
             p.start()
+            writer.close()  # the worker holds the only writing end: its exit closes the pipe
             procs[i] = p
+            pipes[i] = reader
 
         interrupted = {"flag": False}
 
@@ -246,6 +278,15 @@ class Runner:
         display = RunDisplay(self.study, self.url, n_workers, n_new, enabled=self.opt.progress)
         log_events: list[dict] = []
         fatal: list[str] = []  # one-line errors of workers that stopped the run
+
+        def handle(ev: dict) -> None:
+            if ev["event"] == "fatal":
+                fatal.append(ev["message"])
+            elif ev["event"] == "exhausted":
+                exhausted.append(ev["message"])
+            log_events.append(ev)
+            display.update(ev)
+
         last_stale_check = time.time()
         # The proxy client calls a trial stale once it has seen its heartbeat unchanged for the
         # grace period, and restarts that watch after a gap of half of it: check more often.
@@ -262,23 +303,17 @@ class Runner:
                 while procs:
                     # all waiting events first, then always the health checks (a steady stream
                     # of events must not starve them)
-                    try:
-                        ev = events.get(timeout=0.5)
-                        while True:
-                            if ev["event"] == "fatal":
-                                fatal.append(ev["message"])
-                            elif ev["event"] == "exhausted":
-                                exhausted.append(ev["message"])
-                            log_events.append(ev)
-                            display.update(ev)
-                            ev = events.get_nowait()
-                    except queue_mod.Empty:
-                        pass
+                    for ev in read_events(pipes, timeout=0.5):
+                        handle(ev)
                     for i, p in list(procs.items()):
                         if p.is_alive():
                             continue
                         p.join()
                         del procs[i]
+                        # what it sent before it ended, then its pipe's end (a message cut by
+                        # its death ends there too)
+                        for ev in read_events(pipes, only=i, to_end=True):
+                            handle(ev)
                         if p.exitcode == 0:
                             continue
                         deaths += 1
@@ -323,18 +358,9 @@ class Runner:
                     self._fail_dead(ostudy, {owner: dead[owner]}, retry)
             for s, h in old.items():
                 signal.signal(s, h)
-        # events the last workers sent just before exiting
-        while True:
-            try:
-                ev = events.get(timeout=0.2)
-            except queue_mod.Empty:
-                break
-            log_events.append(ev)
-            display.update(ev)
-            if ev["event"] == "fatal":
-                fatal.append(ev["message"])
-            elif ev["event"] == "exhausted":
-                exhausted.append(ev["message"])
+        # events the last workers sent just before exiting (all have ended: every pipe ends)
+        for ev in read_events(pipes, to_end=True):
+            handle(ev)
         if dead:
             # once more: a dead worker's last write (a trial creation whose commit was still on
             # its way when the worker died) may have landed after the runner first looked

@@ -160,7 +160,10 @@ def _rdb_heartbeat_ages(storage: Any, trial_ids: list[int]) -> dict[int, float]:
 
 
 def worker_status(ostudy: optuna.Study, url: str) -> list[WorkerStatus]:
-    running = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    # one read: the RUNNING trials with their owners (the storages get_storage opens), or as
+    # any storage gives them (no owners: a foreign storage object)
+    raw = raw_trials(ostudy)
+    running = raw or ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     by_worker: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for t in running:
         by_worker.setdefault(str(t.user_attrs.get("worker", "?")), []).append(t)
@@ -180,7 +183,7 @@ def worker_status(ostudy: optuna.Study, url: str) -> list[WorkerStatus]:
     here = socket.gethostname()
     # the owner cnnopt wrote on each trial says which machine and pid namespace its pid lives in
     space = process_space()
-    owners = {t.number: owner_of(t) for t in raw_trials(ostudy)}
+    owners = {t.number: owner_of(t) for t in raw}
     out = []
     for worker, trials in sorted(by_worker.items()):
         numbers = [t.number for t in trials]

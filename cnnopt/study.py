@@ -31,6 +31,7 @@ from cnnopt.config import FIELD_TYPES, KEY_SECTION, RunConfig, coerce
 from cnnopt.cost import COSTS
 from cnnopt.errors import CnnoptError, StudyFileError
 from cnnopt.pareto import RULES, RungPruner, rungs
+from cnnopt.sampling import PerTrialSeedSampler
 
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "nsgaii")
 PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "none")
@@ -288,7 +289,15 @@ class Study:
 
     # -- Optuna objects --------------------------------------------------------------------------
     def make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
-        base = self._base_sampler(seed)
+        """The study's sampler, seeded per trial from the study seed (or ``seed``) and the trial's
+        number, so that workers and runners sharing a study never draw the same stream
+        (``cnnopt.sampling``); quasi-random sampling shares its one sequence instead."""
+        seed = self.settings.seed if seed is None else seed
+        if self.settings.sampler == "qmc":
+            return self._pinned(self._base_sampler(seed))
+        return PerTrialSeedSampler(lambda s: self._pinned(self._base_sampler(s)), seed)
+
+    def _pinned(self, base: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
         if not self.pinned:
             return base
         # a pinned key that space() samples under the same name: the sampler returns the pinned

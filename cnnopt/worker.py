@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 import warnings
@@ -38,7 +39,48 @@ class WorkerSpec:
     index: int
     device: str
     threads: int
-    sampler_seed: int
+
+
+class EventPipe:
+    """A worker's end of its own event pipe to the runner (progress, trial ends, fatal errors).
+
+    One pipe per worker, not one ``multiprocessing.Queue`` for all: a Queue's writers share one
+    lock, held by a writer's feeder thread while it sends, and a worker killed at that moment
+    (SIGKILL, the OOM killer) never released it: every other worker blocked on the lock, the
+    runner saw no more events, and the run hung with its trials done. A worker's death now ends
+    only its own pipe (the runner reads what it sent, then end-of-file). ``put`` sends at once,
+    from the calling thread: no feeder thread to lose an event when the process exits."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self._lock = threading.Lock()  # one message at a time on the pipe
+
+    def put(self, event: dict) -> None:
+        with self._lock:
+            try:
+                _die_mid_event_for_tests(self._conn, event)
+                self._conn.send(event)
+            except OSError:  # the runner is gone (BrokenPipeError): nobody left to tell
+                pass
+
+
+def _die_mid_event_for_tests(conn, event: dict) -> None:
+    """Fault-test hook: if the file named by $CNNOPT_TEST_DIE_MID_EVENT exists, the first epoch
+    event of the worker that removes it is cut in half on the pipe and the worker SIGKILLs itself,
+    as the OOM killer would mid-send: the runner must read up to the cut and go on."""
+    path = os.environ.get("CNNOPT_TEST_DIE_MID_EVENT")
+    if not (path and event.get("event") == "epoch"):
+        return
+    try:
+        os.unlink(path)  # one worker, once
+    except FileNotFoundError:
+        return
+    import pickle
+    import struct
+
+    data = pickle.dumps(event)
+    os.write(conn.fileno(), struct.pack("!i", len(data)) + data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def owner_name(run_id: str, tag: str) -> str:
@@ -93,6 +135,8 @@ def worker_main(
     run_id: str = "",
     trial_ids=None,
 ) -> None:
+    if not hasattr(events, "put"):  # the runner's pipe (tests may pass any queue)
+        events = EventPipe(events)
     # Ctrl-C reaches the whole process group; the runner decides, and tells us through `stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -167,7 +211,8 @@ def _work(
     ostudy = optuna.load_study(
         study_name=study.name,
         storage=storage,
-        sampler=study.make_sampler(spec.sampler_seed),
+        # seeded per trial (study seed, trial number): workers and runners draw apart
+        sampler=study.make_sampler(),
         pruner=study.make_pruner(),
     )
     current: dict[str, int] = {}

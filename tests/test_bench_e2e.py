@@ -117,3 +117,28 @@ def test_the_focused_variant_loads_and_keeps_the_shipped_settings():
     differ = {k for k, v in vars(focused.settings).items() if v != getattr(shipped.settings, k)}
     assert differ == {"name", "enqueue"}  # only the space (and its warm starts) is the variant's
     assert focused.fixed == shipped.fixed
+
+
+def test_welch_interval_has_satterthwaite_degrees_of_freedom():
+    from benchmarks.search.stats import welch
+
+    d = welch([1.0, 2.0, 3.0], [0.0, 0.0, 1.0])
+    # variances of the means 1/3 and 1/9; df = 3.2, rounded down to 3 (t = 3.182)
+    assert d.mean == pytest.approx(5 / 3)
+    assert d.high - d.mean == pytest.approx(3.182 * 2 / 3)
+    with pytest.raises(ValueError, match="2 values per group, got 1 and 3"):
+        welch([1.0], [0.0, 0.0, 1.0])
+
+
+def test_compare_sets_two_searches_side_by_side_without_pairing_seeds():
+    variant = {"meta": {"sets": [], "study_file": "v.py"},
+               "rows": {"21": _row(21, 0.95), "22": _row(22, None), "23": _row(23, 0.96)}}  # fmt: skip
+    variant["rows"]["22"]["study"]["best"]["value"] = 0.93
+    base = {"meta": {"sets": []}, "rows": {"12": _row(12, 0.94), "13": _row(13, 0.93)}}
+    cmp = e2e.compare(variant, base)
+    # the shipped table brings its reported rows: seed 5 (final) and seed 11 (study only)
+    assert cmp["validation"]["variant"] == [0.9418, 0.93, 0.9418]
+    assert len(cmp["validation"]["base"]) == 4 and cmp["test"]["base"][0] == 0.9538
+    assert cmp["test"]["variant"] == [0.95, 0.96]
+    md = e2e.compare_markdown(cmp, ("focused", "shipped"))
+    assert "| test after 50 epochs | 95.50% (2 seeds) | 94.13% (3 seeds) |" in md

@@ -200,7 +200,7 @@ def test_a_worker_binds_its_gpu_before_it_loads_anything(monkeypatch):
         raise StudyFileError("stop here")
 
     monkeypatch.setattr(worker.Study, "load", load)
-    spec = worker.WorkerSpec(index=0, device="cuda:2", threads=1, sampler_seed=0)
+    spec = worker.WorkerSpec(index=0, device="cuda:2", threads=1)
     with pytest.raises(StudyFileError):
         worker._work(spec, "x.py", {}, "unused", None, 1, None, None, None, None)
     assert seen["visible"] == "2"

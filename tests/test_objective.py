@@ -287,7 +287,7 @@ def _worker_once(path, url, monkeypatch):
     monkeypatch.setattr("cnnopt.train.train_one_epoch", crash)
     monkeypatch.setattr(torch.cuda, "empty_cache", crash)  # every CUDA call fails now
     tickets, inflight, events = multiprocessing.Value("i", 0), [0], queue.Queue()
-    spec = worker.WorkerSpec(0, "cpu", 1, 0)
+    spec = worker.WorkerSpec(0, "cpu", 1)
     with pytest.raises(SystemExit) as e:
         worker._work(
             spec, str(path), {}, url, tickets, 4, None, threading.Event(), events, inflight

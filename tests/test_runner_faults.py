@@ -4,6 +4,7 @@ restarted mid-study, Ctrl-C (SIGINT) and a re-run."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,31 @@ def test_sigkill_worker_mid_trial(any_url, tmp_path):
     assert "fail_reason" not in retries[0].user_attrs
     if secret_of(any_url):
         assert secret_of(any_url) not in out
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_event_leaves_the_others_reporting(tmp_path):
+    """A worker killed while sending an event to the runner (half the message on its pipe) must
+    not stop the others: with one queue shared by all workers, the dead writer kept the queue's
+    write lock, every other worker blocked on it and the run hung with its trials done."""
+    url = str(tmp_path / "study.journal")
+    cut = tmp_path / "cut"
+    cut.touch()
+    proc = start_run(url, tmp_path, n_trials=4, env={"CNNOPT_TEST_DIE_MID_EVENT": str(cut)})
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    assert not cut.exists()  # a worker did die mid-event
+    deaths = [ln for ln in out.splitlines() if ln.startswith("cnnopt: worker") and "died" in ln]
+    assert len(deaths) == 1 and "exit code -9" in deaths[0], out
+    trials = load(url).get_trials()
+    assert sum(t.state in FINISHED for t in trials) == 4, out
+    (dead,) = [t for t in trials if t.state == TrialState.FAIL]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retry.state in FINISHED and retry.params == dead.params
+    # every finished trial's end reached the runner, those after the death included
+    for t in trials:
+        if t.state in FINISHED:
+            assert re.search(rf"trial +{t.number} (complete|pruned) ", out), out
 
 
 def worker_pids(proc) -> list[int]:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.search.stats import t_mean
+from benchmarks.search.stats import t_mean, welch
 from benchmarks.search.tabulate import command_line, load_table, save_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -317,6 +317,48 @@ def summarize(table: dict[str, Any], reported: bool = True) -> dict[str, Any]:
     return out
 
 
+def compare(table: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """``table``'s search against ``base``'s: the study's best validation and the final test
+    accuracy per study seed, each search's mean, and the difference with Welch's interval (two
+    searches' seeds share nothing to pair; reported rows count as what they are)."""
+    out: dict[str, Any] = {}
+    for key, pick in (
+        ("validation", lambda r: (r.get("study", {}).get("best") or {}).get("value")),
+        ("test", lambda r: (r.get("final") or {}).get("test_accuracy")),
+    ):
+        a = [v for v in map(pick, rows_of(table)) if v is not None]
+        b = [v for v in map(pick, rows_of(base)) if v is not None]
+        out[key] = {"variant": a, "base": b}
+        if len(a) >= 2 and len(b) >= 2:
+            out[key]["difference"] = welch(a, b)
+    return out
+
+
+def compare_markdown(cmp: dict[str, Any], names: tuple[str, str]) -> str:
+    lines = [
+        f"| | {names[0]} | {names[1]} | difference, Welch 95% |",
+        "|---|---|---|---|",
+    ]
+    for key, what in (("validation", "best validation after 10 epochs"),
+                      ("test", "test after 50 epochs")):  # fmt: skip
+        c = cmp[key]
+
+        def cell(v: list[float]) -> str:
+            if not v:
+                return "-"
+            return f"{100 * sum(v) / len(v):.2f}% ({len(v)} seeds)"
+
+        d = c.get("difference")
+        diff = (
+            f"{100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}] points"
+            + ("" if d.excludes_zero() else ": no measurable difference")
+            if d
+            else "too few seeds"
+        )
+        lines.append(f"| {what} | {cell(c['variant'])} | {cell(c['base'])} | {diff} |")
+    return "\n".join(lines)
+
+
 # -- why a 9-trial study varies: the live studies' first trials -----------------------------------
 
 
@@ -484,9 +526,18 @@ def main(argv: list[str] | None = None) -> None:
         help="print the live table's best within the first N trials per seed; run nothing",
     )  # fmt: skip
     p.add_argument("--live", default=str(LIVE_TABLE), help="the live table, for --first-trials")
+    p.add_argument(
+        "--against", default=None, metavar="TABLE",
+        help="compare --out's search with TABLE's (validation and test, Welch); run nothing",
+    )  # fmt: skip
     a = p.parse_args(argv)
     if a.summary:
         print(markdown(load_table(Path(a.out))))
+        return
+    if a.against:
+        names = (Path(a.out).stem, Path(a.against).stem)
+        tables = (load_table(Path(a.out)), load_table(Path(a.against)))
+        print(compare_markdown(compare(*tables), names))
         return
     if a.first_trials:
         print(first_trials_markdown(first_trials(load_table(Path(a.live)), a.first_trials)))
@@ -497,7 +548,8 @@ def main(argv: list[str] | None = None) -> None:
             **{
                 k: v
                 for k, v in vars(a).items()
-                if k not in ("workdir", "summary", "first_trials", "live", "sets", "no_final")
+                if k
+                not in ("workdir", "summary", "first_trials", "live", "sets", "no_final", "against")
             }
         ),
     ) + "".join(f" --set {s}" for s in a.sets)

@@ -308,6 +308,8 @@ def run_ray(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from cnnopt.sampling import trial_seed
+
     samplers = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
     if sampler not in samplers:
         raise ValueError(f"unknown Ray sampler {sampler!r} (known: {', '.join(samplers)})")
@@ -334,7 +336,9 @@ def run_ray(
                     ),
                     search_alg=OptunaSearch(
                         space=space, metric="val_loss", mode="min",
-                        sampler=samplers[sampler](seed=seed),
+                        # seeded as cnnopt seeds its trial 0 (cnnopt.sampling): the first trial
+                        # is the cnnopt variants' first trial, so the pair can be checked
+                        sampler=samplers[sampler](seed=trial_seed(seed, 0)),
                     ),
                     num_samples=budget,  # more than fit: the budget stopper ends it
                     # one actor for all trials: torch and cnnopt imported once, the data split

@@ -26,6 +26,7 @@ __all__ = [
     "choose",
     "capped",
     "band",
+    "welch",
 ]
 
 
@@ -83,3 +84,21 @@ def band(curves: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> tuple[n
 
 
 Metric = Callable[[object], float]
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> Interval:
+    """Mean of ``a`` minus mean of ``b`` with Welch's t 95% interval: two groups that share no
+    pairing (studies of two search spaces on different seeds: a study seed draws unrelated
+    configurations in each space, so pairing by seed would remove nothing). The degrees of
+    freedom are Welch-Satterthwaite's, rounded down (the conservative side)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size < 2 or y.size < 2:
+        raise ValueError(f"Welch's interval needs 2 values per group, got {x.size} and {y.size}")
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(vx + vy)
+    d = float(x.mean() - y.mean())
+    if se == 0:
+        return Interval(d, d, d, int(x.size + y.size))
+    df = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+    half = t_quantile(max(1, math.floor(df))) * se
+    return Interval(d, d - half, d + half, int(x.size + y.size))
