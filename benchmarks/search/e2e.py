@@ -295,7 +295,7 @@ def rows_of(table: dict[str, Any], reported: bool = True) -> list[dict[str, Any]
     """The table's rows by study seed, with the ``REPORTED`` ones (marked) unless told not to."""
     # the reported runs are of the shipped search: they join its table, not a variant's
     meta = table.get("meta", {})
-    plain = not meta.get("sets") and meta.get("study_file", STUDY_FILE) == STUDY_FILE
+    plain = not _is_variant(meta.get("sets"), meta.get("study_file", STUDY_FILE))
     rows = {**(REPORTED if reported and plain else {}), **table.get("rows", {})}
     return [r for _, r in sorted(rows.items(), key=lambda kv: int(kv[0]))]
 
@@ -322,16 +322,21 @@ def compare(table: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     accuracy per study seed, each search's mean, and the difference with Welch's interval (two
     searches' seeds share nothing to pair; reported rows count as what they are)."""
     out: dict[str, Any] = {}
+    rows, base_rows = rows_of(table), rows_of(base)
     for key, pick in (
         ("validation", lambda r: (r.get("study", {}).get("best") or {}).get("value")),
         ("test", lambda r: (r.get("final") or {}).get("test_accuracy")),
     ):
-        a = [v for v in map(pick, rows_of(table)) if v is not None]
-        b = [v for v in map(pick, rows_of(base)) if v is not None]
+        a = [v for v in map(pick, rows) if v is not None]
+        b = [v for v in map(pick, base_rows) if v is not None]
         out[key] = {"variant": a, "base": b}
         if len(a) >= 2 and len(b) >= 2:
             out[key]["difference"] = welch(a, b)
     return out
+
+
+def _mean_cell(v: list[float]) -> str:
+    return f"{100 * sum(v) / len(v):.2f}% ({len(v)} seeds)" if v else "-"
 
 
 def compare_markdown(cmp: dict[str, Any], names: tuple[str, str]) -> str:
@@ -342,12 +347,6 @@ def compare_markdown(cmp: dict[str, Any], names: tuple[str, str]) -> str:
     for key, what in (("validation", "best validation after 10 epochs"),
                       ("test", "test after 50 epochs")):  # fmt: skip
         c = cmp[key]
-
-        def cell(v: list[float]) -> str:
-            if not v:
-                return "-"
-            return f"{100 * sum(v) / len(v):.2f}% ({len(v)} seeds)"
-
         d = c.get("difference")
         diff = (
             f"{100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}] points"
@@ -355,7 +354,7 @@ def compare_markdown(cmp: dict[str, Any], names: tuple[str, str]) -> str:
             if d
             else "too few seeds"
         )
-        lines.append(f"| {what} | {cell(c['variant'])} | {cell(c['base'])} | {diff} |")
+        lines.append(f"| {what} | {_mean_cell(c['variant'])} | {_mean_cell(c['base'])} | {diff} |")
     return "\n".join(lines)
 
 
@@ -489,7 +488,12 @@ def _workdir(out: str, sets: list[str], study: str = STUDY_FILE) -> Path:
     """runs/e2e for the shipped search; a variant's studies beside it, by its table's name (the
     same study seed in one folder would resume the other search's journal)."""
     base = REPO / "runs" / "e2e"
-    return base / Path(out).stem if sets or study != STUDY_FILE else base
+    return base / Path(out).stem if _is_variant(sets, study) else base
+
+
+def _is_variant(sets: list[str] | None, study: str) -> bool:
+    """Another search than the shipped one: a changed setting or another study file."""
+    return bool(sets) or study != STUDY_FILE
 
 
 def main(argv: list[str] | None = None) -> None:
