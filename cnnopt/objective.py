@@ -151,9 +151,8 @@ class Objective:
             value = stats.metrics[self.metric]
             history.append(_epoch_record(stats))
             trial.set_user_attr("history", history)
-            if not math.isfinite(value):
-                raise TrialFailed(f"{self.metric} became {value} at epoch {stats.epoch}")
-            self._report(trial, value, stats.epoch)
+            # sent before the value is judged: a diverged epoch was trained too (epoch budgets
+            # count these events)
             self.emit(
                 {
                     "event": "epoch",
@@ -163,6 +162,9 @@ class Objective:
                     "value": value,
                 }
             )
+            if not math.isfinite(value):
+                raise TrialFailed(f"{self.metric} became {value} at epoch {stats.epoch}")
+            self._report(trial, value, stats.epoch)
             _hold_after_epoch_for_tests(stats.epoch, self.should_stop)
             if self.should_stop():
                 raise Interrupted()

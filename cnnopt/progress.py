@@ -18,10 +18,20 @@ from cnnopt.storage import describe
 
 
 class RunDisplay:
-    def __init__(self, study, url: str, n_workers: int, n_trials: int, enabled: bool = True):
+    def __init__(
+        self,
+        study,
+        url: str,
+        n_workers: int,
+        n_trials: int | None,
+        enabled: bool = True,
+        epoch_budget: int | None = None,
+    ):
         self.study = study
         self.url = url
-        self.n_trials = n_trials
+        self.n_trials = n_trials  # None: the epoch budget bounds the run
+        self.epoch_budget = epoch_budget
+        self.epochs = 0  # trained by this run
         self.console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
         self.live_mode = enabled and sys.stderr.isatty()
         self.log_lines = enabled and not self.live_mode  # a line per event instead of a table
@@ -41,9 +51,12 @@ class RunDisplay:
             )
             self.live.__enter__()
         elif self.log_lines:
+            bounds = [f"{self.n_trials} trial(s) to add"] if self.n_trials is not None else []
+            if self.epoch_budget:
+                bounds.append(f"{self.epoch_budget} epochs to train")
             self.console.print(
                 f"cnnopt: study [bold]{self.study.name}[/] on {describe(self.url)}, "
-                f"{len(self.workers)} worker(s), {self.n_trials} trial(s) to add"
+                f"{len(self.workers)} worker(s), {' or '.join(bounds)}"
             )
         return self
 
@@ -64,6 +77,7 @@ class RunDisplay:
             elif ev.get("duplicate_of") is not None:
                 w.update(state=f"copying #{ev['duplicate_of']}")
         elif kind == "epoch":
+            self.epochs += 1
             w.update(epoch=ev["epoch"], value=ev["value"])
             if self.log_lines:
                 of = f"/{ev['epochs']}" if ev.get("epochs") else ""
@@ -105,9 +119,11 @@ class RunDisplay:
         c = self.counts
         best = f"{self.best:.4f}" if self.best is not None else "-"
         done = sum(c.values())
+        of = f"/{self.n_trials}" if self.n_trials is not None else ""
+        epochs = f"; {self.epochs}/{self.epoch_budget} epochs" if self.epoch_budget else ""
         return (
-            f"{done}/{self.n_trials} done: {c['COMPLETE']} complete, {c['PRUNED']} pruned, "
-            f"{c['FAIL']} failed; best {best}; {time.time() - self.t0:.0f}s"
+            f"{done}{of} done: {c['COMPLETE']} complete, {c['PRUNED']} pruned, "
+            f"{c['FAIL']} failed; best {best}{epochs}; {time.time() - self.t0:.0f}s"
         )
 
     def _render(self) -> Table:

@@ -64,6 +64,7 @@ class RunOptions:
     storage: str | None = None
     device: str = "auto"
     progress: bool = True
+    epoch_budget: int | None = None  # epochs this run may train; None: the study's epoch_budget
 
 
 @dataclass
@@ -81,10 +82,25 @@ class RunSummary:
     interrupted: bool = False
     events: list[dict] = field(default_factory=list)
     exhausted: str | None = None  # why the run stopped early: no untried configuration left
+    epochs: int = 0  # epochs this run's workers trained (copies and over-budget proposals: none)
+    epoch_budget: int | None = None  # the run's epoch budget, when it had one
     pareto: bool = False  # a Pareto study: a front, no single best trial
 
 
 # -- devices (which GPU each worker uses: cnnopt.devices) -----------------------------------------
+
+
+# The trial count of a run bounded by its epoch budget alone (the budget closes the tickets),
+# and the count of a closed ticket counter: far above any trial count, within a C int.
+UNBOUNDED = 2**30
+CLOSED = 2**31 - 1
+
+
+def _close_tickets(tickets) -> None:
+    """No worker may take another ticket, whatever is given back later (a dead worker's ticket
+    is given back by decrementing: the counter stays far above any target)."""
+    with tickets.get_lock():
+        tickets.value = CLOSED
 
 
 def threads_per_worker(devices: list[str]) -> int:
@@ -205,7 +221,13 @@ class Runner:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         t0 = time.time()
-        n_new = self.opt.n_trials if self.opt.n_trials is not None else self.study.settings.n_trials
+        budget = self.opt.epoch_budget or self.study.settings.epoch_budget
+        if self.opt.n_trials is not None:
+            n_new = self.opt.n_trials
+        elif budget:  # the epoch budget bounds the run, not the study's default trial count
+            n_new = UNBOUNDED
+        else:
+            n_new = self.study.settings.n_trials
         n_workers = max(1, min(self.opt.workers, n_new)) if n_new else 0
         # a GPU that is not there is a one-line error before anything is created or started
         devices = plan_devices(self.opt.device, n_workers)
@@ -275,15 +297,27 @@ class Runner:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         from cnnopt.progress import RunDisplay
 
-        display = RunDisplay(self.study, self.url, n_workers, n_new, enabled=self.opt.progress)
+        display = RunDisplay(
+            self.study, self.url, n_workers, None if n_new == UNBOUNDED else n_new,
+            enabled=self.opt.progress, epoch_budget=budget,
+        )  # fmt: skip
         log_events: list[dict] = []
         fatal: list[str] = []  # one-line errors of workers that stopped the run
+        epochs = {"trained": 0, "closed": False}
 
         def handle(ev: dict) -> None:
             if ev["event"] == "fatal":
                 fatal.append(ev["message"])
             elif ev["event"] == "exhausted":
                 exhausted.append(ev["message"])
+            elif ev["event"] == "epoch":
+                epochs["trained"] += 1
+                if budget and epochs["trained"] >= budget and not epochs["closed"]:
+                    # no more tickets: no worker starts another trial, and none is replaced;
+                    # the trials in progress finish (their epochs are trained work, not waste)
+                    _close_tickets(tickets)
+                    epochs["closed"] = True
+                    log.info("epoch budget spent (%d epochs): no new trials", budget)
             log_events.append(ev)
             display.update(ev)
 
@@ -376,6 +410,7 @@ class Runner:
             ostudy, n_before, time.time() - t0, deaths, interrupted["flag"], log_events
         )
         summary.exhausted = exhausted[0] if exhausted else None
+        summary.epochs, summary.epoch_budget = epochs["trained"], budget
         return summary
 
     @staticmethod

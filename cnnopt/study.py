@@ -70,6 +70,13 @@ class StudySettings:
     reduction_factor: int = 2  # hyperband / successive halving: keep the top 1/factor per rung
     n_trials: int = 20  # default for `cnnopt run` without --n-trials
     timeout: float | None = None
+    # Stop starting trials once the run has trained this many epochs (each trial's epochs as
+    # trained: a pruned trial counts the epochs it ran, a copy of a trained configuration none).
+    # Epochs, not trials, are what a study spends: under a trial count a pruner's savings are
+    # lost, under an epoch budget they buy more trials, as they do under a timeout; unlike a
+    # timeout it does not move with the machine's load. With it and without --n-trials, the
+    # budget (and the timeout) bound the run, not `n_trials`.
+    epoch_budget: int | None = None
     seed: int = 0
     retry_failed: int = 1  # re-runs (same params) of a trial whose worker died
     checkpoint: bool = False  # per-epoch checkpoints so a retried trial resumes, not restarts
@@ -419,7 +426,7 @@ def _check_objectives(settings: dict[str, Any], where: str) -> None:
     """A Pareto study's objectives, directions, sampler and pruner, checked together (each is
     fine alone; some combinations Optuna or cnnopt cannot run). Fills in ``metric`` and
     ``directions`` so that the rest of cnnopt reads them from one place."""
-    for key in ("max_params", "max_flops", "max_latency_ms", "latency_batch"):
+    for key in ("max_params", "max_flops", "max_latency_ms", "latency_batch", "epoch_budget"):
         value = settings.get(key)
         if value is not None and value <= 0:
             raise StudyFileError(f"{where}: {key}={value!r} must be positive")

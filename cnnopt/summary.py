@@ -15,7 +15,14 @@ def print_run_summary(s: RunSummary, console: Console | None = None) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("storage", describe(s.storage))
-    table.add_row("this run", f"{s.new_trials} new trial(s) in {s.seconds:.0f}s")
+    table.add_row(
+        "this run", f"{s.new_trials} new trial(s), {s.epochs} epochs trained in {s.seconds:.0f}s"
+    )
+    if s.epoch_budget and s.epochs >= s.epoch_budget:
+        table.add_row(
+            "epoch budget",
+            f"{s.epoch_budget} spent: no trial started after it (the trials in progress finished)",
+        )
     table.add_row(
         "all trials", ", ".join(f"{n} {k.lower()}" for k, n in sorted(s.states.items())) or "none"
     )

@@ -63,8 +63,35 @@ def test_study_record_names_the_best_trial_its_source_and_hardware(tmp_path):
                               else "found by the search")  # fmt: skip
     assert best["params_count"] > 0 and best["flops"] > 0 and best["hardware"]["cpu"]
     assert len(rec["hardware"]) == 1 and rec["seconds"] > 0  # one machine trained every trial
-    assert e2e.finished_trials(url, "e2") == 3
-    assert e2e.finished_trials(str(tmp_path / "none.journal"), "e2") == 0
+    assert e2e.spent(url, "e2", "finished") == 3
+    assert e2e.spent(str(tmp_path / "none.journal"), "e2", "finished") == 0
+    trained = sum(len(t["intermediate_values"]) for t in _journal_trials(url, "e2"))
+    assert e2e.spent(url, "e2", "epochs") == rec["epochs"] == trained > 0
+
+
+def _journal_trials(url: str, name: str) -> list[dict]:
+    import optuna
+
+    from cnnopt.storage import get_storage
+
+    study = optuna.load_study(study_name=name, storage=get_storage(url))
+    return [{"intermediate_values": t.intermediate_values} for t in study.trials]
+
+
+def test_an_epoch_budget_runs_each_study_to_its_epochs_and_resumes(tmp_path):
+    (tmp_path / "eb.py").write_text(STUDY_SOURCE.format(name="eb", epochs=2))
+    out = tmp_path / "eb.json"
+    kw = dict(seeds=[3], workdir=tmp_path / "w", data_dir=None, workers=1, device="cpu",
+              study=str(tmp_path / "eb.py"), final=False, epoch_budget=5)  # fmt: skip
+    table = e2e.run(out, **kw)
+    row = table["rows"]["3"]["study"]
+    # 2-epoch trials: the third starts with 4 of 5 epochs trained and finishes; none after it
+    assert 5 <= row["epochs"] <= 6 and row["finished"] == 3
+    assert table["meta"]["epoch_budget"] == 5 and table["meta"]["n_trials"] is None
+    again = e2e.run(out, **kw)  # spent: nothing more is run
+    assert again["rows"]["3"]["study"]["trials"] == row["trials"]
+    with pytest.raises(SystemExit, match="5-epoch budget, not of .* with --set nothing: give"):
+        e2e.run(out, **{**kw, "epoch_budget": None})
 
 
 def _trial(number: int, value: float | None, bn: str = "after") -> dict:
@@ -107,6 +134,7 @@ def test_a_variant_of_the_search_gets_a_table_of_its_own(tmp_path):
     assert e2e.summarize(other)["seeds"] == [12]
     assert e2e._workdir("t/focused.json", [], "v.py").name == "focused"
     assert e2e._workdir("t/fashion_e2e.json", []).name == "e2e"
+    assert e2e._workdir("t/budget90.json", [], e2e.STUDY_FILE, 90).name == "budget90"
 
 
 def test_the_focused_variant_loads_and_keeps_the_shipped_settings():

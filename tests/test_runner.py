@@ -245,3 +245,31 @@ def test_a_stored_study_with_other_directions_is_named_not_mixed(write_study, tm
     )
     with pytest.raises(StorageError, match=r"has directions \['maximize'\].*another --study-name"):
         open_study(pareto, url)
+
+
+def test_an_epoch_budget_bounds_the_run_and_lets_the_last_trial_finish(tmp_path):
+    # 3-epoch trials, one worker, no pruning (every trial trains its 3 epochs), 7 epochs: the
+    # third trial starts with 6 trained and finishes (9 in all); no fourth starts, although
+    # the study's n_trials (4) would allow it: the budget alone bounds a run without --n-trials
+    storage = str(tmp_path / "s.journal")
+    r = run("run", "studies/quick_synthetic.py", "--epoch-budget", "7", "--storage", storage,
+            "--set", "pruner=none", "--set", "deduplicate=false", *CPU)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    trials = optuna.load_study(study_name="quick_synthetic", storage=get_storage(storage)).trials
+    assert [len(t.intermediate_values) for t in trials] == [3, 3, 3]
+    assert "9 epochs trained" in r.stdout and "7 spent" in r.stdout
+    assert "9/7 epochs" in r.stderr  # the line per trial off a TTY counts them
+    # with --n-trials the first bound reached ends the run
+    r = run("run", "studies/quick_synthetic.py", "--epoch-budget", "100", "--n-trials", "1",
+            "--storage", storage, "--no-progress", *CPU)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (
+        len(optuna.load_study(study_name="quick_synthetic", storage=get_storage(storage)).trials)
+        == 4
+    )
+
+
+def test_an_epoch_budget_must_be_positive(tmp_path):
+    r = run("run", "studies/quick_synthetic.py", "--set", "epoch_budget=0", *CPU)
+    assert r.returncode != 0
+    assert "epoch_budget=0 must be positive" in r.stderr and "Traceback" not in r.stderr

@@ -128,6 +128,10 @@ def study_record(url: str, name: str) -> dict[str, Any]:
         "trials": len(trials),
         "states": states,
         "finished": sum(n for s, n in states.items() if s in ("COMPLETE", "PRUNED", "FAIL")),
+        # epochs trained (a copy of a trained configuration trained none)
+        "epochs": sum(
+            len(t.intermediate_values) for t in trials if t.user_attrs.get("duplicate_of") is None
+        ),
     }
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
@@ -157,10 +161,11 @@ def study_record(url: str, name: str) -> dict[str, Any]:
     return rec
 
 
-def finished_trials(url: str, name: str) -> int:
+def spent(url: str, name: str, key: str) -> int:
+    """What the study has spent so far: ``finished`` trials or trained ``epochs``."""
     if not Path(url).exists():
         return 0
-    return study_record(url, name)["finished"]
+    return study_record(url, name)[key]
 
 
 def run_seed(
@@ -178,22 +183,30 @@ def run_seed(
     sets: tuple[str, ...] = (),
     study: str = STUDY_FILE,
     final: bool = True,
+    epoch_budget: int | None = None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Study, export, final training for one study seed; ``row`` is filled step by step and
-    ``save`` called after each, so an interrupted run keeps what is done."""
+    ``save`` called after each, so an interrupted run keeps what is done. The study's budget is
+    ``n_trials`` finished trials, or with ``epoch_budget`` that many trained epochs (the trials
+    in progress when it is spent finish)."""
     d = workdir / f"seed{seed}"
     url, name = str(d / "study.journal"), study_name(seed)
     data = ["--data-dir", data_dir] if data_dir else []
-    if "study" not in row or row["study"].get("finished", 0) < n_trials:
-        left = n_trials - finished_trials(url, name)
+    key, total, unit, flag = (
+        ("epochs", epoch_budget, "epochs", "--epoch-budget")
+        if epoch_budget
+        else ("finished", n_trials, "trials", "--n-trials")
+    )
+    if "study" not in row or row["study"].get(key, 0) < total:
+        left = total - spent(url, name, key)
         if left > 0:
-            log(f"seed {seed}: study, {left} trials")
+            log(f"seed {seed}: study, {left} {unit}")
             t0 = time.time()
             rc = cnnopt(
                 ["run", study, "--workers", str(workers), "--seed", str(seed),
                  "--set", "enqueue=[]", *[a for s in sets for a in ("--set", s)],
-                 "--n-trials", str(left), "--device", device, *data,
+                 flag, str(left), "--device", device, *data,
                  "--storage", url, "--study-name", name, "--no-progress"],
                 d / "study.log",
             )  # fmt: skip
@@ -253,6 +266,7 @@ def run(
     sets: tuple[str, ...] = (),
     study: str = STUDY_FILE,
     final: bool = True,
+    epoch_budget: int | None = None,
     command: str = "",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -260,11 +274,17 @@ def run(
     meta = table.get("meta", {})
     held = meta.get("sets", [])
     held_study = meta.get("study_file", STUDY_FILE)
-    if table.get("rows") and (list(held) != list(sets) or held_study != study):
+    held_budget = meta.get("epoch_budget")
+    if table.get("rows") and (
+        list(held) != list(sets) or held_study != study or held_budget != epoch_budget
+    ):
         # one table, one search: a changed search goes into a table of its own (--out)
+        def search(f, s, b):
+            return f"{f} with --set {list(s) or 'nothing'}" + (f", {b}-epoch budget" if b else "")
+
         raise SystemExit(
-            f"{out} holds studies of {held_study} run with --set {held or 'nothing'}, not of "
-            f"{study} with --set {list(sets) or 'nothing'}: give another --out"
+            f"{out} holds studies of {search(held_study, held, held_budget)}, not of "
+            f"{search(study, sets, epoch_budget)}: give another --out"
         )
     table.setdefault("rows", {})
     table.pop("runs", None)
@@ -273,7 +293,9 @@ def run(
         "kind": "e2e",
         "what": "the search on its own (enqueue=[]), its best trial retrained on 60k, per study seed",
         "study_file": study,
-        "n_trials": n_trials,
+        "n_trials": None if epoch_budget else n_trials,
+        # the study's budget in trained epochs instead of trials (None: n_trials)
+        "epoch_budget": epoch_budget,
         "sets": list(sets),  # study settings changed beyond enqueue=[] (a variant of the search)
         "workers": workers,
         "final_epochs": epochs,
@@ -286,7 +308,8 @@ def run(
         run_seed(
             seed, row, workdir=workdir, data_dir=data_dir, n_trials=n_trials, workers=workers,
             epochs=epochs, train_seed=train_seed, device=device, sets=tuple(sets),
-            study=study, final=final, save=lambda: save_table(table, out), log=log,
+            study=study, final=final, epoch_budget=epoch_budget,
+            save=lambda: save_table(table, out), log=log,
         )  # fmt: skip
     return table
 
@@ -295,7 +318,9 @@ def rows_of(table: dict[str, Any], reported: bool = True) -> list[dict[str, Any]
     """The table's rows by study seed, with the ``REPORTED`` ones (marked) unless told not to."""
     # the reported runs are of the shipped search: they join its table, not a variant's
     meta = table.get("meta", {})
-    plain = not _is_variant(meta.get("sets"), meta.get("study_file", STUDY_FILE))
+    plain = not _is_variant(
+        meta.get("sets"), meta.get("study_file", STUDY_FILE), meta.get("epoch_budget")
+    )
     rows = {**(REPORTED if reported and plain else {}), **table.get("rows", {})}
     return [r for _, r in sorted(rows.items(), key=lambda kv: int(kv[0]))]
 
@@ -484,16 +509,17 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _workdir(out: str, sets: list[str], study: str = STUDY_FILE) -> Path:
+def _workdir(out: str, sets: list[str], study: str = STUDY_FILE, epoch_budget=None) -> Path:
     """runs/e2e for the shipped search; a variant's studies beside it, by its table's name (the
     same study seed in one folder would resume the other search's journal)."""
     base = REPO / "runs" / "e2e"
-    return base / Path(out).stem if _is_variant(sets, study) else base
+    return base / Path(out).stem if _is_variant(sets, study, epoch_budget) else base
 
 
-def _is_variant(sets: list[str] | None, study: str) -> bool:
-    """Another search than the shipped one: a changed setting or another study file."""
-    return bool(sets) or study != STUDY_FILE
+def _is_variant(sets: list[str] | None, study: str, epoch_budget: int | None = None) -> bool:
+    """Another search than the shipped one: a changed setting, another study file or another
+    budget."""
+    return bool(sets) or study != STUDY_FILE or bool(epoch_budget)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -506,6 +532,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[12, 13, 14])
     p.add_argument("--n-trials", type=int, default=N_TRIALS)
+    p.add_argument(
+        "--epoch-budget", type=int, default=None, metavar="N",
+        help="each study's budget in trained epochs instead of --n-trials (pruning buys trials); "
+        "its own table",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=WORKERS)
     p.add_argument("--final-epochs", type=int, default=FINAL_EPOCHS)
     p.add_argument("--train-seed", type=int, default=TRAIN_SEED)
@@ -558,10 +589,10 @@ def main(argv: list[str] | None = None) -> None:
         ),
     ) + "".join(f" --set {s}" for s in a.sets)
     table = run(
-        Path(a.out), seeds=a.seeds, workdir=Path(a.workdir or _workdir(a.out, a.sets, a.study)),
+        Path(a.out), seeds=a.seeds, workdir=Path(a.workdir or _workdir(a.out, a.sets, a.study, a.epoch_budget)),
         data_dir=a.data_dir, n_trials=a.n_trials, workers=a.workers, epochs=a.final_epochs,
         train_seed=a.train_seed, device=a.device, sets=tuple(a.sets), study=a.study,
-        final=not a.no_final, command=command,
+        final=not a.no_final, epoch_budget=a.epoch_budget, command=command,
         log=lambda msg: print(msg, flush=True),
     )  # fmt: skip
     print(markdown(table))

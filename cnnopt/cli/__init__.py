@@ -52,6 +52,14 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option(
     "--timeout", type=float, default=None, help="Stop starting trials after this many seconds."
 )
+@click.option(
+    "--epoch-budget",
+    type=click.IntRange(1),
+    default=None,
+    help="Stop starting trials once this run has trained this many epochs (pruned trials count "
+    "what they trained); without --n-trials it alone bounds the run [default: the study's "
+    "epoch_budget].",
+)
 @storage_option
 @click.option("--study-name", default=None, help="Name in the storage [default: the study's name].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:0,1")
@@ -69,6 +77,7 @@ def run(
     workers,
     n_trials,
     timeout,
+    epoch_budget,
     storage,
     study_name,
     device,
@@ -93,7 +102,10 @@ def run(
     if artifacts:
         overrides["artifacts"] = artifacts
     study = Study.load(study_file, overrides)
-    options = RunOptions(workers, n_trials, timeout, storage, device, progress=not no_progress)
+    options = RunOptions(
+        workers, n_trials, timeout, storage, device, progress=not no_progress,
+        epoch_budget=epoch_budget,
+    )  # fmt: skip
     summary = Runner(study, overrides, options).run()
     print_run_summary(summary)
     if summary.interrupted:
