@@ -273,3 +273,18 @@ def test_an_epoch_budget_must_be_positive(tmp_path):
     r = run("run", "studies/quick_synthetic.py", "--set", "epoch_budget=0", *CPU)
     assert r.returncode != 0
     assert "epoch_budget=0 must be positive" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_closed_tickets_stay_closed_when_a_dead_workers_ticket_comes_back():
+    import multiprocessing as mp
+
+    from cnnopt.runner import UNBOUNDED, _close_tickets
+    from cnnopt.worker import _claim_slot, _reclaim_slot
+
+    tickets, inflight = mp.Value("i", 0), mp.Array("b", 2)
+    assert _claim_slot(tickets, inflight, 0, UNBOUNDED) and _claim_slot(
+        tickets, inflight, 1, UNBOUNDED
+    )
+    _close_tickets(tickets)  # the epoch budget is spent while both workers train
+    assert _reclaim_slot(tickets, inflight, 1)  # worker 1 dies: its ticket is given back
+    assert not _claim_slot(tickets, inflight, 1, UNBOUNDED)  # its replacement starts nothing
