@@ -88,6 +88,7 @@ def test_an_epoch_budget_runs_each_study_to_its_epochs_and_resumes(tmp_path):
     # 2-epoch trials: the third starts with 4 of 5 epochs trained and finishes; none after it
     assert 5 <= row["epochs"] <= 6 and row["finished"] == 3
     assert table["meta"]["epoch_budget"] == 5 and table["meta"]["n_trials"] is None
+    assert f"/ {row['states'].get('FAIL', 0)} ({row['epochs']} epochs) |" in e2e.markdown(table)
     again = e2e.run(out, **kw)  # spent: nothing more is run
     assert again["rows"]["3"]["study"]["trials"] == row["trials"]
     with pytest.raises(SystemExit, match="5-epoch budget, not of .* with --set nothing: give"):

@@ -486,7 +486,8 @@ def markdown(table: dict[str, Any]) -> str:
             "| " + " | ".join([
                 f"{r['study_seed']}" + (" (reported)" if r.get("reported") else ""),
                 f"#{best.get('number')} ({best.get('source', '-')})" if best else "-",
-                f"{s.get('COMPLETE', 0)} / {s.get('PRUNED', 0)} / {s.get('FAIL', 0)}",
+                f"{s.get('COMPLETE', 0)} / {s.get('PRUNED', 0)} / {s.get('FAIL', 0)}"
+                + (f" ({st['epochs']} epochs)" if st.get("epochs") else ""),
                 f"{100 * best['value']:.2f}%" if best else "-",
                 f"**{100 * fin['test_accuracy']:.2f}%**" if fin else "not trained",
                 f"{best.get('params_count'):,}" if best.get("params_count") else "-",
