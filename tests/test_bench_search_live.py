@@ -302,3 +302,14 @@ def test_live_ray_tune_a_diverged_configuration_ends_its_trial_not_the_study(tmp
     # diverged one reports nothing before it fails), and the experiment reached its budget
     assert trials and all(t["params"]["lr"] == 1e-2 for t in trials)
     assert all(math.isfinite(v) for t in trials for v in t["values"])
+
+
+def test_summary_flag_prints_the_live_part_and_runs_nothing(tmp_path, capsys):
+    path = tmp_path / "live.json"
+    write_table(path, {("default", 1): full(0.92), ("random", 1): full(0.90)})
+    live.main(["--out", str(path), "--summary"])
+    out = capsys.readouterr().out
+    assert out.startswith("### Live studies on the full space")
+    assert "| 1 | 0.9200 | 0.9000 |" in out
+    assert "reached pool ceiling" in out  # the committed pool's ceiling, as the section has it
+    assert json.loads(path.read_text())["studies"].keys() == {"default/1", "random/1"}

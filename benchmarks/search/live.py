@@ -805,6 +805,15 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pool_ceiling() -> float | None:
+    """The random pool's best configuration trained to the end: the live part's second target,
+    as the section computes it (None without the pool's table)."""
+    from benchmarks.search.pool import TABLE as POOL_TABLE
+    from benchmarks.search.pool_replay import PoolTable
+
+    return PoolTable.load(POOL_TABLE).ceiling() if Path(POOL_TABLE).is_file() else None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.search.live", description=__doc__)
     p.add_argument("--out", default=str(TABLE))
@@ -822,7 +831,15 @@ def main(argv: list[str] | None = None) -> None:
         help="run again the studies the table holds without one hardware record (they pair with "
         "no other study)",
     )
+    p.add_argument(
+        "--summary", action="store_true",
+        help="print the live part of the search section from --out's table (the pool's ceiling "
+        "from the committed pool table); run nothing",
+    )  # fmt: skip
     a = p.parse_args(argv)
+    if a.summary:
+        print("\n".join(live_markdown(summarize(a.out, reference=_pool_ceiling())[0])))
+        return
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # the table records the command that regenerates all of it, not this run's share of the
     # seeds and variants (runs on several cores split them)
