@@ -87,8 +87,7 @@ class RunSummary:
     pareto: bool = False  # a Pareto study: a front, no single best trial
 
 
-# -- devices (which GPU each worker uses: cnnopt.devices) -----------------------------------------
-
+# -- the trial budget (tickets) ------------------------------------------------------------------
 
 # The trial count of a run bounded by its epoch budget alone (the budget closes the tickets),
 # and the count of a closed ticket counter: far above any trial count, within a C int.
@@ -101,6 +100,9 @@ def _close_tickets(tickets) -> None:
     is given back by decrementing: the counter stays far above any target)."""
     with tickets.get_lock():
         tickets.value = CLOSED
+
+
+# -- devices (which GPU each worker uses: cnnopt.devices) -----------------------------------------
 
 
 def threads_per_worker(devices: list[str]) -> int:
