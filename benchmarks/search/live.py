@@ -340,7 +340,9 @@ def run_ray(
                         # is the cnnopt variants' first trial, so the pair can be checked
                         sampler=samplers[sampler](seed=trial_seed(seed, 0)),
                     ),
-                    num_samples=budget,  # more than fit: the budget stopper ends it
+                    # no cap: the budget stopper ends it (a cap of `budget` trials ran out
+                    # when diverged configurations, which train no epoch, used some up)
+                    num_samples=-1,
                     # one actor for all trials: torch and cnnopt imported once, the data split
                     # loaded once (cnnopt.data caches it per process)
                     reuse_actors=True,
