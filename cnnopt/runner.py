@@ -81,7 +81,7 @@ class RunSummary:
     worker_deaths: int = 0
     interrupted: bool = False
     events: list[dict] = field(default_factory=list)
-    exhausted: str | None = None  # why the run stopped early: no untried configuration left
+    exhausted: str | None = None  # why the run stopped early: nothing untried, or nothing trained
     epochs: int = 0  # epochs this run's workers trained (copies and over-budget proposals: none)
     epoch_budget: int | None = None  # the run's epoch budget, when it had one
     pareto: bool = False  # a Pareto study: a front, no single best trial
@@ -93,6 +93,10 @@ class RunSummary:
 # and the count of a closed ticket counter: far above any trial count, within a C int.
 UNBOUNDED = 2**30
 CLOSED = 2**31 - 1
+# A run bounded by its epoch budget alone ends after this many trials in a row that trained
+# nothing (every proposal over a max_params budget, copies of trained configurations, failures
+# before the first epoch): such trials cost no epoch, so the budget would never be spent.
+UNTRAINED_IN_A_ROW = 100
 
 
 def _close_tickets(tickets) -> None:
@@ -305,7 +309,8 @@ class Runner:
         )  # fmt: skip
         log_events: list[dict] = []
         fatal: list[str] = []  # one-line errors of workers that stopped the run
-        epochs = {"trained": 0, "closed": False}
+        epochs = {"trained": 0, "closed": False, "untrained_in_a_row": 0}
+        trained_trials: set[int] = set()  # the trials that sent an epoch event
 
         def handle(ev: dict) -> None:
             if ev["event"] == "fatal":
@@ -314,12 +319,24 @@ class Runner:
                 exhausted.append(ev["message"])
             elif ev["event"] == "epoch":
                 epochs["trained"] += 1
+                trained_trials.add(ev.get("trial"))
                 if budget and epochs["trained"] >= budget and not epochs["closed"]:
                     # no more tickets: no worker starts another trial, and none is replaced;
                     # the trials in progress finish (their epochs are trained work, not waste)
                     _close_tickets(tickets)
                     epochs["closed"] = True
                     log.info("epoch budget spent (%d epochs): no new trials", budget)
+            elif ev["event"] == "end" and n_new == UNBOUNDED:
+                untrained = ev.get("trial") not in trained_trials
+                epochs["untrained_in_a_row"] = epochs["untrained_in_a_row"] + 1 if untrained else 0
+                if epochs["untrained_in_a_row"] >= UNTRAINED_IN_A_ROW and not epochs["closed"]:
+                    _close_tickets(tickets)
+                    epochs["closed"] = True
+                    exhausted.append(
+                        f"{UNTRAINED_IN_A_ROW} trials in a row trained nothing (over budget, "
+                        f"copies, or failed before their first epoch): the epoch budget "
+                        f"({budget}) cannot be spent; stopped (give --n-trials to bound such a run)"
+                    )
             log_events.append(ev)
             display.update(ev)
 

@@ -288,3 +288,26 @@ def test_closed_tickets_stay_closed_when_a_dead_workers_ticket_comes_back():
     _close_tickets(tickets)  # the epoch budget is spent while both workers train
     assert _reclaim_slot(tickets, inflight, 1)  # worker 1 dies: its ticket is given back
     assert not _claim_slot(tickets, inflight, 1, UNBOUNDED)  # its replacement starts nothing
+
+
+def test_an_epoch_budget_run_that_trains_nothing_stops(write_study, monkeypatch):
+    # every proposal is over the study's max_params, so none trains an epoch and the budget
+    # alone would never end the run: it stops after UNTRAINED_IN_A_ROW such trials, and says why
+    import cnnopt.runner as runner_module
+    from cnnopt.runner import RunOptions, Runner
+    from cnnopt.study import Study
+
+    monkeypatch.setattr(runner_module, "UNTRAINED_IN_A_ROW", 4)
+    path = write_study(
+        'name = "untrainable"\ndataset = "synthetic"\nepochs = 2\nmax_params = 10\n'
+        "epoch_budget = 6\n\n"
+        'def space(trial):\n    return {"lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)}\n'
+    )
+    storage = str(path.parent / "s.journal")
+    summary = Runner(
+        Study.load(path), {}, RunOptions(storage=storage, device="cpu", progress=False)
+    ).run()
+    assert summary.epochs == 0 and "4 trials in a row trained nothing" in summary.exhausted
+    trials = optuna.load_study(study_name="untrainable", storage=get_storage(storage)).trials
+    assert 4 <= len(trials) <= 8  # the worker may have begun one or two more before it stopped
+    assert all(t.state == TrialState.PRUNED and not t.intermediate_values for t in trials)
