@@ -294,7 +294,7 @@ def test_an_epoch_budget_run_that_trains_nothing_stops(write_study, monkeypatch)
     # every proposal is over the study's max_params, so none trains an epoch and the budget
     # alone would never end the run: it stops after UNTRAINED_IN_A_ROW such trials, and says why
     import cnnopt.runner as runner_module
-    from cnnopt.runner import RunOptions, Runner
+    from cnnopt.runner import Runner, RunOptions
     from cnnopt.study import Study
 
     monkeypatch.setattr(runner_module, "UNTRAINED_IN_A_ROW", 4)
