@@ -199,6 +199,24 @@ def test_a_study_held_by_a_live_process_is_skipped_and_a_dead_holder_is_taken_ov
     assert live._claim(tmp_path, "random", 3)  # this process's own claim
 
 
+def test_redo_replaces_what_the_table_held_before_the_run_not_another_runs_redo():
+    # one run per core shares a table: a row another run replaced after this one started stays
+    held = {
+        "variant": "tpe_sh1",
+        "seed": 1,
+        "trials": [{"hardware": {"cpu": "x", "torch_threads": 1}}],
+    }
+    old, new = (
+        {**held, "saved_at": "2026-12-01T00:00:00+00:00"},
+        {**held, "saved_at": "2026-12-08T01:00:00+00:00"},
+    )
+    started = "2026-12-08T00:00:00+00:00"
+    assert "--redo tpe_sh1" in live._why_again(old, "tpe_sh1", False, {"tpe_sh1"}, started)
+    assert "--redo" in live._why_again(held, "tpe_sh1", False, {"tpe_sh1"}, started)  # no time
+    assert live._why_again(new, "tpe_sh1", False, {"tpe_sh1"}, started) == ""
+    assert live._why_again(old, "tpe_sh1", False, {"default"}, started) == ""
+
+
 def test_summary_without_a_table_is_one_line(tmp_path):
     d, replays = live.summarize(tmp_path / "none.json")
     assert replays == {} and "no table at none.json" in d["note"]
@@ -258,6 +276,15 @@ def test_live_studies_spend_the_budget_warm_starts_only_in_warm_and_resume(
     assert (
         live.study_hardware(redone)[0] == "" and redone["trials"] == studies["random/7"]["trials"]
     )
+    # --redo warm: that variant's study starts over (its journal set aside) and is replaced
+    n = len(logs)
+    live.run_live(out, **kw, redo=["warm"])
+    assert [m for m in logs[n:] if "running it again" in m] == [
+        "warm/7: held from before this run (--redo warm): running it again"
+    ]
+    assert list((tmp_path / "journals").glob("live-warm-7.journal.stale"))
+    again = json.loads(out.read_text())["studies"]["warm/7"]
+    assert again["saved_at"] >= redone["saved_at"] and again["trials"][0]["params"] == {"lr": 0.01}
 
 
 @pytest.mark.slow

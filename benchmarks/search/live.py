@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -434,6 +435,7 @@ def run_live(
     command: str = "",
     workdir: Path | str | None = None,
     redo_unrecorded: bool = False,
+    redo: Iterable[str] = (),
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Every (seed, variant) study the table at ``out`` lacks, seeds outer (a finished seed pairs
@@ -441,7 +443,10 @@ def run_live(
     different seed orders): a study another run finished or holds is skipped. With
     ``redo_unrecorded``, a study the table holds without one hardware record (run before trials
     recorded it, or resumed on another machine) is run again and replaced: such a study pairs
-    with no other (``pair_fault``)."""
+    with no other (``pair_fault``). The studies of the variants in ``redo`` that the table held
+    before this run started are run again from scratch and replaced (a study drawn before the
+    harness changed, say); one another run replaced after this one started is kept."""
+    started, redo = _now(), set(redo)
     table = load_table(out)
     table.setdefault("studies", {})
     table.pop("runs", None)
@@ -471,13 +476,14 @@ def run_live(
             key = f"{v}/{seed}"
             # another live run (one per core) may have finished or be running this study
             held = load_table(out).get("studies", {}).get(key)
-            if held is not None and not (redo_unrecorded and study_hardware(held)[0]):
+            why = held and _why_again(held, v, redo_unrecorded, redo, started)
+            if held is not None and not why:
                 continue
             if not _claim(workdir, v, seed):
                 continue
             if held is not None:
-                log(f"{key}: {study_hardware(held)[0]}: running it again")
-                _drop_stale_journal(workdir, v, seed)
+                log(f"{key}: {why}: running it again")
+                _drop_stale_journal(workdir, v, seed, all_trials=v in redo)
             t0 = time.perf_counter()
             common = dict(study_file=study_file, budget=budget, epochs=epochs,
                           train_subset=train_subset, data_dir=data_dir, log=log)  # fmt: skip
@@ -487,7 +493,7 @@ def run_live(
                 else:
                     trials = run_cnnopt(v, seed, workdir=workdir, **common)
                 rec = {"variant": v, "seed": seed, "trials": trials,
-                       "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+                       "wall_s": round(time.perf_counter() - t0, 1), "saved_at": _now()}  # fmt: skip
                 table["studies"] = {**load_table(out).get("studies", {}), key: rec}
                 save_table(table, out)
             finally:
@@ -499,13 +505,35 @@ def run_live(
     return table
 
 
-def _drop_stale_journal(workdir: Path, variant: str, seed: int) -> None:
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _why_again(
+    held: dict[str, Any], variant: str, redo_unrecorded: bool, redo: Iterable[str], started: str
+) -> str:
+    """Why a study the table holds is run again ("" when it is kept)."""
+    unrecorded = study_hardware(held)[0]
+    if redo_unrecorded and unrecorded:
+        return unrecorded
+    # a row saved after this run started is another run's redo (one run per core): kept
+    if variant in redo and held.get("saved_at", "") < started:
+        return f"held from before this run (--redo {variant})"
+    return ""
+
+
+def _drop_stale_journal(workdir: Path, variant: str, seed: int, all_trials: bool = False) -> None:
     """Before a study is run again: set its old journal aside (``.stale``) if it holds trials
     without a hardware record, which ``cnnopt run`` would otherwise resume as they are; a journal
-    of an interrupted rerun (its trials record their hardware) is kept and resumed."""
+    of an interrupted rerun (its trials record their hardware) is kept and resumed. With
+    ``all_trials`` (``--redo``) it is set aside whatever it holds: the study starts over."""
     path = workdir / f"live-{variant}-{seed}.journal"
+    if not path.exists():
+        return
     trials = _trials(str(path), f"live-{variant}-{seed}")
-    if any(t.intermediate_values and not t.user_attrs.get("hardware") for t in trials):
+    if all_trials or any(
+        t.intermediate_values and not t.user_attrs.get("hardware") for t in trials
+    ):
         path.replace(path.with_name(path.name + ".stale"))
 
 
@@ -834,6 +862,11 @@ def main(argv: list[str] | None = None) -> None:
         "no other study)",
     )
     p.add_argument(
+        "--redo", nargs="+", default=[], choices=VARIANTS, metavar="VARIANT",
+        help="run again from scratch, and replace, these variants' studies the table holds from "
+        "before this run (one run per core may share them: a study another run replaced is kept)",
+    )  # fmt: skip
+    p.add_argument(
         "--summary", action="store_true",
         help="print the live part of the search section from --out's table (the pool's ceiling "
         "from the committed pool table); run nothing",
@@ -847,13 +880,13 @@ def main(argv: list[str] | None = None) -> None:
     # seeds and variants (runs on several cores split them)
     canonical = argparse.Namespace(
         **{**vars(a), "seeds": p.get_default("seeds"), "variants": p.get_default("variants"),
-           "redo_unrecorded": False}
+           "redo_unrecorded": False, "redo": None}
     )  # fmt: skip
     run_live(
         Path(a.out), variants=a.variants, seeds=a.seeds, study_file=a.study, budget=a.budget,
         epochs=a.epochs, train_subset=a.train_subset, data_dir=a.data_dir,
         command=command_line("python -m benchmarks.search.live", canonical), workdir=a.workdir,
-        redo_unrecorded=a.redo_unrecorded, log=lambda msg: print(msg, flush=True, file=sys.stdout),
+        redo_unrecorded=a.redo_unrecorded, redo=a.redo, log=lambda msg: print(msg, flush=True, file=sys.stdout),
     )  # fmt: skip
 
 
