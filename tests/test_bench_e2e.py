@@ -69,6 +69,26 @@ def test_study_record_names_the_best_trial_its_source_and_hardware(tmp_path):
     assert e2e.spent(url, "e2", "epochs") == rec["epochs"] == trained > 0
 
 
+def test_study_record_counts_a_diverged_epoch_as_the_runner_does(tmp_path):
+    # the epoch whose loss became NaN reported no value, but it was trained: `cnnopt run
+    # --epoch-budget` counts it, and a resumed epoch-budget study must too
+    import optuna
+    from optuna.trial import TrialState
+
+    from cnnopt.storage import get_storage
+
+    url = str(tmp_path / "d.journal")
+    study = optuna.create_study(study_name="d", storage=get_storage(url))
+    history = [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": float("nan")}]
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL, intermediate_values={1: 0.5}, user_attrs={"history": history}
+        )
+    )
+    study.add_trial(optuna.trial.create_trial(value=0.6, intermediate_values={1: 0.5, 2: 0.6}))
+    assert e2e.study_record(url, "d")["epochs"] == 4
+
+
 def _journal_trials(url: str, name: str) -> list[dict]:
     import optuna
 

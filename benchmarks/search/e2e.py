@@ -128,9 +128,13 @@ def study_record(url: str, name: str) -> dict[str, Any]:
         "trials": len(trials),
         "states": states,
         "finished": sum(n for s, n in states.items() if s in ("COMPLETE", "PRUNED", "FAIL")),
-        # epochs trained (a copy of a trained configuration trained none)
+        # epochs trained, as `cnnopt run --epoch-budget` counts them: a copy of a trained
+        # configuration trained none; a diverged epoch was trained but reported no value (the
+        # trial's history has it)
         "epochs": sum(
-            len(t.intermediate_values) for t in trials if t.user_attrs.get("duplicate_of") is None
+            max(len(t.intermediate_values), len(t.user_attrs.get("history") or ()))
+            for t in trials
+            if t.user_attrs.get("duplicate_of") is None
         ),
     }
     starts = [t.datetime_start for t in trials if t.datetime_start]
