@@ -184,6 +184,25 @@ def test_search_section_prints_the_live_part_its_rows_and_figure(tmp_path):
     )
     assert "### Live studies on the full space" in d["markdown"]
     assert (out / "search_live.html").stat().st_size > 100
+    # more live studies later: --live-only rewrites the live part alone, as a full run would
+    write_table(path, {("default", 1): full(0.92), ("default", 2): full(0.90),
+                       ("random", 1): full(0.90), ("random", 2): full(0.91),
+                       ("default", 3): full(0.93), ("random", 3): full(0.89)})  # fmt: skip
+    refreshed = section.refresh_live(out, path)
+    rows, d = section.bench_search(
+        section.TABLE, seeds=2, ray_seeds=0, quick=True, out_dir=None, log=lambda m: None,
+        pool_path=None, live_path=path,
+    )  # fmt: skip
+    assert "(n=3, no interval below 5 pairs)" in refreshed["markdown"]
+    assert (out / "search.md").read_text() == refreshed["markdown"]
+    head = "### Live studies on the full space"  # before it, timings differ between the runs
+    assert refreshed["markdown"].split(head)[1] == d["markdown"].split(head)[1]
+    written = json.loads((out / "search.json").read_text())["rows"]
+    live_only = [r for r in written if r["name"].startswith("live:")]
+    assert live_only == json.loads(json.dumps([r for r in rows if r["name"].startswith("live:")]))
+    assert len(written) == len(rows)  # the replays' rows kept, the live rows replaced
+    with pytest.raises(SystemExit, match="no section written there"):
+        section.refresh_live(tmp_path / "none", path)
 
 
 def test_a_study_held_by_a_live_process_is_skipped_and_a_dead_holder_is_taken_over(tmp_path):

@@ -257,20 +257,12 @@ def bench_search(
     rows += pool_rows
     live_replays: dict[str, list[Replay]] = {}
     if live_path is not None:
-        details["live"], live_replays = live.summarize(
-            live_path, reference=details["pool"].get("ceiling")
-        )
-        log(
-            details["live"].get("note")
-            or f"live studies: {details['live']['provisional'] or 'complete'}"
-        )
-        rows += live_rows(details["live"])
+        live_replays = _add_live(rows, details, live_path, log)
     details["markdown"] = to_markdown(details)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "search.json").write_text(json.dumps({"rows": rows, **details}, indent=1) + "\n")
-        (out / "search.md").write_text(details["markdown"])
+        _write(out, rows, details)
         write_figure(on["fresh"], budget, out / "search.html", quick)
         written = [out / "search.md", out / "search.json", out / "search.html"]
         if pool_replays:
@@ -282,14 +274,57 @@ def bench_search(
             )  # fmt: skip
             written.append(out / "search_pool.html")
         if live_replays:
-            write_figure(
-                live_replays, budget, out / "search_live.html", quick=False,
-                title="Live studies on the full space: best validation accuracy so far (mean of "
-                "seeds, 95% bootstrap band)",
-            )  # fmt: skip
+            _live_figure(live_replays, budget, out)
             written.append(out / "search_live.html")
         log("wrote " + ", ".join(map(str, written)))
     return rows, details
+
+
+def _add_live(
+    rows: list[dict[str, Any]], details: dict[str, Any], live_path: Path | str, log: Callable
+) -> dict[str, list[Replay]]:
+    """The live studies' part: ``details["live"]`` and its rows (added to ``rows``)."""
+    details["live"], replays = live.summarize(live_path, reference=details["pool"].get("ceiling"))
+    log(
+        details["live"].get("note")
+        or f"live studies: {details['live']['provisional'] or 'complete'}"
+    )
+    rows += live_rows(details["live"])
+    return replays
+
+
+def _write(out: Path, rows: list[dict[str, Any]], details: dict[str, Any]) -> None:
+    (out / "search.json").write_text(json.dumps({"rows": rows, **details}, indent=1) + "\n")
+    (out / "search.md").write_text(details["markdown"])
+
+
+def _live_figure(replays: dict[str, list[Replay]], budget: int, out: Path) -> None:
+    write_figure(
+        replays, budget, out / "search_live.html", quick=False,
+        title="Live studies on the full space: best validation accuracy so far (mean of "
+        "seeds, 95% bootstrap band)",
+    )  # fmt: skip
+
+
+def refresh_live(
+    out_dir: Path | str, live_path: Path | str = LIVE_TABLE, log: Callable = lambda m: None
+) -> dict[str, Any]:
+    """Rewrite only the live part of a section already written in ``out_dir`` (search.json,
+    search.md, search_live.html) from the live table as it is now: the replays on R2's grid and
+    the pool take half an hour and read tables the live studies do not change."""
+    out = Path(out_dir)
+    try:
+        details = json.loads((out / "search.json").read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{out / 'search.json'}: no section written there to refresh") from None
+    rows = [r for r in details.pop("rows") if not r["name"].startswith("live:")]
+    replays = _add_live(rows, details, live_path, log)
+    details["markdown"] = to_markdown(details)
+    _write(out, rows, details)
+    if replays:
+        _live_figure(replays, details["budget"], out)
+    log(f"refreshed the live part of {out / 'search.md'} and {out / 'search.json'}")
+    return details
 
 
 def bench_pool(
@@ -729,7 +764,15 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FILE",
         help="write what `cnnopt bench --section search` reports (rows, headline, notes) to FILE",
     )
+    p.add_argument(
+        "--live-only", action="store_true",
+        help="rewrite only the live part of the section already in --out-dir from --live's table "
+        "(seconds; the rest is kept as written)",
+    )  # fmt: skip
     a = p.parse_args(argv)
+    if a.live_only:
+        print(refresh_live(a.out_dir, a.live, log=print)["markdown"])
+        return
     if a.bench_json:
         payload = bench_payload(
             seeds=a.seeds, ray_seeds=a.ray_seeds, smoke=a.quick, out_dir=a.out_dir,
