@@ -234,6 +234,11 @@ def test_redo_replaces_what_the_table_held_before_the_run_not_another_runs_redo(
     assert "--redo" in live._why_again(held, "tpe_sh1", False, {"tpe_sh1"}, started)  # no time
     assert live._why_again(new, "tpe_sh1", False, {"tpe_sh1"}, started) == ""
     assert live._why_again(old, "tpe_sh1", False, {"default"}, started) == ""
+    # --redo-before: the time a redo begun in an earlier session started, in the table's format
+    assert live._iso("2026-12-08T00:00") == "2026-12-08T00:00:00.000000+00:00"
+    assert live._iso("2026-12-08T01:00+01:00") == live._iso("2026-12-08T00:00")
+    with pytest.raises(SystemExit, match="'yesterday': not an ISO 8601 time"):
+        live._iso("yesterday")
 
 
 def test_summary_without_a_table_is_one_line(tmp_path):

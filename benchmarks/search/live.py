@@ -436,6 +436,7 @@ def run_live(
     workdir: Path | str | None = None,
     redo_unrecorded: bool = False,
     redo: Iterable[str] = (),
+    redo_before: str | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Every (seed, variant) study the table at ``out`` lacks, seeds outer (a finished seed pairs
@@ -444,9 +445,10 @@ def run_live(
     ``redo_unrecorded``, a study the table holds without one hardware record (run before trials
     recorded it, or resumed on another machine) is run again and replaced: such a study pairs
     with no other (``pair_fault``). The studies of the variants in ``redo`` that the table held
-    before this run started are run again from scratch and replaced (a study drawn before the
-    harness changed, say); one another run replaced after this one started is kept."""
-    started, redo = _now(), set(redo)
+    before this run started (or before ``redo_before``, an ISO time: a redo continued in a later
+    session) are run again from scratch and replaced (a study drawn before the harness changed,
+    say); one another run replaced after that time is kept."""
+    started, redo = redo_before or _now(), set(redo)
     table = load_table(out)
     table.setdefault("studies", {})
     table.pop("runs", None)
@@ -509,6 +511,18 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def _iso(text: str) -> str:
+    """``--redo-before`` as the table writes ``saved_at`` (UTC, microseconds), or a usage error."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(
+            f"--redo-before {text!r}: not an ISO 8601 time (2026-12-08T00:00)"
+        ) from None
+    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    return t.isoformat(timespec="microseconds")
+
+
 def _why_again(
     held: dict[str, Any], variant: str, redo_unrecorded: bool, redo: Iterable[str], started: str
 ) -> str:
@@ -517,7 +531,10 @@ def _why_again(
     if redo_unrecorded and unrecorded:
         return unrecorded
     # a row saved after this run started is another run's redo (one run per core): kept
-    if variant in redo and held.get("saved_at", "") < started:
+    saved = held.get("saved_at")
+    if variant in redo and (
+        not saved or datetime.fromisoformat(saved) < datetime.fromisoformat(started)
+    ):
         return f"held from before this run (--redo {variant})"
     return ""
 
@@ -867,6 +884,11 @@ def main(argv: list[str] | None = None) -> None:
         "before this run (one run per core may share them: a study another run replaced is kept)",
     )  # fmt: skip
     p.add_argument(
+        "--redo-before", default=None, metavar="TIME",
+        help="with --redo: replace the studies saved before TIME (ISO 8601, UTC, as the table's "
+        "saved_at) instead of before this run: to go on with a redo begun in an earlier session",
+    )  # fmt: skip
+    p.add_argument(
         "--summary", action="store_true",
         help="print the live part of the search section from --out's table (the pool's ceiling "
         "from the committed pool table); run nothing",
@@ -880,13 +902,13 @@ def main(argv: list[str] | None = None) -> None:
     # seeds and variants (runs on several cores split them)
     canonical = argparse.Namespace(
         **{**vars(a), "seeds": p.get_default("seeds"), "variants": p.get_default("variants"),
-           "redo_unrecorded": False, "redo": None}
+           "redo_unrecorded": False, "redo": None, "redo_before": None}
     )  # fmt: skip
     run_live(
         Path(a.out), variants=a.variants, seeds=a.seeds, study_file=a.study, budget=a.budget,
         epochs=a.epochs, train_subset=a.train_subset, data_dir=a.data_dir,
         command=command_line("python -m benchmarks.search.live", canonical), workdir=a.workdir,
-        redo_unrecorded=a.redo_unrecorded, redo=a.redo, log=lambda msg: print(msg, flush=True, file=sys.stdout),
+        redo_unrecorded=a.redo_unrecorded, redo=a.redo, redo_before=_iso(a.redo_before) if a.redo_before else None, log=lambda msg: print(msg, flush=True, file=sys.stdout),
     )  # fmt: skip
 
 
