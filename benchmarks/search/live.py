@@ -790,7 +790,7 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
     )
     header = ["variant", "seeds", "best val acc", "at half budget",
               "default minus this, clean pairs",
-              "default minus this, first trials identical (hardware not recorded)",
+              "default minus this, clean pairs and first trials identical on unrecorded hardware",
               f"reached {d['target']:.2f}", "epochs to target"]  # fmt: skip
     header += [f"reached pool ceiling {ref:.4f}"] if ref is not None else []
     header += ["trials", "pruned", "copies", "min / study"]
@@ -805,8 +805,9 @@ def live_markdown(d: dict[str, Any]) -> list[str]:
         "studies record the same hardware (CPU model, torch threads) and, where both start from "
         "the same configuration, their first trials' curves agree to the last digit; only clean "
         "pairs enter the interval a claim rests on, and n counts them. The column beside it is "
-        "weaker evidence, not a claim: the pairs whose first trials agree to the last digit but "
-        "whose hardware was not recorded. "
+        "weaker evidence, not a claim: the clean pairs together with those whose first trials "
+        "agree to the last digit but whose hardware was not recorded (shown only where there "
+        "are such pairs). "
         f"Target {d['target']:.2f} val accuracy{second}",
         "",
         _md_row(header),
