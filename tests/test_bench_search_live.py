@@ -91,7 +91,9 @@ def test_summary_pairs_the_default_with_each_variant_on_common_seeds(tmp_path):
     assert s["default"]["best"] == [0.92, 0.90, 0.93] and s["default"]["reached"] == 2
     vs = s["random"]["vs_default"]
     assert vs["n"] == 2 and vs["mean"] == pytest.approx(0.015)  # seeds 1 and 2 only
-    assert s["ray_asha"]["vs_default"] is None  # one common seed: no interval
+    one = s["ray_asha"]["vs_default"]  # one common seed: its difference, no interval
+    assert one["n"] == 1 and one["mean"] == pytest.approx(0.01) and "low" not in one
+    assert live._fmt_diff(one) == "+0.0100 (n=1, no interval below 5 pairs)"
     assert d["provisional"] == (
         "seeds so far default 3, random 2, ray_asha 1, ray_tpe_asha 0 (5 each required)"
     )
@@ -157,7 +159,7 @@ def test_only_clean_pairs_enter_the_interval_and_the_rest_are_named(tmp_path):
     # the weaker figure adds the seed whose only fault is the missing record: first trials agree
     assert r["vs_default_first_match"]["seeds"] == [1, 3, 4, 5, 8]
     noaug = d["summary"]["noaug"]
-    assert noaug["vs_default"] is None and list(noaug["unpaired"]) == [2]
+    assert noaug["vs_default"]["n"] == 1 and list(noaug["unpaired"]) == [2]
     assert noaug["vs_default_first_match"] is None  # its first trial is not the default's
     md = "\n".join(live.live_markdown(d))
     assert "(n=4, 4 unpaired, no interval below 5 pairs)" in md

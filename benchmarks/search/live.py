@@ -706,9 +706,11 @@ def _paired(a: dict[int, Replay], b: dict[int, Replay], seeds: list[int]) -> dic
     """The default's best minus the variant's on ``seeds``: bootstrap and t intervals."""
     from benchmarks.search import stats
 
-    if len(seeds) < 2:
+    if not seeds:
         return None
     diffs = [max(a[s].best, 0.0) - max(b[s].best, 0.0) for s in seeds]
+    if len(seeds) == 1:  # one pair: its difference, no interval (shown as such, see _fmt_diff)
+        return {"mean": diffs[0], "n": 1, "ahead": int(diffs[0] > 0), "seeds": seeds}
     ci, t = stats.bootstrap_mean(diffs), stats.t_mean(diffs)
     return {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "t_low": t.low,
             "t_high": t.high, "ahead": sum(x > 0 for x in diffs), "seeds": seeds}  # fmt: skip
