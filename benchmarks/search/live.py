@@ -911,7 +911,9 @@ def main(argv: list[str] | None = None) -> None:
         Path(a.out), variants=a.variants, seeds=a.seeds, study_file=a.study, budget=a.budget,
         epochs=a.epochs, train_subset=a.train_subset, data_dir=a.data_dir,
         command=command_line("python -m benchmarks.search.live", canonical), workdir=a.workdir,
-        redo_unrecorded=a.redo_unrecorded, redo=a.redo, redo_before=_iso(a.redo_before) if a.redo_before else None, log=lambda msg: print(msg, flush=True, file=sys.stdout),
+        redo_unrecorded=a.redo_unrecorded, redo=a.redo,
+        redo_before=_iso(a.redo_before) if a.redo_before else None,
+        log=lambda msg: print(msg, flush=True, file=sys.stdout),
     )  # fmt: skip
 
 
