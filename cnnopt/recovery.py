@@ -94,12 +94,7 @@ def _retried_numbers(trials) -> set[int]:
     return out
 
 
-def requeue_owed(
-    ostudy: optuna.Study,
-    max_retry: int,
-    age: float | None = None,
-    settled: set[int] | None = None,
-) -> list[int]:
+def requeue_owed(ostudy: optuna.Study, max_retry: int, age: float | None = None) -> list[int]:
     """Re-queue the failed trials whose retry was owed but never written (their failing process
     died between the two writes; see ``fail_trial``), once ``age`` seconds have passed. Two
     runners that do it at the same moment could both write a retry: the later one (higher
@@ -108,22 +103,17 @@ def requeue_owed(
 
     ``age`` defaults to the heartbeat grace period (180 s): the failing process writes the retry
     at once unless its storage calls sit in the retry back-off (up to RETRY_SECONDS, 60 s), and
-    the failure's time comes from another machine's clock.
-
-    ``settled``, kept by the caller between calls, collects the owed trials that will never need
-    a retry from here (retried, or nothing to retry): a finished trial does not change, so later
-    calls skip them and read every trial of the study only while one is still owed."""
+    the failure's time comes from another machine's clock."""
     import datetime
 
     if max_retry <= 0:
         return []
     if age is None:
         age = heartbeat_settings()[1]
-    settled = set() if settled is None else settled
     failed = [
         t
         for t in raw_trials(ostudy, states=(TrialState.FAIL,))
-        if t.system_attrs.get(RETRY_OWED_KEY) and t.number not in settled
+        if t.system_attrs.get(RETRY_OWED_KEY)
     ]
     if not failed:
         return []
@@ -131,21 +121,17 @@ def requeue_owed(
     retried = _retried_numbers(everything)
     done = []
     for t in failed:
-        if t.datetime_complete is None:
+        if t.number in retried or t.datetime_complete is None:
             continue
-        if (
-            t.number in retried
-            or not (t.params or t.system_attrs.get("fixed_params"))  # nothing to re-run
-            or len(t.system_attrs.get("retry_history", [])) + 1 > max_retry  # retries used up
-        ):
-            settled.add(t.number)
-            continue
+        if not (t.params or t.system_attrs.get("fixed_params")):
+            continue  # nothing to re-run (fail_trial does not re-queue these either)
+        if len(t.system_attrs.get("retry_history", [])) + 1 > max_retry:
+            continue  # its retries are used up
         now = datetime.datetime.now(t.datetime_complete.tzinfo)
         if (now - t.datetime_complete).total_seconds() < age:
             continue
         RetryStaleTrialCallback(max_retry=max_retry)(ostudy, ostudy._storage.get_trial(t._trial_id))
         done.append(t.number)
-        settled.add(t.number)
     if done:
         _withdraw_twin_retries(ostudy, set(done))
     return done

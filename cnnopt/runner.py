@@ -222,7 +222,6 @@ class Runner:
         self.overrides = overrides
         self.opt = options
         self.url = resolve_url(options.storage, study.name)
-        self._settled: set[int] = set()  # owed retries that need nothing more (requeue_owed)
 
     def run(self) -> RunSummary:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -479,7 +478,7 @@ class Runner:
         )
         self._repair(
             "checking for owed retries",
-            lambda: requeue_owed(ostudy, retry, settled=self._settled),
+            lambda: requeue_owed(ostudy, retry),
             "re-queued trials %s, failed by a process that died before it could",
         )
 

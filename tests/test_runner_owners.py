@@ -274,31 +274,6 @@ def test_a_retry_lost_between_fail_and_requeue_is_requeued_once(url):
     assert RETRY_OWED_KEY not in other.trials[lost.number].system_attrs  # bookkeeping, hidden
 
 
-def test_owed_retries_once_settled_are_not_read_again(url, monkeypatch):
-    """A runner checks for owed retries every tick: the trials it has settled (retried, or
-    nothing to retry) are skipped, and the whole study is read only while one is still owed."""
-    import cnnopt.recovery as recovery
-    from cnnopt.storage import RETRY_OWED_KEY
-
-    dead = worker_study(url, A_DEAD)
-    lost = dead.ask()
-    lost.suggest_float("x", 0, 1)
-    dead._storage.set_trial_system_attr(lost._trial_id, RETRY_OWED_KEY, True)
-    dead._storage.set_trial_state_values(lost._trial_id, state=TrialState.FAIL)
-    other = worker_study(url, "runC/host:33")
-    reads: list = []
-    real = recovery.raw_trials
-    monkeypatch.setattr(
-        recovery, "raw_trials", lambda s, states: reads.append(states) or real(s, states=states)
-    )
-    settled: set[int] = set()
-    assert recovery.requeue_owed(other, max_retry=1, age=0, settled=settled) == [lost.number]
-    assert settled == {lost.number} and None in reads  # the whole study, to find its retries
-    reads.clear()
-    assert recovery.requeue_owed(other, max_retry=1, age=0, settled=settled) == []
-    assert reads == [(TrialState.FAIL,)]  # the failed trials only
-
-
 def test_fail_trial_marks_the_owed_retry_and_writes_it(url):
     from cnnopt.recovery import requeue_owed
 
