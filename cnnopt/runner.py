@@ -312,6 +312,10 @@ class Runner:
         epochs = {"trained": 0, "closed": False, "untrained_in_a_row": 0}
         trained_trials: set[int] = set()  # the trials that sent an epoch event
 
+        def close() -> None:  # this run starts no more trials (see _close_tickets)
+            _close_tickets(tickets)
+            epochs["closed"] = True
+
         def handle(ev: dict) -> None:
             if ev["event"] == "fatal":
                 fatal.append(ev["message"])
@@ -323,15 +327,13 @@ class Runner:
                 if budget and epochs["trained"] >= budget and not epochs["closed"]:
                     # no more tickets: no worker starts another trial, and none is replaced;
                     # the trials in progress finish (their epochs are trained work, not waste)
-                    _close_tickets(tickets)
-                    epochs["closed"] = True
+                    close()
                     log.info("epoch budget spent (%d epochs): no new trials", budget)
             elif ev["event"] == "end" and n_new == UNBOUNDED:
                 untrained = ev.get("trial") not in trained_trials
                 epochs["untrained_in_a_row"] = epochs["untrained_in_a_row"] + 1 if untrained else 0
                 if epochs["untrained_in_a_row"] >= UNTRAINED_IN_A_ROW and not epochs["closed"]:
-                    _close_tickets(tickets)
-                    epochs["closed"] = True
+                    close()
                     exhausted.append(
                         f"{UNTRAINED_IN_A_ROW} trials in a row trained nothing (over budget, "
                         f"copies, or failed before their first epoch): the epoch budget "
